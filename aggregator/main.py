@@ -1,0 +1,27 @@
+"""Entry point of one aggregator process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from aggregator.service import Aggregator
+from aggregator.uploaders import make_uploader
+from batchfleet.settings import Settings
+from batchfleet.store import BatchStore
+
+__all__ = ["serve"]
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    name = f"aggregator@{socket.gethostname()}:{os.getpid()}"
+    uploader = make_uploader(settings)
+    async with (
+        BatchStore.from_url(
+            settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
+            queue_name=settings.queue_name, name="batchfleet-aggregator",
+        ) as store,
+        uploader,
+    ):  # fmt: skip
+        await Aggregator(settings, store, uploader, name=name).run(stop)

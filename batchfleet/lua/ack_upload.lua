@@ -1,0 +1,34 @@
+--[[ ack_upload: the upload succeeded; mark the batch uploaded and let its keys expire.
+
+KEYS[1..5]  the batch's keys: meta, inputs, outcomes, late, payload   (bf:b:{B}...)
+KEYS[6]     leases zset    bf:leases  (global)
+KEYS[7]     recent list    bf:recent  (global)
+KEYS[8]     stats hash     bf:stats   (global)
+
+ARGV[1]  batch id B
+ARGV[2]  fencing token from claim_batch
+ARGV[3]  retention_s    how long the finished batch stays inspectable
+ARGV[4]  upload duration in ms (kept in meta for inspection)
+
+Returns {"uploaded", now_ms}
+     or {"fenced", current_token}   our lease was taken over: the other owner acks
+Invariant: only the current lease holder moves a batch to "uploaded"; every key of the batch gets
+the same TTL.
+]]
+local owner = redis.call('HGET', KEYS[1], 'owner_token')
+if owner ~= ARGV[2] then
+  return {'fenced', owner or ''}
+end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local reason = redis.call('HGET', KEYS[1], 'reason') or 'deadline'
+redis.call('HSET', KEYS[1], 'state', 'uploaded', 'uploaded_ms', now_ms, 'upload_ms', ARGV[4])
+redis.call('ZREM', KEYS[6], ARGV[1])
+for i = 1, 5 do
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
+end
+redis.call('LPUSH', KEYS[7], ARGV[1])
+redis.call('LTRIM', KEYS[7], 0, 99)
+redis.call('HINCRBY', KEYS[8], 'batches_uploaded', 1)
+redis.call('HINCRBY', KEYS[8], 'batches_' .. reason, 1)
+return {'uploaded', now_ms}

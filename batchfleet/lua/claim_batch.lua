@@ -1,0 +1,52 @@
+--[[ claim_batch: finalize a due batch (if still open) and lease its upload to one aggregator.
+
+KEYS[1]  meta hash      bf:b:{B}
+KEYS[2]  outcomes hash  bf:b:{B}:out
+KEYS[3]  payload        bf:b:{B}:payload
+KEYS[4]  due zset       bf:due     (global)
+KEYS[5]  leases zset    bf:leases  (global)
+KEYS[6]  fence counter  bf:fence   (global)
+
+ARGV[1]  batch id B
+ARGV[2]  lease_ms       how long the claimer may take before another aggregator may take over
+
+A batch is claimable when its due score (deadline, 0 once complete, or retry time) has passed, or
+when its lease has run out (the previous claimer died).  On the first claim the batch is finalized:
+reason "complete" if every expected station reported, else "deadline"; later results are late.
+
+Returns {"claimed", token, now_ms, meta (flat field/value list), outcomes (flat list), payload|false}
+     or {"not_due"}   someone else claimed it, or it is not due yet
+     or {"gone"}      the batch no longer exists or is already uploaded / dead (index cleaned)
+Invariant: at any time at most one unexpired lease; every claim gets a larger fencing token.
+]]
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZSCORE', KEYS[4], ARGV[1])
+local lease = redis.call('ZSCORE', KEYS[5], ARGV[1])
+local claimable = (due and tonumber(due) <= now_ms) or (lease and tonumber(lease) <= now_ms)
+if not claimable then
+  return {'not_due'}
+end
+
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'uploaded' or state == 'dead' then
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  return {'gone'}
+end
+
+if state == 'open' then
+  local expected = tonumber(redis.call('HGET', KEYS[1], 'expected'))
+  local done = redis.call('HLEN', KEYS[2])
+  local reason = 'deadline'
+  if done >= expected then reason = 'complete' end
+  redis.call('HSET', KEYS[1], 'state', 'finalized', 'reason', reason, 'finalized_ms', now_ms, 'done', done)
+end
+
+local token = redis.call('INCR', KEYS[6])
+redis.call('HSET', KEYS[1], 'owner_token', token)
+redis.call('HINCRBY', KEYS[1], 'claims', 1)
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[5], now_ms + tonumber(ARGV[2]), ARGV[1])
+local payload = redis.call('GET', KEYS[3])
+return {'claimed', token, now_ms, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), payload}

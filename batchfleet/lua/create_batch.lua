@@ -1,0 +1,78 @@
+--[[ create_batch: Kafka messages -> one open batch, its station jobs, and the partitions' next offsets.
+One atomic step, so a crash leaves either nothing or the whole batch (exactly-once ingest).
+
+KEYS[1]  meta hash           bf:b:{B}
+KEYS[2]  inputs hash         bf:b:{B}:in
+KEYS[3]  due zset            bf:due            (global)
+KEYS[4]  offsets hash        bf:offsets        (global)
+KEYS[5]  arq queue zset      bf:queue          (global)
+KEYS[6]  stats hash          bf:stats          (global)
+KEYS[7..6+n]  arq job key of each station, arq:job:{B}:STATION (same order as the stations in ARGV)
+
+ARGV[1]  batch id B
+ARGV[2]  timeout_ms         deadline = Redis server time + timeout_ms
+ARGV[3]  job_expire_ms      TTL of each arq job key
+ARGV[4]  m                  number of extra meta field/value pairs that follow
+ARGV[5 .. 4+2m]             meta field, value, ...
+then     p                  number of partition entries that follow
+then 3p:                    offsets field "TOPIC:PARTITION", first offset in this batch, next offset
+then 3n: station id, input JSON (list of records), arq job payload (JSON); n = #KEYS - 6
+
+Returns {"created", now_ms, deadline_ms}
+     or {"stale", field, stored_offset}   offsets already ingested: nothing written
+     or {"exists", created_ms}            batch already exists: nothing written
+Invariant: a Kafka offset is ingested at most once; job keys are written with NX, so an arq job is
+never overwritten or enqueued twice.
+]]
+local batch_id = ARGV[1]
+local timeout_ms = tonumber(ARGV[2])
+local job_expire_ms = tonumber(ARGV[3])
+local m = tonumber(ARGV[4])
+local i = 5 + 2 * m
+local p = tonumber(ARGV[i])
+local part_start = i + 1
+local station_start = part_start + 3 * p
+
+for j = 0, p - 1 do
+  local field = ARGV[part_start + 3 * j]
+  local first = tonumber(ARGV[part_start + 3 * j + 1])
+  local stored = redis.call('HGET', KEYS[4], field)
+  if stored and tonumber(stored) > first then
+    return {'stale', field, stored}
+  end
+end
+
+local existing = redis.call('HGET', KEYS[1], 'created_ms')
+if existing then
+  return {'exists', existing}
+end
+
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline_ms = now_ms + timeout_ms
+local n = #KEYS - 6
+
+redis.call('HSET', KEYS[1], 'state', 'open', 'created_ms', now_ms, 'deadline_ms', deadline_ms,
+  'expected', n, 'late', 0)
+for j = 0, m - 1 do
+  redis.call('HSET', KEYS[1], ARGV[5 + 2 * j], ARGV[6 + 2 * j])
+end
+
+for k = 0, n - 1 do
+  local a = station_start + 3 * k
+  redis.call('HSET', KEYS[2], ARGV[a], ARGV[a + 1])
+  local job_key = KEYS[7 + k]
+  if redis.call('SET', job_key, ARGV[a + 2], 'PX', job_expire_ms, 'NX') then
+    -- the queue member is the job id: the job key without arq's "arq:job:" prefix
+    redis.call('ZADD', KEYS[5], now_ms, string.sub(job_key, 9))
+  end
+end
+
+for j = 0, p - 1 do
+  redis.call('HSET', KEYS[4], ARGV[part_start + 3 * j], ARGV[part_start + 3 * j + 2])
+end
+
+redis.call('ZADD', KEYS[3], deadline_ms, batch_id)
+redis.call('HINCRBY', KEYS[6], 'batches_created', 1)
+redis.call('HINCRBY', KEYS[6], 'stations_dispatched', n)
+return {'created', now_ms, deadline_ms}

@@ -1,0 +1,56 @@
+--[[ record_outcome: one station's outcome, recorded at most once (first wins).
+
+KEYS[1]  meta hash      bf:b:{B}
+KEYS[2]  inputs hash    bf:b:{B}:in     (the expected stations)
+KEYS[3]  outcomes hash  bf:b:{B}:out
+KEYS[4]  late hash      bf:b:{B}:late
+KEYS[5]  due zset       bf:due     (global)
+KEYS[6]  ready list     bf:ready   (global; wake-up signal for aggregators)
+KEYS[7]  stats hash     bf:stats   (global)
+
+ARGV[1]  batch id B
+ARGV[2]  station id
+ARGV[3]  status: "ok" | "empty" | "failed"
+ARGV[4]  outcome JSON
+
+Returns {"recorded", done, expected}   first outcome of this station, batch still open
+     or {"complete", done, expected}   ... and it was the last expected station: due now, wake-up pushed
+     or {"duplicate", done, expected}  the station already had an outcome: nothing changed
+     or {"late", done, expected}       the batch was finalized first: counted (and kept if late=record)
+     or {"unknown", 0, 0}              no such batch (expired) or the station is not expected
+Invariant: completion is HLEN(outcomes) == expected over distinct expected stations; a re-run of a
+station can never count twice.
+]]
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then
+  return {'unknown', 0, 0}
+end
+local expected = tonumber(redis.call('HGET', KEYS[1], 'expected'))
+local done = redis.call('HLEN', KEYS[3])
+
+if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[7], 'duplicate_results', 1)
+  return {'duplicate', done, expected}
+end
+
+if state ~= 'open' then
+  redis.call('HINCRBY', KEYS[1], 'late', 1)
+  redis.call('HINCRBY', KEYS[7], 'late_results', 1)
+  if redis.call('HGET', KEYS[1], 'late_policy') == 'record' then
+    redis.call('HSETNX', KEYS[4], ARGV[2], ARGV[4])
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[4], ttl) end
+  end
+  return {'late', done, expected}
+end
+
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+redis.call('HINCRBY', KEYS[7], 'stations_' .. ARGV[3], 1)
+done = done + 1
+if done >= expected then
+  redis.call('ZADD', KEYS[5], 'XX', 0, ARGV[1])
+  redis.call('LPUSH', KEYS[6], ARGV[1])
+  redis.call('LTRIM', KEYS[6], 0, 9999)
+  return {'complete', done, expected}
+end
+return {'recorded', done, expected}

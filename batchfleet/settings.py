@@ -1,0 +1,147 @@
+"""Settings, built once at the edge and passed down.
+
+Environment variables carry the prefix ``BATCHFLEET_``; CLI flags override them.  Per-topic
+overrides live in a TOML file (``BATCHFLEET_CONFIG``) as ``[topics."TOPIC-NAME"]`` tables, because
+topic names contain ``-``.  Nothing else in the code base reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from batchfleet.errors import ConfigError
+
+__all__ = ["Settings", "TopicConfig", "load_settings"]
+
+Batching = Literal["poll", "message"]
+LatePolicy = Literal["drop", "record"]
+
+
+class TopicConfig(BaseModel):
+    """Everything that shapes one topic's batches.  Unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batching: Batching = "poll"
+    timeout_s: float = Field(default=5.0, gt=0, le=86_400)
+    retention_s: int = Field(default=300, ge=1)
+    station_list_field: str = "stationData"
+    station_id_field: str = "stationId"
+    max_stations: int = Field(default=20_000, ge=1)
+    late: LatePolicy = "drop"
+
+
+class Settings(BaseSettings):
+    """Fleet-wide settings.  Every field has an environment twin ``BATCHFLEET_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHFLEET_", extra="ignore")
+
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    key_prefix: str = Field(default="bf", pattern=r"^[A-Za-z0-9_.-]+$")
+    queue_name: str = "bf:queue"
+
+    kafka_bootstrap_servers: str = "localhost:9092"
+    topics: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    kafka_group_id: str = "batchfleet"
+    poll_timeout_ms: int = Field(default=1000, ge=1)
+    poll_max_records: int = Field(default=500, ge=1)
+    max_message_bytes: int = Field(default=1_048_576, ge=64)
+    max_open_batches: int = Field(default=1000, ge=1)
+
+    processor: str = "workers.demo:process_station"
+    station_timeout_s: float | None = Field(default=None, gt=0)
+    max_result_bytes: int = Field(default=1_048_576, ge=16)
+    worker_max_jobs: int = Field(default=50, ge=1)
+    worker_poll_delay_s: float = Field(default=0.05, gt=0)
+    worker_grace_s: int = Field(default=10, ge=0)
+
+    uploader: str = ""
+    upload_auth_header: SecretStr | None = None
+    upload_timeout_s: float = Field(default=10.0, gt=0)
+    upload_max_attempts: int = Field(default=8, ge=1)
+    upload_backoff_base_s: float = Field(default=0.5, gt=0)
+    upload_backoff_max_s: float = Field(default=60.0, gt=0)
+    lease_s: float = Field(default=30.0, gt=0)
+    aggregator_concurrency: int = Field(default=16, ge=1)
+
+    batch_timeout_s: float = Field(default=5.0, gt=0, le=86_400)
+    retention_s: int = Field(default=300, ge=1)
+    batching: Batching = "poll"
+    late: LatePolicy = "drop"
+    station_list_field: str = "stationData"
+    station_id_field: str = "stationId"
+    max_stations_per_batch: int = Field(default=20_000, ge=1)
+
+    config: Path | None = None
+    topic_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
+
+    log_format: Literal["human", "json"] = "human"
+    log_level: str = "INFO"
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    def topic(self, name: str) -> TopicConfig:
+        """The effective configuration of one topic: global defaults, then its TOML table."""
+        base: dict[str, Any] = {
+            "batching": self.batching,
+            "timeout_s": self.batch_timeout_s,
+            "retention_s": self.retention_s,
+            "station_list_field": self.station_list_field,
+            "station_id_field": self.station_id_field,
+            "max_stations": self.max_stations_per_batch,
+            "late": self.late,
+        }
+        base.update(self.topic_overrides.get(name, {}))
+        return TopicConfig(**base)
+
+    def station_budget_s(self, topic: TopicConfig) -> float:
+        """Per-station time budget: explicit setting, else the topic's batch deadline."""
+        return self.station_timeout_s if self.station_timeout_s is not None else topic.timeout_s
+
+
+def _read_topic_tables(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    unknown = set(data) - {"topics"}
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown top-level key(s) {sorted(unknown)}; expected [topics.\"NAME\"]")
+    tables = data.get("topics", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"config file {path}: 'topics' must be a table of tables")
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"config file {path}: topics.{name!r} must be a table")
+        try:
+            TopicConfig(**table)
+        except ValidationError as exc:
+            problems = "; ".join(f"topics.{name!r}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"config file {path}: {problems}") from exc
+    return tables
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, CLI overrides (``None`` means "not given") and the TOML file."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
+    if settings.config is not None:
+        settings = settings.model_copy(update={"topic_overrides": _read_topic_tables(settings.config)})
+        for name in settings.topic_overrides:
+            settings.topic(name)  # validate the merged view once, at start-up
+    return settings

@@ -1,0 +1,320 @@
+"""BatchStore: the one class that talks to Redis.
+
+Every state transition is one Lua script (``batchfleet/lua/*.lua``, contract at the top of each),
+registered once per client; redis-py's script objects reload themselves after a Redis restart
+(NOSCRIPT).  Services call typed methods here and never issue raw Redis commands.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from batchfleet.errors import StaleOffsetError, StoreError
+from batchfleet.keys import Keys, job_id_for, message_id_for, offset_field
+from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordResult
+
+__all__ = ["STATION_JOB", "BatchStore"]
+
+STATION_JOB = "run_station"  # the arq function name of a station job
+_JOB_EXPIRE_EXTRA_MS = 60_000  # a job not started by deadline + this is dropped by arq unrun
+
+
+def _lua(name: str) -> str:
+    return resources.files("batchfleet").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _s(value: bytes | str | int) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[str, bytes]:
+    return {_s(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def make_client(url: str, *, name: str = "batchfleet") -> aioredis.Redis:
+    """A redis-py asyncio client that reconnects with backoff on connection errors."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        client_name=name,
+    )
+
+
+class BatchStore:
+    """All of batchfleet's Redis state, behind one typed surface."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "bf", queue_name: str = "bf:queue") -> None:
+        self.redis = client
+        self.keys = Keys(prefix)
+        self.queue_name = queue_name
+        self._create = client.register_script(_lua("create_batch"))
+        self._record = client.register_script(_lua("record_outcome"))
+        self._claim = client.register_script(_lua("claim_batch"))
+        self._ack = client.register_script(_lua("ack_upload"))
+        self._fail = client.register_script(_lua("fail_upload"))
+        self._quarantine = client.register_script(_lua("quarantine_message"))
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "bf", queue_name: str = "bf:queue", name: str = "batchfleet") -> Self:
+        return cls(make_client(url, name=name), prefix=prefix, queue_name=queue_name)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    # -- time --------------------------------------------------------------------------------
+    async def server_time_ms(self) -> int:
+        """Redis server time: the only clock that deadlines, leases and retention use."""
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    # -- dispatcher --------------------------------------------------------------------------
+    async def load_offsets(self, fields: Iterable[str]) -> dict[str, int]:
+        """The stored next offset of each ``TOPIC:PARTITION`` field that has one."""
+        names = list(fields)
+        if not names:
+            return {}
+        values = await self.redis.hmget(self.keys.offsets, names)
+        return {f: int(v) for f, v in zip(names, values, strict=True) if v is not None}
+
+    async def create_batch(self, spec: BatchSpec, *, extra_meta: dict[str, str] | None = None) -> tuple[bool, int]:
+        """Write the batch, its station jobs and the partitions' next offsets in one atomic step.
+
+        Returns (created, created_ms); ``created`` is False when the batch already existed.
+        Raises StaleOffsetError when the offsets were already ingested (nothing written).
+        """
+        k = self.keys
+        bid = spec.batch_id
+        meta: dict[str, str] = {
+            "topic": spec.topic,
+            "timeout_ms": str(int(spec.timeout_s * 1000)),
+            "retention_s": str(spec.retention_s),
+            "late_policy": spec.late_policy,
+            "messages": str(spec.messages),
+            "stations": orjson.dumps(list(spec.stations)).decode(),
+            "source": ",".join(f"{r.partition}@{r.first_offset}-{r.next_offset - 1}" for r in spec.ranges),
+            **(extra_meta or {}),
+        }
+        et = int(time.time() * 1000)
+        station_args: list[bytes | str] = []
+        job_keys: list[str] = []
+        for station, records in spec.stations.items():
+            job = {"t": None, "f": STATION_JOB, "a": [bid, station], "k": {}, "et": et}
+            station_args += [station, orjson.dumps(records), orjson.dumps(job)]
+            job_keys.append(k.job(bid, station))
+        args: list[bytes | str | int] = [bid, int(spec.timeout_s * 1000), int(spec.timeout_s * 1000) + _JOB_EXPIRE_EXTRA_MS]
+        args.append(len(meta))
+        for name, value in meta.items():
+            args += [name, value]
+        args.append(len(spec.ranges))
+        for r in spec.ranges:
+            args += [offset_field(r.topic, r.partition), r.first_offset, r.next_offset]
+        args += station_args
+        keys = [k.batch(bid), k.inputs(bid), k.due, k.offsets, self.queue_name, k.stats, *job_keys]
+        reply = await self._create(keys=keys, args=args)
+        kind = _s(reply[0])
+        if kind == "stale":
+            raise StaleOffsetError(_s(reply[1]), int(reply[2]))
+        if kind == "exists":
+            return False, int(reply[1])
+        if kind != "created":
+            raise StoreError(f"create_batch returned {reply!r}")
+        return True, int(reply[1])
+
+    async def quarantine(self, entry: QuarantineEntry, *, retention_s: int, max_entries: int) -> bool:
+        """Keep a bad message with its reason.  True when newly quarantined (False: already there)."""
+        mid = message_id_for(entry.topic, entry.partition, entry.offset)
+        fields: list[bytes | str | int] = [
+            "reason", entry.reason, "topic", entry.topic, "partition", entry.partition,
+            "offset", entry.offset, "size", entry.size, "value", entry.value,
+        ]  # fmt: skip
+        keys = [self.keys.quarantined(mid), self.keys.quarantine, self.keys.offsets, self.keys.stats]
+        args: list[bytes | str | int] = [
+            mid, offset_field(entry.topic, entry.partition), entry.offset,
+            "1" if entry.advance_offset else "0", retention_s, max_entries, *fields,
+        ]  # fmt: skip
+        reply = await self._quarantine(keys=keys, args=args)
+        kind = _s(reply[0])
+        if kind == "stale":
+            raise StaleOffsetError(offset_field(entry.topic, entry.partition), int(reply[1]))
+        return kind == "quarantined"
+
+    async def open_batches(self) -> int:
+        """Batches created but not yet uploaded or dead-lettered (the backpressure measure)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.due)
+            pipe.zcard(self.keys.leases)
+            due, leased = await pipe.execute()
+        return int(due) + int(leased)
+
+    # -- workers -----------------------------------------------------------------------------
+    async def station_input(
+        self, batch_id: str, station_id: str
+    ) -> tuple[str | None, list[dict[str, Any]] | None, int | None]:
+        """(batch state, the station's records, batch timeout ms); Nones when the batch is gone."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.batch(batch_id), ["state", "timeout_ms"])
+            pipe.hget(self.keys.inputs(batch_id), station_id)
+            (state, timeout_ms), raw = await pipe.execute()
+        records = orjson.loads(raw) if raw is not None else None
+        return (
+            _s(state) if state is not None else None,
+            records,
+            int(timeout_ms) if timeout_ms is not None else None,
+        )
+
+    async def record_outcome(self, batch_id: str, station_id: str, outcome: Outcome) -> RecordResult:
+        k = self.keys
+        keys = [k.batch(batch_id), k.inputs(batch_id), k.outcomes(batch_id), k.late(batch_id), k.due, k.ready, k.stats]
+        reply = await self._record(keys=keys, args=[batch_id, station_id, outcome.status, outcome.to_json()])
+        status = _s(reply[0])
+        if status not in ("recorded", "complete", "duplicate", "late", "unknown"):
+            raise StoreError(f"record_outcome returned {reply!r}")
+        return RecordResult(status, int(reply[1]), int(reply[2]))  # type: ignore[arg-type]
+
+    # -- aggregator --------------------------------------------------------------------------
+    async def due_batches(self, now_ms: int, limit: int) -> list[str]:
+        """Batch ids whose due time or upload lease has passed, most urgent first."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(self.keys.due, "-inf", now_ms, start=0, num=limit)
+            pipe.zrangebyscore(self.keys.leases, "-inf", now_ms, start=0, num=limit)
+            due, expired = await pipe.execute()
+        return [_s(b) for b in due] + [_s(b) for b in expired]
+
+    async def next_due_ms(self) -> int | None:
+        """The earliest due time or lease expiry, if any batch is waiting."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.keys.due, 0, 0, withscores=True)
+            pipe.zrange(self.keys.leases, 0, 0, withscores=True)
+            due, leases = await pipe.execute()
+        scores = [int(s) for _, s in (due + leases)]
+        return min(scores) if scores else None
+
+    async def wait_ready(self, timeout_s: float) -> str | None:
+        """Block until some batch completes (or the timeout passes)."""
+        reply = await self.redis.blpop([self.keys.ready], timeout=max(timeout_s, 0.01))
+        return _s(reply[1]) if reply else None
+
+    async def claim(self, batch_id: str, lease_ms: int) -> Claim | None:
+        k = self.keys
+        keys = [k.batch(batch_id), k.outcomes(batch_id), k.payload(batch_id), k.due, k.leases, k.fence]
+        reply = await self._claim(keys=keys, args=[batch_id, lease_ms])
+        if _s(reply[0]) != "claimed":
+            return None
+        meta = {name: _s(v) for name, v in _pairs(reply[3]).items()}
+        outcomes = {name: Outcome.from_json(v) for name, v in _pairs(reply[4]).items()}
+        stations = [str(s) for s in orjson.loads(meta.get("stations", "[]"))]
+        return Claim(batch_id, _s(reply[1]), int(reply[2]), meta, outcomes, reply[5], stations)
+
+    async def freeze_payload(self, batch_id: str, payload: bytes) -> bytes:
+        """Store the batch's upload body once; every later attempt sends the stored bytes."""
+        previous = await self.redis.set(self.keys.payload(batch_id), payload, nx=True, get=True)
+        return previous if previous is not None else payload
+
+    async def ack_upload(self, claim: Claim, *, retention_s: int, upload_ms: float) -> bool:
+        """True when the batch is now uploaded; False when our lease was taken over (fenced)."""
+        k = self.keys
+        keys = [*k.batch_keys(claim.batch_id), k.leases, k.recent, k.stats]
+        reply = await self._ack(keys=keys, args=[claim.batch_id, claim.token, retention_s, round(upload_ms, 3)])
+        return _s(reply[0]) == "uploaded"
+
+    async def fail_upload(self, claim: Claim, *, retry_delay_ms: int, max_attempts: int, error: str) -> tuple[str, int]:
+        """Schedule a retry or dead-letter; returns ("retry"|"dead"|"fenced", failures so far)."""
+        k = self.keys
+        keys = [k.batch(claim.batch_id), k.due, k.leases, k.dead, k.stats]
+        reply = await self._fail(keys=keys, args=[claim.batch_id, claim.token, retry_delay_ms, max_attempts, error[:2000]])
+        kind = _s(reply[0])
+        return kind, int(reply[1]) if kind != "fenced" else 0
+
+    # -- inspection --------------------------------------------------------------------------
+    async def batch_meta(self, batch_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys.batch(batch_id))
+        return {_s(name): _s(v) for name, v in raw.items()}
+
+    async def batch_outcomes(self, batch_id: str) -> dict[str, Outcome]:
+        raw = await self.redis.hgetall(self.keys.outcomes(batch_id))
+        return {_s(name): Outcome.from_json(v) for name, v in raw.items()}
+
+    async def late_outcomes(self, batch_id: str) -> dict[str, Outcome]:
+        raw = await self.redis.hgetall(self.keys.late(batch_id))
+        return {_s(name): Outcome.from_json(v) for name, v in raw.items()}
+
+    async def stats(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keys.stats)
+        return {_s(name): int(v) for name, v in raw.items()}
+
+    async def open_batch_ids(self, limit: int = 50) -> list[tuple[str, int]]:
+        """(batch id, due ms) of batches not yet uploaded, soonest first."""
+        raw = await self.redis.zrange(self.keys.due, 0, limit - 1, withscores=True)
+        leased = await self.redis.zrange(self.keys.leases, 0, limit - 1, withscores=True)
+        return [(_s(m), int(s)) for m, s in raw + leased]
+
+    async def recent_batch_ids(self, limit: int = 20) -> list[str]:
+        return [_s(b) for b in await self.redis.lrange(self.keys.recent, 0, limit - 1)]
+
+    async def dead_batch_ids(self) -> list[str]:
+        return [_s(b) for b in await self.redis.zrange(self.keys.dead, 0, -1)]
+
+    async def quarantined(self, limit: int = 100) -> list[dict[str, bytes]]:
+        ids = [_s(m) for m in await self.redis.zrevrange(self.keys.quarantine, 0, limit - 1)]
+        entries: list[dict[str, bytes]] = []
+        for mid in ids:
+            raw = await self.redis.hgetall(self.keys.quarantined(mid))
+            if raw:
+                entries.append({_s(name): v for name, v in raw.items()} | {"id": mid.encode()})
+        return entries
+
+    async def progress(self, batch_ids: list[str]) -> list[dict[str, Any]]:
+        """Per batch: meta fields used by progress views, plus ``done`` (outcomes so far)."""
+        fields = ["topic", "state", "expected", "created_ms", "deadline_ms", "finalized_ms", "uploaded_ms",
+                  "reason", "late", "upload_failures"]  # fmt: skip
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bid in batch_ids:
+                pipe.hmget(self.keys.batch(bid), fields)
+                pipe.hlen(self.keys.outcomes(bid))
+            replies = await pipe.execute()
+        rows: list[dict[str, Any]] = []
+        for i, bid in enumerate(batch_ids):
+            values, done = replies[2 * i], replies[2 * i + 1]
+            if values[0] is None:
+                continue
+            row: dict[str, Any] = {"batch_id": bid, "done": int(done)}
+            row.update({f: _s(v) for f, v in zip(fields, values, strict=True) if v is not None})
+            rows.append(row)
+        return rows
+
+    async def payload(self, batch_id: str) -> bytes | None:
+        value = await self.redis.get(self.keys.payload(batch_id))
+        return bytes(value) if value is not None else None
+
+    async def queue_depth(self) -> int:
+        return int(await self.redis.zcard(self.queue_name))
+
+    @staticmethod
+    def job_id(batch_id: str, station_id: str) -> str:
+        return job_id_for(batch_id, station_id)

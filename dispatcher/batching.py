@@ -1,0 +1,146 @@
+"""Plan one poll's worth of Kafka messages into dispatch units: batches and quarantine entries.
+
+Rules (pure functions, no I/O):
+- A batch never mixes topics.  ``poll`` mode: all of one topic's messages in the poll form one
+  batch (split only when it would exceed the topic's ``max_stations``); ``message`` mode: each
+  message is its own batch.
+- A station seen in several messages of one batch gets one job; its records are merged in Kafka
+  order (partition, then offset).
+- The batch id is ``TOPIC:PARTITION:OFFSET`` of the batch's first valid message.
+- Every message is covered by exactly one unit's offset range, so storing "next offset" with each
+  unit makes ingest exactly-once.  A bad message inside a poll batch is quarantined first without
+  moving offsets; the batch that follows covers its offset.  A bad message not followed by a batch
+  of its topic advances the offset itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from batchfleet.keys import batch_id_for
+from batchfleet.models import BatchSpec, PartitionRange, QuarantineEntry
+from batchfleet.settings import TopicConfig
+from dispatcher.parsing import BadMessage, parse_stations
+
+__all__ = ["KafkaMessage", "Unit", "plan_dispatch"]
+
+Unit = BatchSpec | QuarantineEntry
+_KEEP_BYTES = 64 * 1024  # how much of a bad message's value the quarantine keeps
+
+
+class KafkaMessage(Protocol):
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+def _quarantine(msg: KafkaMessage, reason: str, advance: bool) -> QuarantineEntry:
+    value = msg.value or b""
+    return QuarantineEntry(
+        topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason,
+        value=value[:_KEEP_BYTES], size=len(value), advance_offset=advance,
+    )  # fmt: skip
+
+
+@dataclass
+class _Accumulator:
+    """The batch being built, plus the bad messages its offset range covers."""
+
+    topic: str
+    cfg: TopicConfig
+    first: KafkaMessage | None = None
+    stations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    ranges: dict[int, list[int]] = field(default_factory=dict)  # partition -> [first, next]
+    bad: list[tuple[KafkaMessage, str]] = field(default_factory=list)
+    messages: int = 0
+
+    def cover(self, msg: KafkaMessage) -> None:
+        span = self.ranges.setdefault(msg.partition, [msg.offset, msg.offset + 1])
+        span[0] = min(span[0], msg.offset)
+        span[1] = max(span[1], msg.offset + 1)
+
+    def fits(self, pairs: list[tuple[str, dict[str, Any]]]) -> bool:
+        new = {sid for sid, _ in pairs if sid not in self.stations}
+        return not self.stations or len(self.stations) + len(new) <= self.cfg.max_stations
+
+    def add(self, msg: KafkaMessage, pairs: list[tuple[str, dict[str, Any]]]) -> None:
+        if self.first is None:
+            self.first = msg
+        for sid, record in pairs:
+            self.stations.setdefault(sid, []).append(record)
+        self.messages += 1
+        self.cover(msg)
+
+    def flush(self) -> list[Unit]:
+        """The units of this accumulator, quarantines first (they must not move offsets)."""
+        if self.first is None:
+            return [_quarantine(m, r, advance=True) for m, r in self.bad]
+        units: list[Unit] = [_quarantine(m, r, advance=False) for m, r in self.bad]
+        units.append(
+            BatchSpec(
+                batch_id=batch_id_for(self.topic, self.first.partition, self.first.offset),
+                topic=self.topic,
+                stations=self.stations,
+                ranges=[PartitionRange(self.topic, p, s[0], s[1]) for p, s in sorted(self.ranges.items())],
+                timeout_s=self.cfg.timeout_s,
+                retention_s=self.cfg.retention_s,
+                late_policy=self.cfg.late,
+                messages=self.messages,
+            )
+        )
+        return units
+
+
+def _ordered(messages: Iterable[KafkaMessage]) -> list[KafkaMessage]:
+    return sorted(messages, key=lambda m: (m.partition, m.offset))
+
+
+def _plan_poll(topic: str, msgs: list[KafkaMessage], cfg: TopicConfig, max_bytes: int) -> list[Unit]:
+    units: list[Unit] = []
+    acc = _Accumulator(topic, cfg)
+    for msg in _ordered(msgs):
+        try:
+            pairs = parse_stations(msg.value, cfg, max_bytes)
+        except BadMessage as bad:
+            acc.bad.append((msg, bad.reason))
+            acc.cover(msg)
+            continue
+        if not acc.fits(pairs):
+            units += acc.flush()
+            acc = _Accumulator(topic, cfg)
+        acc.add(msg, pairs)
+    return units + acc.flush()
+
+
+def _plan_message(topic: str, msgs: list[KafkaMessage], cfg: TopicConfig, max_bytes: int) -> list[Unit]:
+    units: list[Unit] = []
+    for msg in _ordered(msgs):
+        acc = _Accumulator(topic, cfg)
+        try:
+            acc.add(msg, parse_stations(msg.value, cfg, max_bytes))
+        except BadMessage as bad:
+            acc.bad.append((msg, bad.reason))
+        units += acc.flush()
+    return units
+
+
+def plan_dispatch(
+    messages: Iterable[KafkaMessage], topic_config: Callable[[str], TopicConfig], max_bytes: int
+) -> list[Unit]:
+    """The units to write, in an order that keeps every partition's offsets monotonic."""
+    by_topic: dict[str, list[KafkaMessage]] = {}
+    for msg in messages:
+        by_topic.setdefault(msg.topic, []).append(msg)
+    units: list[Unit] = []
+    for topic in sorted(by_topic):
+        cfg = topic_config(topic)
+        plan = _plan_poll if cfg.batching == "poll" else _plan_message
+        units += plan(topic, by_topic[topic], cfg, max_bytes)
+    return units

@@ -1,0 +1,26 @@
+"""Entry point of one dispatcher process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from batchfleet.settings import Settings
+from batchfleet.store import BatchStore
+from dispatcher.service import Dispatcher
+
+__all__ = ["serve"]
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    if not settings.topics:
+        from batchfleet.errors import ConfigError
+
+        raise ConfigError("no topics to consume: set BATCHFLEET_TOPICS or pass --topics")
+    name = f"dispatcher@{socket.gethostname()}:{os.getpid()}"
+    async with BatchStore.from_url(
+        settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
+        queue_name=settings.queue_name, name="batchfleet-dispatcher",
+    ) as store:  # fmt: skip
+        await Dispatcher(settings, store, name=name).run(stop)

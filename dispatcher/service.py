@@ -1,0 +1,204 @@
+"""The dispatcher loop: poll Kafka, write units to Redis, then commit Kafka offsets.
+
+Exactly-once ingest: each unit stores its partitions' next offsets in the same Lua call that
+creates the batch (or quarantines the message).  On assignment the consumer seeks to the offsets
+stored in Redis; a unit whose offsets were already ingested is refused by Redis (StaleOffsetError)
+and the dispatcher re-seeks instead of creating a second batch.  Kafka commits only mirror Redis,
+for lag tooling; they are made after Redis has the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from batchfleet.errors import StaleOffsetError
+from batchfleet.keys import offset_field
+from batchfleet.models import BatchSpec, QuarantineEntry
+from batchfleet.settings import Settings
+from batchfleet.store import BatchStore
+from dispatcher.batching import Unit, plan_dispatch
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_QUARANTINE_RETENTION_S = 7 * 86_400
+_QUARANTINE_MAX = 100_000
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Every unit written so far is in Redis already; mirror its offsets to Kafka best-effort.
+        await self.dispatcher.commit_stored(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.dispatcher.seek_to_stored(assigned)
+
+
+class Dispatcher:
+    """One member of the dispatcher consumer group."""
+
+    def __init__(self, settings: Settings, store: BatchStore, *, name: str = "dispatcher") -> None:
+        self.settings = settings
+        self.store = store
+        self.name = name
+        self.consumer: AIOKafkaConsumer | None = None
+        self.paused = False
+        self.batches_created = 0
+        self.messages_quarantined = 0
+
+    # -- Kafka plumbing ----------------------------------------------------------------------
+    def _consumer(self) -> AIOKafkaConsumer:
+        s = self.settings
+        return AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=s.kafka_group_id,
+            client_id=self.name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=max(1_048_576, s.max_message_bytes * 2),
+        )
+
+    async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
+        if self.consumer is None or not assigned:
+            return
+        stored = await self._redis_retry(
+            lambda: self.store.load_offsets(offset_field(tp.topic, tp.partition) for tp in assigned)
+        )
+        for tp in assigned:
+            offset = stored.get(offset_field(tp.topic, tp.partition))
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+        log.info("%s assigned %s", self.name, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))
+
+    async def commit_stored(self, partitions: list[TopicPartition]) -> None:
+        if self.consumer is None or not partitions:
+            return
+        try:
+            stored = await self.store.load_offsets(offset_field(tp.topic, tp.partition) for tp in partitions)
+            offsets = {tp: stored[offset_field(tp.topic, tp.partition)] for tp in partitions
+                       if offset_field(tp.topic, tp.partition) in stored}  # fmt: skip
+            if offsets:
+                await self.consumer.commit(offsets)
+        except (KafkaError, *_REDIS_DOWN) as exc:
+            log.warning("could not mirror offsets to Kafka for %s: %s", partitions, exc)
+
+    # -- Redis with patience -----------------------------------------------------------------
+    async def _redis_retry(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run op until Redis answers; while it is away nothing is consumed or committed."""
+        delay = 0.1
+        while True:
+            try:
+                return await op()
+            except _REDIS_DOWN as exc:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self.consumer = self._consumer()
+        self.consumer.subscribe(self.settings.topics, listener=_Rebalance(self))
+        await self.consumer.start()
+        log.info("%s consuming %s as group %s", self.name, ",".join(self.settings.topics), self.settings.kafka_group_id)
+        try:
+            while not stop.is_set():
+                await self._step()
+        finally:
+            await self.commit_stored(list(self.consumer.assignment()))
+            await self.consumer.stop()
+            log.info("%s stopped: %d batches created, %d messages quarantined",
+                     self.name, self.batches_created, self.messages_quarantined)  # fmt: skip
+
+    async def _step(self) -> None:
+        if await self._backpressure():
+            return
+        assert_consumer = self.consumer
+        if assert_consumer is None:
+            raise RuntimeError("dispatcher not started")
+        polled = await assert_consumer.getmany(
+            timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.poll_max_records
+        )
+        messages = [m for batch in polled.values() for m in batch]
+        if messages:
+            await self.dispatch(messages)
+
+    async def _backpressure(self) -> bool:
+        """Pause all partitions while too many batches are open; resume below 90 %."""
+        consumer = self.consumer
+        if consumer is None:
+            return False
+        open_batches = await self._redis_retry(self.store.open_batches)
+        limit = self.settings.max_open_batches
+        if not self.paused and open_batches >= limit:
+            consumer.pause(*consumer.assignment())
+            self.paused = True
+            log.warning("backpressure: %d open batches >= %d; pausing consumption", open_batches, limit)
+        elif self.paused and open_batches < limit * 0.9:
+            consumer.resume(*consumer.assignment())
+            self.paused = False
+            log.info("backpressure released: %d open batches", open_batches)
+        if self.paused:
+            await consumer.getmany(timeout_ms=200)  # keeps the group membership alive; returns nothing
+        return self.paused
+
+    async def dispatch(self, messages: list[Any]) -> None:
+        """Write one poll's units to Redis, in order, then mirror the offsets to Kafka."""
+        units = plan_dispatch(messages, self.settings.topic, self.settings.max_message_bytes)
+        try:
+            for unit in units:
+                await self._redis_retry(lambda u=unit: self._write(u))  # type: ignore[misc]
+        except StaleOffsetError as stale:
+            log.warning("%s: %s; re-seeking to the offsets stored in Redis", self.name, stale)
+            if self.consumer is not None:
+                await self.seek_to_stored(list(self.consumer.assignment()))
+            return
+        await self._commit(messages)
+
+    async def _write(self, unit: Unit) -> None:
+        if isinstance(unit, QuarantineEntry):
+            await self._write_quarantine(unit)
+        else:
+            await self._write_batch(unit)
+
+    async def _write_quarantine(self, entry: QuarantineEntry) -> None:
+        new = await self.store.quarantine(entry, retention_s=_QUARANTINE_RETENTION_S, max_entries=_QUARANTINE_MAX)
+        if new:
+            self.messages_quarantined += 1
+            log.warning("quarantined %s[%d]@%d: %s", entry.topic, entry.partition, entry.offset, entry.reason,
+                        extra={"topic": entry.topic})  # fmt: skip
+
+    async def _write_batch(self, spec: BatchSpec) -> None:
+        created, _ = await self.store.create_batch(spec)
+        if created:
+            self.batches_created += 1
+            log.info("batch %s created: %d stations expected from %d message(s), deadline %.1fs",
+                     spec.batch_id, len(spec.stations), spec.messages, spec.timeout_s,
+                     extra={"batch_id": spec.batch_id, "topic": spec.topic})  # fmt: skip
+
+    async def _commit(self, messages: list[Any]) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        offsets: dict[TopicPartition, int] = {}
+        for m in messages:
+            tp = TopicPartition(m.topic, m.partition)
+            offsets[tp] = max(offsets.get(tp, 0), m.offset + 1)
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # Redis holds the authoritative offsets; the next commit or assignment catches up.
+            log.warning("kafka commit failed (offsets are safe in Redis): %s", exc)

@@ -1,0 +1,204 @@
+"""Helpers that run the real services in-process (as asyncio tasks) or as subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from arq.worker import Worker
+
+from aggregator.service import Aggregator
+from aggregator.uploaders import make_uploader
+from batchfleet.settings import Settings
+from batchfleet.store import BatchStore
+from dispatcher.service import Dispatcher
+from workers.settings import worker_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_settings(redis_url: str, bootstrap: str, topics: list[str], uploader: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "kafka_bootstrap_servers": bootstrap,
+        "topics": topics,
+        "uploader": uploader,
+        "processor": "tests.integration.processors:async_process",
+        "batch_timeout_s": 3.0,
+        "poll_timeout_ms": 200,
+        "worker_poll_delay_s": 0.02,
+        "upload_backoff_base_s": 0.1,
+        "upload_backoff_max_s": 0.5,
+        "kafka_group_id": f"g-{topics[0] if topics else 'none'}",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The same settings as BATCHFLEET_* variables, for subprocess roles."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHFLEET_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    for name, value in settings.model_dump(exclude={"topic_overrides"}).items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if isinstance(value, list):
+            value = ",".join(value)
+        env[f"BATCHFLEET_{name.upper()}"] = str(value)
+    if settings.redis_url:
+        env["BATCHFLEET_REDIS_URL"] = settings.redis_url.get_secret_value()
+    return env
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes | None], partition: int | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, partition=partition)
+    finally:
+        await producer.stop()
+
+
+def message(stations: list[str], value: int = 1) -> bytes:
+    return orjson.dumps({"stationData": [{"stationId": s, "v": value} for s in stations]})
+
+
+def read_uploads(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
+    """Poll a condition until it holds; fail with `what` after the bound (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+class InProcessFleet:
+    """Dispatchers, workers and aggregators as tasks of the test's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.workers: list[Worker] = []
+        self.stores: list[BatchStore] = []
+        self.dispatchers: list[Dispatcher] = []
+        self.aggregators: list[Aggregator] = []
+
+    def _store(self) -> BatchStore:
+        s = BatchStore.from_url(self.settings.redis_url.get_secret_value(), prefix=self.settings.key_prefix,
+                                queue_name=self.settings.queue_name)  # fmt: skip
+        self.stores.append(s)
+        return s
+
+    def start_dispatcher(self) -> Dispatcher:
+        d = Dispatcher(self.settings, self._store(), name=f"dispatcher-{len(self.dispatchers)}")
+        self.dispatchers.append(d)
+        self.tasks.append(asyncio.create_task(d.run(self.stop)))
+        return d
+
+    async def start_aggregator(self) -> Aggregator:
+        uploader = make_uploader(self.settings)
+        await uploader.start()
+        a = Aggregator(self.settings, self._store(), uploader, name=f"aggregator-{len(self.aggregators)}")
+        self.aggregators.append(a)
+
+        async def run() -> None:
+            try:
+                await a.run(self.stop)
+            finally:
+                await uploader.close()
+
+        self.tasks.append(asyncio.create_task(run()))
+        return a
+
+    def start_worker(self) -> Worker:
+        kwargs = worker_settings(self.settings)
+        kwargs["handle_signals"] = False
+        w = Worker(**kwargs)
+        self.workers.append(w)
+        self.tasks.append(asyncio.create_task(w.main()))
+        return w
+
+    async def close(self) -> None:
+        self.stop.set()
+        for w in self.workers:
+            for job in list(w.tasks.values()):
+                job.cancel()
+        done, pending = await asyncio.wait(self.tasks, timeout=10) if self.tasks else (set(), set())
+        for t in pending:
+            t.cancel()
+        results = await asyncio.gather(*self.tasks, return_exceptions=True)
+        for w in self.workers:
+            with contextlib.suppress(Exception):
+                await w.close()
+        for s in self.stores:
+            await s.aclose()
+        errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, asyncio.CancelledError)]
+        if errors:
+            raise errors[0]
+
+
+@contextlib.asynccontextmanager
+async def fleet(settings: Settings, *, dispatchers: int = 1, workers: int = 1, aggregators: int = 1
+                ) -> AsyncIterator[InProcessFleet]:  # fmt: skip
+    f = InProcessFleet(settings)
+    try:
+        for _ in range(aggregators):
+            await f.start_aggregator()
+        for _ in range(workers):
+            f.start_worker()
+        for _ in range(dispatchers):
+            f.start_dispatcher()
+        yield f
+    finally:
+        await f.close()
+
+
+class Proc:
+    """A role running as its own OS process (`python -m batchfleet ROLE`)."""
+
+    def __init__(self, role: str, env: dict[str, str], log_path: Path) -> None:
+        self.role = role
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "batchfleet", role], env=env, cwd=REPO,
+                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)  # fmt: skip
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout_s: float = 20) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
+        self._log.close()

@@ -1,0 +1,43 @@
+"""Station processors for the tests: behaviour chosen by the station id's prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+
+def _result(station_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"stationId": station_id, "n": len(records), "values": [r.get("v") for r in records]}
+
+
+async def async_process(station_id: str, records: list[dict[str, Any]]) -> Any:
+    kind = station_id.split("-", 1)[0]
+    if kind == "RAISE":
+        raise ValueError(f"bad reading at {station_id}")
+    if kind == "NONE":
+        return None
+    if kind == "HANG":
+        await asyncio.sleep(3600)
+    if kind == "SLOW":
+        await asyncio.sleep(1.5)
+    if kind == "LIST":
+        return [1, 2, 3]
+    if kind == "HUGE":
+        return {"blob": "x" * 2_000_000}
+    if kind == "NONJSON":
+        return {"when": object()}
+    return _result(station_id, records)
+
+
+def sync_process(station_id: str, records: list[dict[str, Any]]) -> Any:
+    kind = station_id.split("-", 1)[0]
+    if kind == "SPIN":
+        end = time.monotonic() + 3600
+        while time.monotonic() < end:
+            pass
+    if kind == "BLOCK":
+        time.sleep(3600)
+    if kind == "RAISE":
+        raise RuntimeError(f"sync failure at {station_id}")
+    return _result(station_id, records)

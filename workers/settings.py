@@ -1,0 +1,53 @@
+"""arq worker settings built from batchfleet settings.  Jobs are JSON, never pickle."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.worker import func
+
+from batchfleet.settings import Settings, load_settings
+from batchfleet.store import STATION_JOB
+from workers.station import WorkerContext, run_station, shutdown, startup_with
+
+__all__ = ["build_worker_settings_class", "json_dumps", "json_loads", "worker_settings"]
+
+
+def json_dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def json_loads(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+def worker_settings(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``arq.worker.Worker`` (also the attributes of WorkerSettings)."""
+    # arq's own per-job timeout is a backstop above the station budget, which the job enforces.
+    budget = settings.station_timeout_s or max(settings.batch_timeout_s, 5.0)
+
+    async def on_startup(ctx: WorkerContext) -> None:
+        await startup_with(ctx, settings)
+
+    return {
+        "functions": [func(run_station, name=STATION_JOB, max_tries=3, timeout=budget + 30, keep_result=0)],
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url.get_secret_value()),
+        "queue_name": settings.queue_name,
+        "max_jobs": settings.worker_max_jobs,
+        "poll_delay": settings.worker_poll_delay_s,
+        "keep_result": 0,
+        "job_serializer": json_dumps,
+        "job_deserializer": json_loads,
+        "on_startup": on_startup,
+        "on_shutdown": shutdown,
+        "handle_signals": True,
+        "job_completion_wait": settings.worker_grace_s,
+        "health_check_interval": 10,
+    }
+
+
+def build_worker_settings_class() -> type:
+    """``arq workers.WorkerSettings``: a settings class read from the environment when first asked for."""
+    return type("WorkerSettings", (), worker_settings(load_settings()))

@@ -1,0 +1,121 @@
+"""The station job: load the station's input, run the processor, record the outcome once.
+
+A job carries only ``(batch_id, station_id)``; the records live in the batch's input hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from batchfleet.importing import load_callable
+from batchfleet.models import Outcome, RecordResult
+from batchfleet.settings import Settings
+from batchfleet.store import BatchStore
+from workers.processor import run_processor
+
+__all__ = ["WorkerContext", "WorkerState", "run_station", "shutdown", "startup"]
+
+log = logging.getLogger(__name__)
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass
+class WorkerState:
+    settings: Settings
+    store: BatchStore
+    processor: Callable[..., Any]
+    name: str
+
+
+class WorkerContext(TypedDict, total=False):
+    """arq's ``ctx`` as batchfleet uses it."""
+
+    redis: Any
+    job_id: str
+    job_try: int
+    batchfleet: WorkerState
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def startup_with(ctx: WorkerContext, settings: Settings) -> None:
+    store = BatchStore.from_url(
+        settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
+        queue_name=settings.queue_name, name="batchfleet-worker",
+    )  # fmt: skip
+    ctx["batchfleet"] = WorkerState(settings, store, load_callable(settings.processor), worker_name())
+    log.info("worker %s ready: processor %s, queue %s", ctx["batchfleet"].name, settings.processor, settings.queue_name)
+
+
+async def startup(ctx: WorkerContext) -> None:
+    from batchfleet.settings import load_settings
+
+    await startup_with(ctx, load_settings())
+
+
+async def shutdown(ctx: WorkerContext) -> None:
+    state = ctx.get("batchfleet")
+    if state is not None:
+        await state.store.aclose()
+
+
+async def _record(state: WorkerState, batch_id: str, station_id: str, outcome: Outcome) -> RecordResult:
+    """Record with patience: a Redis blip must not lose a computed outcome."""
+    delay = 0.05
+    for _ in range(12):
+        try:
+            return await state.store.record_outcome(batch_id, station_id, outcome)
+        except _REDIS_DOWN as exc:
+            log.warning("recording %s/%s failed (%s); retrying", batch_id, station_id, exc)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+    return await state.store.record_outcome(batch_id, station_id, outcome)
+
+
+def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordResult) -> None:
+    extra = {"batch_id": batch_id, "station_id": station_id}
+    if rec.status in ("recorded", "complete"):
+        log.info("batch %s: station %s %s, progress %d/%d", batch_id, station_id, outcome.status,
+                 rec.done, rec.expected, extra=extra)  # fmt: skip
+        if outcome.status == "failed":
+            log.warning("batch %s: station %s failed: %s", batch_id, station_id, outcome.error, extra=extra)
+        if rec.status == "complete":
+            log.info("batch %s: all %d stations done, upload triggered", batch_id, rec.expected, extra=extra)
+    elif rec.status == "late":
+        log.warning("batch %s: station %s result arrived after finalization (late, not uploaded)",
+                    batch_id, station_id, extra=extra)  # fmt: skip
+    else:
+        log.info("batch %s: station %s outcome ignored (%s)", batch_id, station_id, rec.status, extra=extra)
+
+
+async def run_station(ctx: WorkerContext, batch_id: str, station_id: str) -> str:
+    """arq job: one station of one batch.  Returns what happened (kept by arq only if configured)."""
+    state = ctx["batchfleet"]
+    batch_state, records, timeout_ms = await state.store.station_input(batch_id, station_id)
+    if batch_state is None or records is None:
+        log.info("batch %s: station %s skipped, batch no longer exists", batch_id, station_id)
+        return "gone"
+    if batch_state != "open":
+        log.info("batch %s: station %s skipped, batch already %s", batch_id, station_id, batch_state,
+                 extra={"batch_id": batch_id})  # fmt: skip
+        return "skipped"
+    budget_s = state.settings.station_timeout_s or (timeout_ms / 1000 if timeout_ms else 5.0)
+    outcome = await run_processor(
+        state.processor, station_id, records, budget_s=budget_s,
+        max_result_bytes=state.settings.max_result_bytes, worker=state.name,
+    )  # fmt: skip
+    rec = await _record(state, batch_id, station_id, outcome)
+    _log_recorded(batch_id, station_id, outcome, rec)
+    return rec.status
