@@ -14,12 +14,14 @@ import asyncio
 import logging
 import random
 import time
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aggregator.payload import build_payload
 from aggregator.uploaders import Uploader
+from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.models import Claim
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
@@ -44,6 +46,8 @@ class Aggregator:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("%s watching completions and deadlines; uploading to %s", self.name, self.uploader.describe())
         delay = 0.1
+        beating = asyncio.Event()
+        beat = asyncio.create_task(heartbeat(self.store, process_member("aggregator"), self._info, beating))
         try:
             while not stop.is_set():
                 try:
@@ -55,6 +59,13 @@ class Aggregator:
                     delay = min(delay * 2, 5.0)
         finally:
             await self._drain()
+            beating.set()
+            await beat
+
+    def _info(self) -> dict[str, Any]:
+        doing = f"uploading {len(self._inflight)}" if self._inflight else "waiting"
+        return {"doing": doing, "inflight": sorted(self._inflight)[:10], "uploaded": self.uploaded,
+                "target": self.uploader.describe()}  # fmt: skip
 
     async def _drain(self) -> None:
         """Finish uploads in flight (their leases expire on their own if we are killed instead)."""
@@ -70,7 +81,7 @@ class Aggregator:
         for batch_id in due[: max(room, 0)]:
             task = asyncio.create_task(self._handle(batch_id), name=f"upload:{batch_id}")
             self._inflight[batch_id] = task
-            task.add_done_callback(lambda _t, b=batch_id: self._inflight.pop(b, None))
+            task.add_done_callback(self._forget)
         if due and room > 0:
             await asyncio.sleep(0)  # let the claims run before looking again
             return
@@ -78,6 +89,9 @@ class Aggregator:
             await asyncio.wait(self._inflight.values(), return_when=asyncio.FIRST_COMPLETED, timeout=_MAX_WAIT_S)
             return
         await self._wait_for_work(now_ms)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._inflight = {b: t for b, t in self._inflight.items() if t is not task}
 
     async def _wait_for_work(self, now_ms: int) -> None:
         next_ms = await self.store.next_due_ms()

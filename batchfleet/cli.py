@@ -91,6 +91,22 @@ def aggregator(**flags: Any) -> None:
 
 
 @main.command()
+@click.argument("role", type=click.Choice(["dispatcher", "worker", "aggregator"]))
+@click.option("--redis-url", help="Redis URL [BATCHFLEET_REDIS_URL]")
+@click.option("--name", help="HOST:PID of the process to check (default: any ROLE process on this host)")
+def health(role: str, redis_url: str | None, name: str | None) -> None:
+    """Exit 0 when this host's ROLE process has a live heartbeat, else 1 (a container probe)."""
+    import asyncio
+
+    from batchfleet.ops import check_health
+
+    settings = _settings("health", redis_url=redis_url)
+    ok, message = asyncio.run(check_health(settings, role, name))
+    click.echo(message)
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
 @click.option("--duration", type=float, default=0, help="seconds to run (0 = until Ctrl-C)")
 @click.option("--stations", type=int, default=24, help="stations per realtime message")
 @click.option("--workers", "worker_count", type=int, default=2, help="worker processes")

@@ -83,6 +83,8 @@ async def _produce(bootstrap: str, stations: int, stop: asyncio.Event) -> None:
         while not stop.is_set():
             if tick % 8 == 0:  # every 4 s: one message with every station's realtime data
                 await producer.send_and_wait(REALTIME_TOPIC, station_message(all_stations, rng))
+            if tick % 40 == 39:  # now and then a malformed message: quarantined, the partition keeps flowing
+                await producer.send_and_wait(POLL_TOPIC, b'{"stationData": [{"power_kw": 1}]}', partition=tick % 3)
             subset = rng.sample(station_ids(40, start=101), k=rng.randint(2, 5))
             await producer.send_and_wait(POLL_TOPIC, station_message(subset, rng), partition=tick % 3)
             tick += 1

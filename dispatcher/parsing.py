@@ -3,14 +3,18 @@
 The whole message is quarantined when any part of it is bad (missing or empty station list, an
 entry that is not an object, a missing/non-string/over-long station id): nothing is half-dispatched,
 and the operator re-dispatches the fixed message as one unit.  Pathological JSON is rejected rather
-than silently changed: NaN/Infinity, integers beyond 64 bits (which float-based parsers round),
-and nesting deeper than ``MAX_DEPTH``.
+than silently changed: NaN/Infinity, numbers that overflow a float, integers beyond 64 bits (which
+float-based parsers round), unpaired UTF-16 surrogate escapes, and nesting deeper than ``MAX_DEPTH``.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
+
+import orjson
 
 from batchfleet.settings import TopicConfig
 
@@ -40,6 +44,24 @@ def _checked_int(text: str) -> int:
     if not -_INT_LIMIT <= value < _INT_LIMIT:
         raise BadMessage(f"invalid JSON: integer {text} exceeds 64 bits")
     return value
+
+
+def _checked_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise BadMessage(f"invalid JSON: number {text[:40]} overflows a 64-bit float")
+    return value
+
+
+_LONE_SURROGATE_HINT = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_encodable(doc: Any) -> None:
+    """A \\uD800-style escape without its pair parses, but can never be stored as UTF-8."""
+    try:
+        orjson.dumps(doc)
+    except TypeError as exc:
+        raise BadMessage(f"invalid JSON: {exc}") from exc
 
 
 def _depth_exceeds(text: str, limit: int) -> bool:
@@ -76,11 +98,14 @@ def decode_json(value: bytes | None, max_bytes: int) -> Any:
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth_exceeds(text, MAX_DEPTH):
         raise BadMessage(f"invalid JSON: nesting deeper than {MAX_DEPTH}")
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_int=_checked_int)
+        doc = json.loads(text, parse_constant=_reject_constant, parse_int=_checked_int, parse_float=_checked_float)
     except BadMessage:
         raise
     except (ValueError, RecursionError) as exc:
         raise BadMessage(f"invalid JSON: {exc}") from exc
+    if _LONE_SURROGATE_HINT.search(text):
+        _check_encodable(doc)
+    return doc
 
 
 def _station_id(entry: object, index: int, cfg: TopicConfig) -> str:

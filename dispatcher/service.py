@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from batchfleet.errors import StaleOffsetError
+from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.keys import offset_field
 from batchfleet.models import BatchSpec, QuarantineEntry
 from batchfleet.settings import Settings
@@ -113,6 +114,8 @@ class Dispatcher:
         self.consumer = self._consumer()
         self.consumer.subscribe(self.settings.topics, listener=_Rebalance(self))
         await self.consumer.start()
+        beating = asyncio.Event()
+        beat = asyncio.create_task(heartbeat(self.store, process_member("dispatcher"), self._info, beating))
         log.info("%s consuming %s as group %s", self.name, ",".join(self.settings.topics), self.settings.kafka_group_id)
         try:
             while not stop.is_set():
@@ -120,16 +123,23 @@ class Dispatcher:
         finally:
             await self.commit_stored(list(self.consumer.assignment()))
             await self.consumer.stop()
+            beating.set()
+            await beat
             log.info("%s stopped: %d batches created, %d messages quarantined",
                      self.name, self.batches_created, self.messages_quarantined)  # fmt: skip
+
+    def _info(self) -> dict[str, Any]:
+        assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in (self.consumer.assignment() if self.consumer else ()))
+        return {"doing": "paused (backpressure)" if self.paused else "consuming", "assigned": assigned,
+                "batches_created": self.batches_created, "quarantined": self.messages_quarantined}  # fmt: skip
 
     async def _step(self) -> None:
         if await self._backpressure():
             return
-        assert_consumer = self.consumer
-        if assert_consumer is None:
+        consumer = self.consumer
+        if consumer is None:
             raise RuntimeError("dispatcher not started")
-        polled = await assert_consumer.getmany(
+        polled = await consumer.getmany(
             timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.poll_max_records
         )
         messages = [m for batch in polled.values() for m in batch]

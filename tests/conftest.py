@@ -5,7 +5,6 @@ Nothing here skips: a missing binary is a hard error, under CI and locally alike
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -96,6 +97,16 @@ def _error_text(exc: BaseException) -> str:
     return text if len(text) <= _ERROR_LIMIT else text[: _ERROR_LIMIT - 3] + "..."
 
 
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
 def _classify(value: Any, max_result_bytes: int) -> tuple[str, dict[str, Any] | None, str | None]:
     if value is None:
         return "empty", None, None
@@ -105,6 +116,8 @@ def _classify(value: Any, max_result_bytes: int) -> tuple[str, dict[str, Any] | 
         encoded = orjson.dumps(value)
     except TypeError as exc:
         return "failed", None, f"result is not JSON-encodable: {exc}"
+    if b"null" in encoded and _has_non_finite(value):
+        return "failed", None, "result contains NaN or Infinity, which JSON cannot carry"
     if len(encoded) > max_result_bytes:
         return "failed", None, f"result is {len(encoded)} bytes, over the {max_result_bytes}-byte limit"
     return "ok", orjson.loads(encoded), None
@@ -121,6 +134,9 @@ async def run_processor(
 ) -> Outcome:
     """Run one station and classify what happened.  Never raises for the processor's faults."""
     started = time.perf_counter()
+    status: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
     try:
         value = await asyncio.wait_for(_call(fn, station_id, records), timeout=budget_s)
     except TimeoutError:

@@ -32,7 +32,8 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         await startup_with(ctx, settings)
 
     return {
-        "functions": [func(run_station, name=STATION_JOB, max_tries=3, timeout=budget + 30, keep_result=0)],
+        "functions": [func(run_station,  # type: ignore[arg-type]
+                            name=STATION_JOB, max_tries=3, timeout=budget + 30, keep_result=0)],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url.get_secret_value()),
         "queue_name": settings.queue_name,
         "max_jobs": settings.worker_max_jobs,

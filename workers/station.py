@@ -11,12 +11,13 @@ import os
 import random
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.importing import load_callable
 from batchfleet.models import Outcome, RecordResult
 from batchfleet.settings import Settings
@@ -35,6 +36,14 @@ class WorkerState:
     store: BatchStore
     processor: Callable[..., Any]
     name: str
+    running: set[str] = field(default_factory=set)
+    done: int = 0
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    beat: asyncio.Task[None] | None = None
+
+    def info(self) -> dict[str, Any]:
+        doing = f"running {len(self.running)} station(s)" if self.running else "idle"
+        return {"doing": doing, "running": sorted(self.running)[:10], "done": self.done}
 
 
 class WorkerContext(TypedDict, total=False):
@@ -55,7 +64,9 @@ async def startup_with(ctx: WorkerContext, settings: Settings) -> None:
         settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
         queue_name=settings.queue_name, name="batchfleet-worker",
     )  # fmt: skip
-    ctx["batchfleet"] = WorkerState(settings, store, load_callable(settings.processor), worker_name())
+    state = WorkerState(settings, store, load_callable(settings.processor), worker_name())
+    state.beat = asyncio.create_task(heartbeat(store, process_member("worker"), state.info, state.stop))
+    ctx["batchfleet"] = state
     log.info("worker %s ready: processor %s, queue %s", ctx["batchfleet"].name, settings.processor, settings.queue_name)
 
 
@@ -68,6 +79,9 @@ async def startup(ctx: WorkerContext) -> None:
 async def shutdown(ctx: WorkerContext) -> None:
     state = ctx.get("batchfleet")
     if state is not None:
+        state.stop.set()
+        if state.beat is not None:
+            await state.beat
         await state.store.aclose()
 
 
@@ -111,6 +125,17 @@ async def run_station(ctx: WorkerContext, batch_id: str, station_id: str) -> str
         log.info("batch %s: station %s skipped, batch already %s", batch_id, station_id, batch_state,
                  extra={"batch_id": batch_id})  # fmt: skip
         return "skipped"
+    job = f"{batch_id}/{station_id}"
+    state.running.add(job)
+    try:
+        return await _run(state, batch_id, station_id, records, timeout_ms)
+    finally:
+        state.running.discard(job)
+        state.done += 1
+
+
+async def _run(state: WorkerState, batch_id: str, station_id: str, records: list[dict[str, Any]],
+               timeout_ms: int | None) -> str:  # fmt: skip
     budget_s = state.settings.station_timeout_s or (timeout_ms / 1000 if timeout_ms else 5.0)
     outcome = await run_processor(
         state.processor, station_id, records, budget_s=budget_s,

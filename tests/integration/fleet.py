@@ -103,6 +103,7 @@ class InProcessFleet:
         self.stores: list[BatchStore] = []
         self.dispatchers: list[Dispatcher] = []
         self.aggregators: list[Aggregator] = []
+        self.worker_tasks: list[asyncio.Task[Any]] = []
 
     def _store(self) -> BatchStore:
         s = BatchStore.from_url(self.settings.redis_url.get_secret_value(), prefix=self.settings.key_prefix,
@@ -136,7 +137,9 @@ class InProcessFleet:
         kwargs["handle_signals"] = False
         w = Worker(**kwargs)
         self.workers.append(w)
-        self.tasks.append(asyncio.create_task(w.main()))
+        task = asyncio.create_task(w.main())
+        self.worker_tasks.append(task)
+        self.tasks.append(task)
         return w
 
     async def close(self) -> None:
@@ -144,7 +147,9 @@ class InProcessFleet:
         for w in self.workers:
             for job in list(w.tasks.values()):
                 job.cancel()
-        done, pending = await asyncio.wait(self.tasks, timeout=10) if self.tasks else (set(), set())
+        for t in self.worker_tasks:
+            t.cancel()
+        _, pending = await asyncio.wait(self.tasks, timeout=10) if self.tasks else (set(), set())
         for t in pending:
             t.cancel()
         results = await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -180,7 +185,7 @@ class Proc:
     def __init__(self, role: str, env: dict[str, str], log_path: Path) -> None:
         self.role = role
         self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115
+        self._log = open(log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "batchfleet", role], env=env, cwd=REPO,
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)  # fmt: skip
 

@@ -1,0 +1,49 @@
+"""Heartbeats and `batchfleet health` against real processes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from batchfleet.localstack import KafkaBroker, RedisServer
+from batchfleet.store import BatchStore
+from tests.integration.fleet import REPO, Proc, make_settings, settings_env, wait_until
+
+
+def _health(role: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "batchfleet", "health", role], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+async def test_health_follows_the_process_heartbeat(broker: KafkaBroker, redis_server: RedisServer,
+                                                    store: BatchStore, make_topic, tmp_path: Path) -> None:  # fmt: skip
+    topic = await make_topic()
+    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{tmp_path / 'u.jsonl'}")
+    env = settings_env(settings)
+    assert _health("worker", env).returncode == 1  # nothing running yet
+    worker = Proc("worker", env, tmp_path / "worker.log")
+    aggregator = Proc("aggregator", env, tmp_path / "aggregator.log")
+    try:
+        async def both_beating() -> bool:
+            live = await store.live_processes()
+            return {m.split(":")[0] for m in live} >= {"worker", "aggregator"}
+
+        await wait_until(both_beating, 30, "heartbeats of worker and aggregator")
+        ok = _health("worker", env)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert f"worker:{socket.gethostname()}:{worker.proc.pid}" in ok.stdout
+        assert _health("dispatcher", env).returncode == 1
+        worker.kill()  # SIGKILL: no clean-up, the heartbeat must lapse by its TTL
+
+        async def worker_gone() -> bool:
+            return not await store.live_processes("worker")
+
+        await wait_until(worker_gone, 20, "the killed worker's heartbeat to expire")
+        assert _health("worker", env).returncode == 1
+        assert _health("aggregator", env).returncode == 0
+    finally:
+        worker.stop()
+        assert aggregator.stop() == 0
+    assert not await store.live_processes("aggregator")  # a clean exit removes its heartbeat

@@ -1,0 +1,56 @@
+"""A custom uploader (``module:function``) for the tests, and a real HTTP sink."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+
+from batchfleet.localstack import free_port
+
+received: list[dict[str, Any]] = []
+
+
+async def collect(payload: dict[str, Any]) -> None:
+    received.append(payload)
+
+
+class HttpSink:
+    """A threaded HTTP server that records POSTs; ``fail_first`` answers 503 that many times."""
+
+    def __init__(self, fail_first: int = 0, always_fail: bool = False) -> None:
+        self.port = free_port()
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.fail_first = fail_first
+        self.always_fail = always_fail
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                sink.requests.append((headers, orjson.loads(body)))
+                failing = sink.always_fail or len(sink.requests) <= sink.fail_first
+                self.send_response(503 if failing else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/batches"
+
+    def __enter__(self) -> HttpSink:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
