@@ -8,6 +8,7 @@ import socket
 
 from aggregator.service import Aggregator
 from aggregator.uploaders import make_uploader
+from batchfleet.metrics import serve_metrics
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 
@@ -15,6 +16,7 @@ __all__ = ["serve"]
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    serve_metrics(settings.metrics_port)
     name = f"aggregator@{socket.gethostname()}:{os.getpid()}"
     uploader = make_uploader(settings)
     async with (

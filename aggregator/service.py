@@ -21,8 +21,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aggregator.payload import build_payload
 from aggregator.uploaders import Uploader
+from batchfleet import metrics
 from batchfleet.heartbeat import heartbeat, process_member
-from batchfleet.models import Claim
+from batchfleet.models import Claim, UploadPayload
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 
@@ -117,6 +118,7 @@ class Aggregator:
     def _log_finalized(self, claim: Claim) -> None:
         if not claim.first_claim:
             return
+        metrics.BATCHES_FINALIZED.labels(claim.topic, claim.reason).inc()
         extra = {"batch_id": claim.batch_id, "topic": claim.topic}
         done, expected = len(claim.outcomes), claim.expected
         if claim.reason == "complete":
@@ -138,15 +140,28 @@ class Aggregator:
             await self._failed(claim, f"{type(exc).__name__}: {exc}")
             return
         upload_ms = (time.perf_counter() - started) * 1000
-        if await self.store.ack_upload(claim, retention_s=retention_s, upload_ms=upload_ms):
+        acked_ms = await self.store.ack_upload(claim, retention_s=retention_s, upload_ms=upload_ms)
+        if acked_ms is not None:
             self.uploaded += 1
             s = payload.summary
+            self._observe_upload(claim, payload, upload_ms, acked_ms)
             log.info("batch %s uploaded (%s): ok=%d failed=%d empty=%d missing=%d in %.1fms",
                      claim.batch_id, claim.reason, s.ok, s.failed, s.empty, s.missing, upload_ms,
                      extra=extra)  # fmt: skip
         else:
             log.warning("batch %s: lease was taken over during upload; the new owner acks it", claim.batch_id,
                         extra=extra)  # fmt: skip
+
+    @staticmethod
+    def _observe_upload(claim: Claim, payload: UploadPayload, upload_ms: float, acked_ms: int) -> None:
+        topic, s = claim.topic, payload.summary
+        metrics.BATCHES_UPLOADED.labels(topic, claim.reason).inc()
+        metrics.UPLOAD_SECONDS.labels(topic).observe(upload_ms / 1000)
+        for outcome, count in (("ok", s.ok), ("failed", s.failed), ("empty", s.empty), ("missing", s.missing)):
+            metrics.STATIONS_UPLOADED.labels(topic, outcome).inc(count)
+        metrics.BATCH_LATENCY.labels(topic).observe(max(acked_ms - int(claim.meta["created_ms"]), 0) / 1000)
+        finalized = int(claim.meta.get("finalized_ms", claim.now_ms))
+        metrics.FINALIZE_TO_UPLOAD.labels(topic, claim.reason).observe(max(acked_ms - finalized, 0) / 1000)
 
     def _backoff_ms(self, failures: int) -> int:
         base = self.settings.upload_backoff_base_s * (2 ** max(failures - 1, 0))
@@ -160,7 +175,9 @@ class Aggregator:
             max_attempts=self.settings.upload_max_attempts, error=error,
         )  # fmt: skip
         extra = {"batch_id": claim.batch_id, "topic": claim.topic}
+        metrics.UPLOAD_FAILURES.labels(claim.topic).inc()
         if kind == "dead":
+            metrics.BATCHES_DEAD.labels(claim.topic).inc()
             log.error("batch %s: upload failed %d times, moved to the dead-letter set: %s",
                       claim.batch_id, failures, error, extra=extra)  # fmt: skip
         elif kind == "retry":

@@ -16,6 +16,7 @@ __all__ = [
     "PartitionRange",
     "QuarantineEntry",
     "RecordResult",
+    "StationInput",
     "Summary",
     "UploadPayload",
 ]
@@ -80,6 +81,16 @@ class Outcome:
             worker=data.get("worker", ""),
             attempt=int(data.get("attempt", 1)),
         )
+
+
+@dataclass(frozen=True)
+class StationInput:
+    """What a worker reads before running a station."""
+
+    state: str | None
+    records: list[dict[str, Any]] | None
+    timeout_ms: int | None
+    topic: str
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     config: Path | None = None
     topic_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
 
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     log_format: Literal["human", "json"] = "human"
     log_level: str = "INFO"
 

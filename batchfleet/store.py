@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from batchfleet.errors import StaleOffsetError, StoreError
 from batchfleet.keys import Keys, job_id_for, message_id_for, offset_field
-from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordResult
+from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordResult, StationInput
 
 __all__ = ["STATION_JOB", "BatchStore"]
 
@@ -174,28 +174,29 @@ class BatchStore:
             raise StaleOffsetError(offset_field(entry.topic, entry.partition), int(reply[1]))
         return kind == "quarantined"
 
-    async def open_batches(self) -> int:
-        """Batches created but not yet uploaded or dead-lettered (the backpressure measure)."""
+    async def open_batches(self) -> tuple[int, int]:
+        """(batches created but not yet uploaded or dead-lettered, station jobs queued)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(self.keys.due)
             pipe.zcard(self.keys.leases)
-            due, leased = await pipe.execute()
-        return int(due) + int(leased)
+            pipe.zcard(self.queue_name)
+            due, leased, queued = await pipe.execute()
+        return int(due) + int(leased), int(queued)
 
     # -- workers -----------------------------------------------------------------------------
     async def station_input(
         self, batch_id: str, station_id: str
-    ) -> tuple[str | None, list[dict[str, Any]] | None, int | None]:
-        """(batch state, the station's records, batch timeout ms); Nones when the batch is gone."""
+    ) -> StationInput:
+        """The batch's state, topic and timeout, and the station's records (None when gone)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(self.keys.batch(batch_id), ["state", "timeout_ms"])
+            pipe.hmget(self.keys.batch(batch_id), ["state", "timeout_ms", "topic"])
             pipe.hget(self.keys.inputs(batch_id), station_id)
-            (state, timeout_ms), raw = await pipe.execute()
-        records = orjson.loads(raw) if raw is not None else None
-        return (
-            _s(state) if state is not None else None,
-            records,
-            int(timeout_ms) if timeout_ms is not None else None,
+            (state, timeout_ms, topic), raw = await pipe.execute()
+        return StationInput(
+            state=_s(state) if state is not None else None,
+            records=orjson.loads(raw) if raw is not None else None,
+            timeout_ms=int(timeout_ms) if timeout_ms is not None else None,
+            topic=_s(topic) if topic is not None else "",
         )
 
     async def record_outcome(self, batch_id: str, station_id: str, outcome: Outcome) -> RecordResult:
@@ -246,12 +247,12 @@ class BatchStore:
         previous = await _aw(self.redis.set(self.keys.payload(batch_id), payload, nx=True, get=True))
         return previous if previous is not None else payload
 
-    async def ack_upload(self, claim: Claim, *, retention_s: int, upload_ms: float) -> bool:
-        """True when the batch is now uploaded; False when our lease was taken over (fenced)."""
+    async def ack_upload(self, claim: Claim, *, retention_s: int, upload_ms: float) -> int | None:
+        """Redis time (ms) at which the batch became uploaded; None when our lease was taken over."""
         k = self.keys
         keys = [*k.batch_keys(claim.batch_id), k.leases, k.recent, k.stats]
         reply = await self._ack(keys=keys, args=[claim.batch_id, claim.token, retention_s, round(upload_ms, 3)])
-        return _s(reply[0]) == "uploaded"
+        return int(reply[1]) if _s(reply[0]) == "uploaded" else None
 
     async def fail_upload(self, claim: Claim, *, retry_delay_ms: int, max_attempts: int, error: str) -> tuple[str, int]:
         """Schedule a retry or dead-letter; returns ("retry"|"dead"|"fenced", failures so far)."""

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 
+from batchfleet.metrics import serve_metrics
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from dispatcher.service import Dispatcher
@@ -18,6 +19,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         from batchfleet.errors import ConfigError
 
         raise ConfigError("no topics to consume: set BATCHFLEET_TOPICS or pass --topics")
+    serve_metrics(settings.metrics_port)
     name = f"dispatcher@{socket.gethostname()}:{os.getpid()}"
     async with BatchStore.from_url(
         settings.redis_url.get_secret_value(), prefix=settings.key_prefix,

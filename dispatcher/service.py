@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from batchfleet import metrics
 from batchfleet.errors import StaleOffsetError
 from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.keys import offset_field
@@ -60,6 +62,7 @@ class Dispatcher:
         self.paused = False
         self.batches_created = 0
         self.messages_quarantined = 0
+        self._lag_measured = 0.0
 
     # -- Kafka plumbing ----------------------------------------------------------------------
     def _consumer(self) -> AIOKafkaConsumer:
@@ -145,13 +148,32 @@ class Dispatcher:
         messages = [m for batch in polled.values() for m in batch]
         if messages:
             await self.dispatch(messages)
+        await self._measure_lag(consumer)
+
+    async def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Kafka lag per partition (highwater - position): aiokafka does not expose it."""
+        now = time.monotonic()
+        if now - self._lag_measured < 5:
+            return
+        self._lag_measured = now
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = await consumer.position(tp)
+            except KafkaError:
+                continue
+            metrics.KAFKA_LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
 
     async def _backpressure(self) -> bool:
         """Pause all partitions while too many batches are open; resume below 90 %."""
         consumer = self.consumer
         if consumer is None:
             return False
-        open_batches = await self._redis_retry(self.store.open_batches)
+        open_batches, queued = await self._redis_retry(self.store.open_batches)
+        metrics.OPEN_BATCHES.set(open_batches)
+        metrics.QUEUE_DEPTH.set(queued)
         limit = self.settings.max_open_batches
         if not self.paused and open_batches >= limit:
             consumer.pause(*consumer.assignment())
@@ -161,6 +183,7 @@ class Dispatcher:
             consumer.resume(*consumer.assignment())
             self.paused = False
             log.info("backpressure released: %d open batches", open_batches)
+        metrics.DISPATCHER_PAUSED.set(1 if self.paused else 0)
         if self.paused:
             await consumer.getmany(timeout_ms=200)  # keeps the group membership alive; returns nothing
         return self.paused
@@ -188,6 +211,7 @@ class Dispatcher:
         new = await self.store.quarantine(entry, retention_s=_QUARANTINE_RETENTION_S, max_entries=_QUARANTINE_MAX)
         if new:
             self.messages_quarantined += 1
+            metrics.MESSAGES_QUARANTINED.labels(entry.topic).inc()
             log.warning("quarantined %s[%d]@%d: %s", entry.topic, entry.partition, entry.offset, entry.reason,
                         extra={"topic": entry.topic})  # fmt: skip
 
@@ -195,6 +219,8 @@ class Dispatcher:
         created, _ = await self.store.create_batch(spec)
         if created:
             self.batches_created += 1
+            metrics.BATCHES_CREATED.labels(spec.topic).inc()
+            metrics.STATIONS_DISPATCHED.labels(spec.topic).inc(len(spec.stations))
             log.info("batch %s created: %d stations expected from %d message(s), deadline %.1fs",
                      spec.batch_id, len(spec.stations), spec.messages, spec.timeout_s,
                      extra={"batch_id": spec.batch_id, "topic": spec.topic})  # fmt: skip

@@ -17,9 +17,10 @@ from typing import Any, TypedDict
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from batchfleet import metrics
 from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.importing import load_callable
-from batchfleet.models import Outcome, RecordResult
+from batchfleet.models import Outcome, RecordResult, StationInput
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from workers.processor import run_processor
@@ -117,30 +118,35 @@ def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordR
 async def run_station(ctx: WorkerContext, batch_id: str, station_id: str) -> str:
     """arq job: one station of one batch.  Returns what happened (kept by arq only if configured)."""
     state = ctx["batchfleet"]
-    batch_state, records, timeout_ms = await state.store.station_input(batch_id, station_id)
-    if batch_state is None or records is None:
+    got = await state.store.station_input(batch_id, station_id)
+    if got.state is None or got.records is None:
         log.info("batch %s: station %s skipped, batch no longer exists", batch_id, station_id)
         return "gone"
-    if batch_state != "open":
-        log.info("batch %s: station %s skipped, batch already %s", batch_id, station_id, batch_state,
-                 extra={"batch_id": batch_id})  # fmt: skip
+    if got.state != "open":
+        metrics.STATIONS_SKIPPED.labels(got.topic).inc()
+        log.info("batch %s: station %s skipped, batch already %s", batch_id, station_id, got.state,
+                 extra={"batch_id": batch_id, "topic": got.topic})  # fmt: skip
         return "skipped"
     job = f"{batch_id}/{station_id}"
     state.running.add(job)
     try:
-        return await _run(state, batch_id, station_id, records, timeout_ms)
+        return await _run(state, batch_id, station_id, got)
     finally:
         state.running.discard(job)
         state.done += 1
 
 
-async def _run(state: WorkerState, batch_id: str, station_id: str, records: list[dict[str, Any]],
-               timeout_ms: int | None) -> str:  # fmt: skip
-    budget_s = state.settings.station_timeout_s or (timeout_ms / 1000 if timeout_ms else 5.0)
+async def _run(state: WorkerState, batch_id: str, station_id: str, got: StationInput) -> str:
+    budget_s = state.settings.station_timeout_s or (got.timeout_ms / 1000 if got.timeout_ms else 5.0)
     outcome = await run_processor(
-        state.processor, station_id, records, budget_s=budget_s,
+        state.processor, station_id, got.records or [], budget_s=budget_s,
         max_result_bytes=state.settings.max_result_bytes, worker=state.name,
     )  # fmt: skip
     rec = await _record(state, batch_id, station_id, outcome)
+    metrics.STATION_SECONDS.labels(outcome.status).observe(outcome.duration_ms / 1000)
+    if rec.status in ("recorded", "complete"):
+        metrics.STATIONS.labels(got.topic, outcome.status).inc()
+    elif rec.status == "late":
+        metrics.LATE_RESULTS.labels(got.topic).inc()
     _log_recorded(batch_id, station_id, outcome, rec)
     return rec.status
