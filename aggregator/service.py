@@ -140,7 +140,7 @@ class Aggregator:
             await self._failed(claim, f"{type(exc).__name__}: {exc}")
             return
         upload_ms = (time.perf_counter() - started) * 1000
-        acked_ms = await self.store.ack_upload(claim, retention_s=retention_s, upload_ms=upload_ms)
+        acked_ms = await self._ack(claim, retention_s, upload_ms)
         if acked_ms is not None:
             self.uploaded += 1
             s = payload.summary
@@ -151,6 +151,22 @@ class Aggregator:
         else:
             log.warning("batch %s: lease was taken over during upload; the new owner acks it", claim.batch_id,
                         extra=extra)  # fmt: skip
+
+    async def _ack(self, claim: Claim, retention_s: int, upload_ms: float) -> int | None:
+        """Ack with patience: the upload happened, so a Redis blip must not cause a repeat upload.
+        Retries until the lease would have run out; after that another aggregator re-uploads
+        (the same body, the same Idempotency-Key)."""
+        give_up = time.monotonic() + self.settings.lease_s
+        delay = 0.1
+        while True:
+            try:
+                return await self.store.ack_upload(claim, retention_s=retention_s, upload_ms=upload_ms)
+            except _REDIS_DOWN as exc:
+                if time.monotonic() + delay > give_up:
+                    raise
+                log.warning("batch %s: uploaded, but the ack failed (%s); retrying", claim.batch_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     @staticmethod
     def _observe_upload(claim: Claim, payload: UploadPayload, upload_ms: float, acked_ms: int) -> None:

@@ -107,6 +107,29 @@ def health(role: str, redis_url: str | None, name: str | None) -> None:
 
 
 @main.command()
+@click.argument("batch_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="replay every dead-lettered batch")
+@click.option("--redis-url", help="Redis URL [BATCHFLEET_REDIS_URL]")
+def replay(batch_ids: tuple[str, ...], replay_all: bool, redis_url: str | None) -> None:
+    """Re-upload dead-lettered batches (same body, same Idempotency-Key)."""
+    import asyncio
+
+    from batchfleet.ops import replay as replay_batches
+
+    if not batch_ids and not replay_all:
+        raise click.UsageError("name BATCH_ID(s) or pass --all")
+    settings = _settings("replay", redis_url=redis_url)
+    results = asyncio.run(replay_batches(settings, list(batch_ids), replay_all))
+    failed = False
+    for bid, ok, state in results:
+        click.echo(f"{bid}: {'queued for upload' if ok else f'not dead-lettered (state: {state})'}")
+        failed = failed or not ok
+    if not results:
+        click.echo("no dead-lettered batches")
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
 @click.option("--duration", type=float, default=0, help="seconds to run (0 = until Ctrl-C)")
 @click.option("--stations", type=int, default=24, help="stations per realtime message")
 @click.option("--workers", "worker_count", type=int, default=2, help="worker processes")

@@ -7,12 +7,23 @@ import socket
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 
-__all__ = ["check_health", "open_store"]
+__all__ = ["check_health", "open_store", "replay"]
 
 
 def open_store(settings: Settings, name: str = "batchfleet-cli") -> BatchStore:
     return BatchStore.from_url(settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
                                queue_name=settings.queue_name, name=name)  # fmt: skip
+
+
+async def replay(settings: Settings, batch_ids: list[str], replay_all: bool) -> list[tuple[str, bool, str]]:
+    """Re-queue dead-lettered batches; (batch id, replayed, previous state) for each."""
+    async with open_store(settings) as store:
+        ids = await store.dead_batch_ids() if replay_all else batch_ids
+        results = []
+        for bid in ids:
+            ok, state = await store.replay(bid)
+            results.append((bid, ok, state))
+        return results
 
 
 async def check_health(settings: Settings, role: str, name: str | None) -> tuple[bool, str]:

@@ -16,10 +16,6 @@ from typing import Any, Self, TypeVar, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from batchfleet.errors import StaleOffsetError, StoreError
 from batchfleet.keys import Keys, job_id_for, message_id_for, offset_field
@@ -55,15 +51,15 @@ async def _aw(value: Awaitable[T] | T) -> T:
 
 
 def make_client(url: str, *, name: str = "batchfleet") -> aioredis.Redis:
-    """A redis-py asyncio client that reconnects with backoff on connection errors."""
+    """A redis-py asyncio client.  A dropped connection is re-opened by the pool on the next command;
+    the services' own loops retry with backoff (redis-py's Retry would also retry authentication
+    errors, which hangs a misconfigured client instead of failing loudly)."""
     return cast(aioredis.Redis, aioredis.Redis.from_url(
         url,
         decode_responses=False,
         socket_connect_timeout=5,
         socket_keepalive=True,
         health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
         client_name=name,
     ))
 
@@ -81,6 +77,7 @@ class BatchStore:
         self._ack = client.register_script(_lua("ack_upload"))
         self._fail = client.register_script(_lua("fail_upload"))
         self._quarantine = client.register_script(_lua("quarantine_message"))
+        self._replay = client.register_script(_lua("replay_batch"))
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "bf", queue_name: str = "bf:queue", name: str = "batchfleet") -> Self:
@@ -261,6 +258,12 @@ class BatchStore:
         reply = await self._fail(keys=keys, args=[claim.batch_id, claim.token, retry_delay_ms, max_attempts, error[:2000]])
         kind = _s(reply[0])
         return kind, int(reply[1]) if kind != "fenced" else 0
+
+    async def replay(self, batch_id: str) -> tuple[bool, str]:
+        """Re-queue a dead-lettered batch for upload: (replayed, state it was in)."""
+        k = self.keys
+        reply = await self._replay(keys=[k.batch(batch_id), k.due, k.dead, k.stats], args=[batch_id])
+        return _s(reply[0]) == "replayed", (_s(reply[1]) if len(reply) > 1 else "dead")
 
     # -- heartbeats ---------------------------------------------------------------------------
     async def beat(self, member: str, info: dict[str, Any], ttl_s: int) -> None:

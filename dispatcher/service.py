@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from batchfleet import metrics
@@ -35,6 +36,8 @@ __all__ = ["Dispatcher"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# A full Redis (maxmemory + noeviction) refuses writes loudly: wait like for an outage, commit nothing.
+_REDIS_REFUSING = (*_REDIS_DOWN, OutOfMemoryError)
 _QUARANTINE_RETENTION_S = 7 * 86_400
 _QUARANTINE_MAX = 100_000
 
@@ -107,7 +110,7 @@ class Dispatcher:
         while True:
             try:
                 return await op()
-            except _REDIS_DOWN as exc:
+            except _REDIS_REFUSING as exc:
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)

@@ -131,6 +131,7 @@ async def run_processor(
     budget_s: float,
     max_result_bytes: int,
     worker: str = "",
+    attempt: int = 1,
 ) -> Outcome:
     """Run one station and classify what happened.  Never raises for the processor's faults."""
     started = time.perf_counter()
@@ -146,4 +147,4 @@ async def run_processor(
     else:
         status, result, error = _classify(value, max_result_bytes)
     duration_ms = (time.perf_counter() - started) * 1000
-    return Outcome(status=status, result=result, error=error, duration_ms=duration_ms, worker=worker)  # type: ignore[arg-type]
+    return Outcome(status=status, result=result, error=error, duration_ms=duration_ms, worker=worker, attempt=attempt)  # type: ignore[arg-type]

@@ -10,9 +10,12 @@ from arq.worker import func
 
 from batchfleet.settings import Settings, load_settings
 from batchfleet.store import STATION_JOB
-from workers.station import WorkerContext, run_station, shutdown, startup_with
+from workers.station import MAX_ATTEMPTS, WorkerContext, run_station, shutdown, startup_with
 
 __all__ = ["build_worker_settings_class", "json_dumps", "json_loads", "worker_settings"]
+
+
+JOB_TIMEOUT_EXTRA_S = 5  # room to record the outcome after the budget ran out
 
 
 def json_dumps(value: Any) -> bytes:
@@ -26,14 +29,17 @@ def json_loads(raw: bytes) -> Any:
 def worker_settings(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` (also the attributes of WorkerSettings)."""
     # arq's own per-job timeout is a backstop above the station budget, which the job enforces.
-    budget = settings.station_timeout_s or max(settings.batch_timeout_s, 5.0)
+    # arq re-runs the job of a worker that died after job timeout + 10 s (its in-progress key TTL):
+    # with the default 5 s budget, 20 s after the crashed attempt started (arq's default: 310 s).
+    budget = settings.station_timeout_s or settings.batch_timeout_s
 
     async def on_startup(ctx: WorkerContext) -> None:
         await startup_with(ctx, settings)
 
     return {
         "functions": [func(run_station,  # type: ignore[arg-type]
-                            name=STATION_JOB, max_tries=3, timeout=budget + 30, keep_result=0)],
+                            name=STATION_JOB, max_tries=MAX_ATTEMPTS + 1,
+                            timeout=budget + JOB_TIMEOUT_EXTRA_S, keep_result=0)],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url.get_secret_value()),
         "queue_name": settings.queue_name,
         "max_jobs": settings.worker_max_jobs,

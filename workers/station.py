@@ -29,6 +29,7 @@ __all__ = ["WorkerContext", "WorkerState", "run_station", "shutdown", "startup"]
 
 log = logging.getLogger(__name__)
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+MAX_ATTEMPTS = 2  # a station whose attempts killed the worker this often is recorded failed, not run again
 
 
 @dataclass
@@ -56,6 +57,9 @@ class WorkerContext(TypedDict, total=False):
     batchfleet: WorkerState
 
 
+_current: dict[str, WorkerState] = {}
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -65,7 +69,11 @@ async def startup_with(ctx: WorkerContext, settings: Settings) -> None:
         settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
         queue_name=settings.queue_name, name="batchfleet-worker",
     )  # fmt: skip
+    previous = _current.pop("state", None)
+    if previous is not None:  # a restarted arq worker in the same process: retire the old state
+        previous.stop.set()
     state = WorkerState(settings, store, load_callable(settings.processor), worker_name())
+    _current["state"] = state
     state.beat = asyncio.create_task(heartbeat(store, process_member("worker"), state.info, state.stop))
     ctx["batchfleet"] = state
     log.info("worker %s ready: processor %s, queue %s", ctx["batchfleet"].name, settings.processor, settings.queue_name)
@@ -127,20 +135,34 @@ async def run_station(ctx: WorkerContext, batch_id: str, station_id: str) -> str
         log.info("batch %s: station %s skipped, batch already %s", batch_id, station_id, got.state,
                  extra={"batch_id": batch_id, "topic": got.topic})  # fmt: skip
         return "skipped"
+    attempt = int(ctx.get("job_try") or 1)
+    if attempt > MAX_ATTEMPTS:
+        return await _give_up(state, batch_id, station_id, attempt, got.topic)
     job = f"{batch_id}/{station_id}"
     state.running.add(job)
     try:
-        return await _run(state, batch_id, station_id, got)
+        return await _run(state, batch_id, station_id, got, attempt)
     finally:
         state.running.discard(job)
         state.done += 1
 
 
-async def _run(state: WorkerState, batch_id: str, station_id: str, got: StationInput) -> str:
+async def _give_up(state: WorkerState, batch_id: str, station_id: str, attempt: int, topic: str) -> str:
+    """The station's earlier attempts never finished (the worker died running them): stop trying."""
+    error = f"gave up: {attempt - 1} earlier attempt(s) never finished (the worker running them died)"
+    outcome = Outcome(status="failed", error=error, worker=state.name, attempt=attempt)
+    rec = await _record(state, batch_id, station_id, outcome)
+    if rec.status in ("recorded", "complete"):
+        metrics.STATIONS.labels(topic, "failed").inc()
+    log.error("batch %s: station %s %s", batch_id, station_id, error, extra={"batch_id": batch_id, "topic": topic})
+    return rec.status
+
+
+async def _run(state: WorkerState, batch_id: str, station_id: str, got: StationInput, attempt: int) -> str:
     budget_s = state.settings.station_timeout_s or (got.timeout_ms / 1000 if got.timeout_ms else 5.0)
     outcome = await run_processor(
         state.processor, station_id, got.records or [], budget_s=budget_s,
-        max_result_bytes=state.settings.max_result_bytes, worker=state.name,
+        max_result_bytes=state.settings.max_result_bytes, worker=state.name, attempt=attempt,
     )  # fmt: skip
     rec = await _record(state, batch_id, station_id, outcome)
     metrics.STATION_SECONDS.labels(outcome.status).observe(outcome.duration_ms / 1000)

@@ -63,8 +63,10 @@ for k = 0, n - 1 do
   redis.call('HSET', KEYS[2], ARGV[a], ARGV[a + 1])
   local job_key = KEYS[7 + k]
   if redis.call('SET', job_key, ARGV[a + 2], 'PX', job_expire_ms, 'NX') then
-    -- the queue member is the job id: the job key without arq's "arq:job:" prefix
-    redis.call('ZADD', KEYS[5], now_ms, string.sub(job_key, 9))
+    -- the queue member is the job id: the job key without arq's "arq:job:" prefix.  The score is
+    -- Redis time minus 10 minutes: arq workers skip jobs scored after their own clock, so this
+    -- keeps a worker whose clock is up to 10 minutes behind from delaying stations; order is kept.
+    redis.call('ZADD', KEYS[5], now_ms - 600000, string.sub(job_key, 9))
   end
 end
 

@@ -22,7 +22,7 @@ from aggregator.uploaders import make_uploader
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from dispatcher.service import Dispatcher
-from workers.settings import worker_settings
+from workers.main import run_worker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,15 +132,10 @@ class InProcessFleet:
         self.tasks.append(asyncio.create_task(run()))
         return a
 
-    def start_worker(self) -> Worker:
-        kwargs = worker_settings(self.settings)
-        kwargs["handle_signals"] = False
-        w = Worker(**kwargs)
-        self.workers.append(w)
-        task = asyncio.create_task(w.main())
+    def start_worker(self) -> None:
+        task = asyncio.create_task(run_worker(self.settings, handle_signals=False, started=self.workers))
         self.worker_tasks.append(task)
         self.tasks.append(task)
-        return w
 
     async def close(self) -> None:
         self.stop.set()
@@ -153,9 +148,6 @@ class InProcessFleet:
         for t in pending:
             t.cancel()
         results = await asyncio.gather(*self.tasks, return_exceptions=True)
-        for w in self.workers:
-            with contextlib.suppress(Exception):
-                await w.close()
         for s in self.stores:
             await s.aclose()
         errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, asyncio.CancelledError)]

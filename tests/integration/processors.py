@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from typing import Any
 
@@ -19,8 +21,12 @@ async def async_process(station_id: str, records: list[dict[str, Any]]) -> Any:
         return None
     if kind == "HANG":
         await asyncio.sleep(3600)
+    if kind == "LONG":
+        await asyncio.sleep(6)
     if kind == "SLOW":
         await asyncio.sleep(1.5)
+    if kind == "CRASH":  # takes the whole worker process down, every time
+        os.kill(os.getpid(), signal.SIGKILL)
     if kind == "LIST":
         return [1, 2, 3]
     if kind == "HUGE":

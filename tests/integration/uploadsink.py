@@ -20,11 +20,13 @@ async def collect(payload: dict[str, Any]) -> None:
 class HttpSink:
     """A threaded HTTP server that records POSTs; ``fail_first`` answers 503 that many times."""
 
-    def __init__(self, fail_first: int = 0, always_fail: bool = False) -> None:
+    def __init__(self, fail_first: int = 0, always_fail: bool = False, hang_first_s: float = 0.0) -> None:
         self.port = free_port()
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.fail_first = fail_first
         self.always_fail = always_fail
+        self.hang_first_s = hang_first_s
+        self.release = threading.Event()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -32,6 +34,8 @@ class HttpSink:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 sink.requests.append((headers, orjson.loads(body)))
+                if sink.hang_first_s and len(sink.requests) == 1:
+                    sink.release.wait(sink.hang_first_s)  # an upload that never answers in time
                 failing = sink.always_fail or len(sink.requests) <= sink.fail_first
                 self.send_response(503 if failing else 200)
                 self.send_header("Content-Length", "0")
@@ -52,5 +56,6 @@ class HttpSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
