@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -36,14 +37,18 @@ async def async_process(station_id: str, records: list[dict[str, Any]]) -> Any:
     return _result(station_id, records)
 
 
+# Hung sync processors stop once a test sets this, so no thread outlives its test.
+release = threading.Event()
+
+
 def sync_process(station_id: str, records: list[dict[str, Any]]) -> Any:
     kind = station_id.split("-", 1)[0]
-    if kind == "SPIN":
+    if kind == "SPIN":  # burns CPU, never returns within the budget
         end = time.monotonic() + 3600
-        while time.monotonic() < end:
+        while time.monotonic() < end and not release.is_set():
             pass
-    if kind == "BLOCK":
-        time.sleep(3600)
+    if kind == "BLOCK":  # blocks in a syscall, never returns within the budget
+        release.wait(3600)
     if kind == "RAISE":
         raise RuntimeError(f"sync failure at {station_id}")
     return _result(station_id, records)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 from batchfleet.localstack import KafkaBroker, RedisServer
 from batchfleet.store import BatchStore
+from tests.integration import processors
 from tests.integration.fleet import fleet, make_settings, message, produce, read_uploads, wait_until
 
 FULL = {"expected", "ok", "failed", "empty", "missing", "late"}
@@ -70,8 +72,15 @@ async def test_station_budget_timeout_is_recorded_as_failed(broker: KafkaBroker,
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=5.0,
                              station_timeout_s=0.5, processor="tests.integration.processors:sync_process")  # fmt: skip
     await produce(broker.bootstrap, topic, [message(["S001", "SPIN-1", "BLOCK-1", "RAISE-2"])])
-    async with fleet(settings, workers=1):
-        await wait_until(uploads_at_least(out, 1), 30, "upload")
+    try:
+        async with fleet(settings, workers=1):
+            await wait_until(uploads_at_least(out, 1), 30, "upload")
+    finally:
+        processors.release.set()  # let the abandoned threads end
+        for t in threading.enumerate():
+            if t.name == "station-processor":
+                t.join(10)
+        processors.release.clear()
     [payload] = read_uploads(out)
     assert payload["reason"] == "complete"  # every station reported: hung sync code cost only its station
     assert payload["summary"]["ok"] == 1 and payload["summary"]["failed"] == 3
