@@ -25,5 +25,5 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             queue_name=settings.queue_name, name="batchfleet-aggregator",
         ) as store,
         uploader,
-    ):  # fmt: skip
+    ):
         await Aggregator(settings, store, uploader, name=name).run(stop)

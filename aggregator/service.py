@@ -66,7 +66,7 @@ class Aggregator:
     def _info(self) -> dict[str, Any]:
         doing = f"uploading {len(self._inflight)}" if self._inflight else "waiting"
         return {"doing": doing, "inflight": sorted(self._inflight)[:10], "uploaded": self.uploaded,
-                "target": self.uploader.describe()}  # fmt: skip
+                "target": self.uploader.describe()}
 
     async def _drain(self) -> None:
         """Finish uploads in flight (their leases expire on their own if we are killed instead)."""
@@ -126,7 +126,7 @@ class Aggregator:
         else:
             timeout_s = int(claim.meta.get("timeout_ms", "0")) / 1000
             log.warning("batch %s: %s (%gs) reached with %d/%d stations done, forcing upload",
-                        claim.batch_id, claim.reason, timeout_s, done, expected, extra=extra)  # fmt: skip
+                        claim.batch_id, claim.reason, timeout_s, done, expected, extra=extra)
 
     async def _upload(self, claim: Claim) -> None:
         payload = build_payload(claim)
@@ -147,10 +147,10 @@ class Aggregator:
             self._observe_upload(claim, payload, upload_ms, acked_ms)
             log.info("batch %s uploaded (%s): ok=%d failed=%d empty=%d missing=%d in %.1fms",
                      claim.batch_id, claim.reason, s.ok, s.failed, s.empty, s.missing, upload_ms,
-                     extra=extra)  # fmt: skip
+                     extra=extra)
         else:
             log.warning("batch %s: lease was taken over during upload; the new owner acks it", claim.batch_id,
-                        extra=extra)  # fmt: skip
+                        extra=extra)
 
     async def _ack(self, claim: Claim, retention_s: int, upload_ms: float) -> int | None:
         """Ack with patience: the upload happened, so a Redis blip must not cause a repeat upload.
@@ -189,13 +189,13 @@ class Aggregator:
         kind, failures = await self.store.fail_upload(
             claim, retry_delay_ms=self._backoff_ms(failures),
             max_attempts=self.settings.upload_max_attempts, error=error,
-        )  # fmt: skip
+        )
         extra = {"batch_id": claim.batch_id, "topic": claim.topic}
         metrics.UPLOAD_FAILURES.labels(claim.topic).inc()
         if kind == "dead":
             metrics.BATCHES_DEAD.labels(claim.topic).inc()
             log.error("batch %s: upload failed %d times, moved to the dead-letter set: %s",
-                      claim.batch_id, failures, error, extra=extra)  # fmt: skip
+                      claim.batch_id, failures, error, extra=extra)
         elif kind == "retry":
             log.warning("batch %s: upload attempt %d failed, will retry: %s", claim.batch_id, failures, error,
-                        extra=extra)  # fmt: skip
+                        extra=extra)

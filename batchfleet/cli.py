@@ -142,5 +142,140 @@ def demo(duration: float, stations: int, worker_count: int, plain: bool) -> None
     sys.exit(run_demo(duration_s=duration, stations=stations, workers=worker_count, plain=plain))
 
 
+def _emit(data: Any, render: Callable[[Any], Any], as_json: bool) -> None:
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+        return
+    from batchfleet.views import console
+
+    console(plain=not sys.stdout.isatty()).print(render(data))
+
+
+def _with_store(settings: Settings, fn: Callable[[Any], Any]) -> Any:
+    import asyncio
+
+    from batchfleet.ops import open_store
+
+    async def go() -> Any:
+        async with open_store(settings) as store:
+            return await fn(store)
+
+    return asyncio.run(go())
+
+
+@main.command()
+@click.option("--redis-url", help="Redis URL [BATCHFLEET_REDIS_URL]")
+@click.option("--json", "as_json", is_flag=True, help="print the data as JSON")
+@click.option("--interval", type=float, default=0, help="refresh every N seconds (Ctrl-C to stop)")
+def status(redis_url: str | None, as_json: bool, interval: float) -> None:
+    """One screen: open batches with progress, queue, live processes, dead-letter and quarantine, lag, counters."""
+    import time
+
+    from batchfleet.ops import status_data
+    from batchfleet.views import console, render_status
+
+    settings = _settings("status", redis_url=redis_url)
+    if interval <= 0 or as_json:
+        _emit(_with_store(settings, status_data), render_status, as_json)
+        return
+    out = console(plain=not sys.stdout.isatty())
+    if out.is_terminal:
+        from rich.live import Live
+
+        with Live(console=out, refresh_per_second=4) as live:
+            while True:
+                live.update(render_status(_with_store(settings, status_data)))
+                time.sleep(interval)
+    while True:  # not a TTY: plain snapshots, one after another
+        out.print(render_status(_with_store(settings, status_data)))
+        time.sleep(interval)
+
+
+@main.group()
+def inspect() -> None:
+    """Look into batches, the dead-letter set and the quarantine."""
+
+
+@inspect.command("batch")
+@click.argument("batch_id")
+@click.option("--redis-url", help="Redis URL [BATCHFLEET_REDIS_URL]")
+@click.option("--json", "as_json", is_flag=True)
+def inspect_batch(batch_id: str, redis_url: str | None, as_json: bool) -> None:
+    """Every station's outcome, error text and timing."""
+    from batchfleet.ops import batch_detail
+    from batchfleet.views import render_batch
+
+    settings = _settings("inspect", redis_url=redis_url)
+    data = _with_store(settings, lambda store: batch_detail(store, batch_id))
+    if data is None:
+        raise click.ClickException(f"no batch {batch_id} (never created, or expired after its retention)")
+    _emit(data, render_batch, as_json)
+
+
+@inspect.command("batches")
+@click.option("--state", type=click.Choice(["open", "finalized", "uploaded", "dead"]))
+@click.option("--topic")
+@click.option("--limit", type=int, default=50)
+@click.option("--redis-url", help="Redis URL [BATCHFLEET_REDIS_URL]")
+@click.option("--json", "as_json", is_flag=True)
+def inspect_batches(state: str | None, topic: str | None, limit: int, redis_url: str | None, as_json: bool) -> None:
+    """Batches, newest first, filtered by state and topic."""
+    from batchfleet.ops import list_batches
+    from batchfleet.views import render_batches
+
+    settings = _settings("inspect", redis_url=redis_url)
+    _emit(_with_store(settings, lambda store: list_batches(store, state=state, topic=topic, limit=limit)),
+          render_batches, as_json)
+
+
+@inspect.command("dead")
+@click.option("--replay", "replay_ids", multiple=True, help="replay this dead-lettered batch (repeatable)")
+@click.option("--replay-all", is_flag=True, help="replay every dead-lettered batch")
+@click.option("--redis-url", help="Redis URL [BATCHFLEET_REDIS_URL]")
+@click.option("--json", "as_json", is_flag=True)
+def inspect_dead(replay_ids: tuple[str, ...], replay_all: bool, redis_url: str | None, as_json: bool) -> None:
+    """Dead-lettered batches with their last upload error; --replay re-uploads them."""
+    import asyncio
+
+    from batchfleet.ops import dead_batches, replay
+    from batchfleet.views import render_dead
+
+    settings = _settings("inspect", redis_url=redis_url)
+    if replay_ids or replay_all:
+        for bid, ok, state in asyncio.run(replay(settings, list(replay_ids), replay_all)):
+            click.echo(f"{bid}: {'queued for upload' if ok else f'not dead-lettered (state: {state})'}")
+        return
+    _emit(_with_store(settings, dead_batches), render_dead, as_json)
+
+
+@inspect.command("quarantine")
+@click.option("--limit", type=int, default=100)
+@click.option("--redispatch", "redispatch_id", help="produce this quarantined message to its topic again")
+@click.option("--value-file", type=click.File("rb"), help="with --redispatch: send this corrected value instead")
+@click.option("--redis-url", help="Redis URL [BATCHFLEET_REDIS_URL]")
+@click.option("--bootstrap-servers", "kafka_bootstrap_servers", help="[BATCHFLEET_KAFKA_BOOTSTRAP_SERVERS]")
+@click.option("--json", "as_json", is_flag=True)
+def inspect_quarantine(limit: int, redispatch_id: str | None, value_file: Any, redis_url: str | None,
+                       kafka_bootstrap_servers: str | None, as_json: bool) -> None:
+    """Quarantined messages with their reasons; --redispatch sends one back through the pipeline."""
+    import asyncio
+
+    from batchfleet.ops import quarantine_entries, redispatch
+    from batchfleet.views import render_quarantine
+
+    settings = _settings("inspect", redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap_servers)
+    if redispatch_id:
+        value = value_file.read() if value_file is not None else None
+        try:
+            where = asyncio.run(redispatch(settings, redispatch_id, value))
+        except (LookupError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"{redispatch_id}: re-dispatched as {where}")
+        return
+    _emit(_with_store(settings, lambda store: quarantine_entries(store, limit)), render_quarantine, as_json)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -45,7 +45,7 @@ class Fleet:
     def spawn(self, role: str, index: int = 0) -> None:
         log = open(self.workdir / f"{role}-{index}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "batchfleet", role], env=self.env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # fmt: skip
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self.procs.append((f"{role}-{index}", proc))
 
     def stop(self) -> None:
@@ -112,7 +112,7 @@ async def _snapshot(store: BatchStore) -> tuple[list[dict[str, Any]], list[dict[
 
 
 def _render(open_rows: list[dict[str, Any]], recent: list[dict[str, Any]], stats: dict[str, int],
-            depth: int, now_ms: int, started: float) -> Group:  # fmt: skip
+            depth: int, now_ms: int, started: float) -> Group:
     head = Text.assemble(
         ("batchfleet demo", "bold"), f"  up {time.monotonic() - started:4.0f}s  queue {depth}  ",
         f"batches created {stats.get('batches_created', 0)} uploaded {stats.get('batches_uploaded', 0)} "
@@ -120,7 +120,7 @@ def _render(open_rows: list[dict[str, Any]], recent: list[dict[str, Any]], stats
         f"stations ok {stats.get('stations_ok', 0)} failed {stats.get('stations_failed', 0)} "
         f"empty {stats.get('stations_empty', 0)}  late {stats.get('late_results', 0)}  "
         f"quarantined {stats.get('messages_quarantined', 0)}   (Ctrl-C to stop)",
-    )  # fmt: skip
+    )
     table = Table(title="open batches", expand=True)
     for col in ("batch", "progress", "done", "age", "deadline in"):
         table.add_column(col)
@@ -129,7 +129,7 @@ def _render(open_rows: list[dict[str, Any]], recent: list[dict[str, Any]], stats
         age = (now_ms - int(row.get("created_ms", now_ms))) / 1000
         left = (int(row.get("deadline_ms", now_ms)) - now_ms) / 1000
         table.add_row(row["batch_id"], _bar(done, expected), f"{done}/{expected}", f"{age:4.1f}s",
-                      f"{left:4.1f}s" if row.get("state") == "open" else row.get("state", ""))  # fmt: skip
+                      f"{left:4.1f}s" if row.get("state") == "open" else row.get("state", ""))
     done_table = Table(title="recently uploaded", expand=True)
     for col in ("batch", "reason", "ok", "failed", "empty", "missing", "late", "create→upload"):
         done_table.add_column(col)
@@ -137,7 +137,7 @@ def _render(open_rows: list[dict[str, Any]], recent: list[dict[str, Any]], stats
         s = row.get("summary", {})
         latency = (int(row.get("uploaded_ms", 0)) - int(row.get("created_ms", 0))) / 1000
         done_table.add_row(row["batch_id"], row.get("reason", ""), *(str(s.get(k, "")) for k in
-                           ("ok", "failed", "empty", "missing")), row.get("late", "0"), f"{latency:.2f}s")  # fmt: skip
+                           ("ok", "failed", "empty", "missing")), row.get("late", "0"), f"{latency:.2f}s")
     return Group(head, table, done_table)
 
 
@@ -159,7 +159,7 @@ async def _watch(store: BatchStore, stop: asyncio.Event, duration_s: float, plai
                     if row["batch_id"] not in seen:
                         seen.add(row["batch_id"])
                         print(f"uploaded {row['batch_id']} reason={row.get('reason')} summary={row.get('summary')}",
-                              flush=True)  # fmt: skip
+                              flush=True)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=0.25)
             except TimeoutError:
@@ -209,7 +209,7 @@ def run_demo(*, duration_s: float, stations: int, workers: int, plain: bool) -> 
     broker = KafkaBroker(log_path=workdir / "broker.log").start()
     try:
         asyncio.run(_demo(workdir, redis, broker, {"duration_s": duration_s, "stations": stations,
-                                                     "workers": workers, "plain": plain}))  # fmt: skip
+                                                     "workers": workers, "plain": plain}))
     finally:
         broker.stop()
         redis.stop()

@@ -17,6 +17,7 @@ Layout (prefix ``bf`` by default)::
     bf:ready                list   wake-up signal: batch ids that just completed
     bf:dead                 zset   dead-lettered batch id -> ms when it was given up
     bf:recent               list   the most recently finished batch ids (newest first)
+    bf:batches              zset   every batch id -> created ms (index for `inspect batches`; capped)
     bf:fence                string fencing-token counter for upload leases
     bf:offsets              hash   "TOPIC:PARTITION" -> next Kafka offset to ingest
     bf:stats                hash   fleet-wide counters
@@ -114,6 +115,10 @@ class Keys:
     @property
     def recent(self) -> str:
         return f"{self.prefix}:recent"
+
+    @property
+    def batches(self) -> str:
+        return f"{self.prefix}:batches"
 
     @property
     def fence(self) -> str:

@@ -86,7 +86,7 @@ class RedisServer:
             "--dir", str(self.directory), "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec", "--maxmemory-policy", "noeviction", "--daemonize", "no",
             "--logfile", str(self.directory / "redis.log"), *self.extra_args,
-        ]  # fmt: skip
+        ]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, proc=self.proc)
         self._wait_loaded()
@@ -139,7 +139,7 @@ class KafkaBroker:
             [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
-        )  # fmt: skip
+        )
         wait_for_port(self.port, proc=self.proc)
         return self
 

@@ -142,7 +142,7 @@ class BatchStore:
         for r in spec.ranges:
             args += [offset_field(r.topic, r.partition), r.first_offset, r.next_offset]
         args += station_args
-        keys = [k.batch(bid), k.inputs(bid), k.due, k.offsets, self.queue_name, k.stats, *job_keys]
+        keys = [k.batch(bid), k.inputs(bid), k.due, k.offsets, self.queue_name, k.stats, k.batches, *job_keys]
         reply = await self._create(keys=keys, args=args)
         kind = _s(reply[0])
         if kind == "stale":
@@ -159,12 +159,12 @@ class BatchStore:
         fields: list[bytes | str | int] = [
             "reason", entry.reason, "topic", entry.topic, "partition", entry.partition,
             "offset", entry.offset, "size", entry.size, "value", entry.value,
-        ]  # fmt: skip
+        ]
         keys = [self.keys.quarantined(mid), self.keys.quarantine, self.keys.offsets, self.keys.stats]
         args: list[bytes | str | int] = [
             mid, offset_field(entry.topic, entry.partition), entry.offset,
             "1" if entry.advance_offset else "0", retention_s, max_entries, *fields,
-        ]  # fmt: skip
+        ]
         reply = await self._quarantine(keys=keys, args=args)
         kind = _s(reply[0])
         if kind == "stale":
@@ -296,6 +296,10 @@ class BatchStore:
         raw = await _aw(self.redis.hgetall(self.keys.batch(batch_id)))
         return {_s(name): _s(v) for name, v in raw.items()}
 
+    async def batch_ttl_s(self, batch_id: str) -> int:
+        """Seconds until the batch's keys expire; -1 while it has no TTL (not yet uploaded, or dead)."""
+        return int(await _aw(self.redis.ttl(self.keys.batch(batch_id))))
+
     async def batch_outcomes(self, batch_id: str) -> dict[str, Outcome]:
         raw = await _aw(self.redis.hgetall(self.keys.outcomes(batch_id)))
         return {_s(name): Outcome.from_json(v) for name, v in raw.items()}
@@ -332,7 +336,7 @@ class BatchStore:
     async def progress(self, batch_ids: list[str]) -> list[dict[str, Any]]:
         """Per batch: meta fields used by progress views, plus ``done`` (outcomes so far)."""
         fields = ["topic", "state", "expected", "created_ms", "deadline_ms", "finalized_ms", "uploaded_ms",
-                  "reason", "late", "upload_failures"]  # fmt: skip
+                  "reason", "late", "upload_failures"]
         async with self.redis.pipeline(transaction=False) as pipe:
             for bid in batch_ids:
                 pipe.hmget(self.keys.batch(bid), fields)
@@ -351,6 +355,26 @@ class BatchStore:
     async def payload(self, batch_id: str) -> bytes | None:
         value = await _aw(self.redis.get(self.keys.payload(batch_id)))
         return bytes(value) if value is not None else None
+
+    async def counts(self) -> dict[str, int]:
+        """Sizes of the fleet-wide indexes: open (due + leased), dead-lettered, quarantined, queued."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in (self.keys.due, self.keys.leases, self.keys.dead, self.keys.quarantine, self.queue_name):
+                pipe.zcard(key)
+            due, leased, dead, quarantined, queued = await pipe.execute()
+        return {"open": int(due) + int(leased), "leased": int(leased), "dead": int(dead),
+                "quarantined": int(quarantined), "queued": int(queued)}
+
+    async def batch_ids(self, limit: int) -> list[str]:
+        """Batch ids, newest first (ids of expired batches may still be listed: callers drop them)."""
+        return [_s(b) for b in await _aw(self.redis.zrevrange(self.keys.batches, 0, limit - 1))]
+
+    async def quarantined_entry(self, message_id: str) -> dict[str, bytes] | None:
+        raw = await _aw(self.redis.hgetall(self.keys.quarantined(message_id)))
+        return {_s(name): v for name, v in raw.items()} if raw else None
+
+    async def mark_redispatched(self, message_id: str, how: str) -> None:
+        await _aw(self.redis.hset(self.keys.quarantined(message_id), mapping={"redispatched": how}))
 
     async def queue_depth(self) -> int:
         return int(await _aw(self.redis.zcard(self.queue_name)))

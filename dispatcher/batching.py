@@ -46,7 +46,7 @@ def _quarantine(msg: KafkaMessage, reason: str, advance: bool) -> QuarantineEntr
     return QuarantineEntry(
         topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason,
         value=value[:_KEEP_BYTES], size=len(value), advance_offset=advance,
-    )  # fmt: skip
+    )
 
 
 @dataclass

@@ -24,5 +24,5 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     async with BatchStore.from_url(
         settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
         queue_name=settings.queue_name, name="batchfleet-dispatcher",
-    ) as store:  # fmt: skip
+    ) as store:
         await Dispatcher(settings, store, name=name).run(stop)

@@ -66,6 +66,7 @@ class Dispatcher:
         self.batches_created = 0
         self.messages_quarantined = 0
         self._lag_measured = 0.0
+        self.lag: dict[str, int] = {}
 
     # -- Kafka plumbing ----------------------------------------------------------------------
     def _consumer(self) -> AIOKafkaConsumer:
@@ -97,7 +98,7 @@ class Dispatcher:
         try:
             stored = await self.store.load_offsets(offset_field(tp.topic, tp.partition) for tp in partitions)
             offsets = {tp: stored[offset_field(tp.topic, tp.partition)] for tp in partitions
-                       if offset_field(tp.topic, tp.partition) in stored}  # fmt: skip
+                       if offset_field(tp.topic, tp.partition) in stored}
             if offsets:
                 await self.consumer.commit(offsets)
         except (KafkaError, *_REDIS_DOWN) as exc:
@@ -132,12 +133,13 @@ class Dispatcher:
             beating.set()
             await beat
             log.info("%s stopped: %d batches created, %d messages quarantined",
-                     self.name, self.batches_created, self.messages_quarantined)  # fmt: skip
+                     self.name, self.batches_created, self.messages_quarantined)
 
     def _info(self) -> dict[str, Any]:
         assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in (self.consumer.assignment() if self.consumer else ()))
         return {"doing": "paused (backpressure)" if self.paused else "consuming", "assigned": assigned,
-                "batches_created": self.batches_created, "quarantined": self.messages_quarantined}  # fmt: skip
+                "batches_created": self.batches_created, "quarantined": self.messages_quarantined,
+                "lag": {k: v for k, v in self.lag.items() if k in assigned}}
 
     async def _step(self) -> None:
         if await self._backpressure():
@@ -167,7 +169,9 @@ class Dispatcher:
                 position = await consumer.position(tp)
             except KafkaError:
                 continue
-            metrics.KAFKA_LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+            lag = max(highwater - position, 0)
+            metrics.KAFKA_LAG.labels(tp.topic, str(tp.partition)).set(lag)
+            self.lag[f"{tp.topic}[{tp.partition}]"] = lag
 
     async def _backpressure(self) -> bool:
         """Pause all partitions while too many batches are open; resume below 90 %."""
@@ -216,7 +220,7 @@ class Dispatcher:
             self.messages_quarantined += 1
             metrics.MESSAGES_QUARANTINED.labels(entry.topic).inc()
             log.warning("quarantined %s[%d]@%d: %s", entry.topic, entry.partition, entry.offset, entry.reason,
-                        extra={"topic": entry.topic})  # fmt: skip
+                        extra={"topic": entry.topic})
 
     async def _write_batch(self, spec: BatchSpec) -> None:
         created, _ = await self.store.create_batch(spec)
@@ -226,7 +230,7 @@ class Dispatcher:
             metrics.STATIONS_DISPATCHED.labels(spec.topic).inc(len(spec.stations))
             log.info("batch %s created: %d stations expected from %d message(s), deadline %.1fs",
                      spec.batch_id, len(spec.stations), spec.messages, spec.timeout_s,
-                     extra={"batch_id": spec.batch_id, "topic": spec.topic})  # fmt: skip
+                     extra={"batch_id": spec.batch_id, "topic": spec.topic})
 
     async def _commit(self, messages: list[Any]) -> None:
         consumer = self.consumer

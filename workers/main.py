@@ -45,7 +45,7 @@ async def _run_once(worker: Worker) -> bool:
 
 
 async def run_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True,
-                     started: list[Worker] | None = None) -> None:  # fmt: skip
+                     started: list[Worker] | None = None) -> None:
     """Run arq workers until a normal shutdown, replacing each one that Redis outages end."""
     delay = 0.5
     while True:

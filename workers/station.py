@@ -68,7 +68,7 @@ async def startup_with(ctx: WorkerContext, settings: Settings) -> None:
     store = BatchStore.from_url(
         settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
         queue_name=settings.queue_name, name="batchfleet-worker",
-    )  # fmt: skip
+    )
     previous = _current.pop("state", None)
     if previous is not None:  # a restarted arq worker in the same process: retire the old state
         previous.stop.set()
@@ -111,14 +111,14 @@ def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordR
     extra = {"batch_id": batch_id, "station_id": station_id}
     if rec.status in ("recorded", "complete"):
         log.info("batch %s: station %s %s, progress %d/%d", batch_id, station_id, outcome.status,
-                 rec.done, rec.expected, extra=extra)  # fmt: skip
+                 rec.done, rec.expected, extra=extra)
         if outcome.status == "failed":
             log.warning("batch %s: station %s failed: %s", batch_id, station_id, outcome.error, extra=extra)
         if rec.status == "complete":
             log.info("batch %s: all %d stations done, upload triggered", batch_id, rec.expected, extra=extra)
     elif rec.status == "late":
         log.warning("batch %s: station %s result arrived after finalization (late, not uploaded)",
-                    batch_id, station_id, extra=extra)  # fmt: skip
+                    batch_id, station_id, extra=extra)
     else:
         log.info("batch %s: station %s outcome ignored (%s)", batch_id, station_id, rec.status, extra=extra)
 
@@ -133,7 +133,7 @@ async def run_station(ctx: WorkerContext, batch_id: str, station_id: str) -> str
     if got.state != "open":
         metrics.STATIONS_SKIPPED.labels(got.topic).inc()
         log.info("batch %s: station %s skipped, batch already %s", batch_id, station_id, got.state,
-                 extra={"batch_id": batch_id, "topic": got.topic})  # fmt: skip
+                 extra={"batch_id": batch_id, "topic": got.topic})
         return "skipped"
     attempt = int(ctx.get("job_try") or 1)
     if attempt > MAX_ATTEMPTS:
@@ -163,7 +163,7 @@ async def _run(state: WorkerState, batch_id: str, station_id: str, got: StationI
     outcome = await run_processor(
         state.processor, station_id, got.records or [], budget_s=budget_s,
         max_result_bytes=state.settings.max_result_bytes, worker=state.name, attempt=attempt,
-    )  # fmt: skip
+    )
     rec = await _record(state, batch_id, station_id, outcome)
     metrics.STATION_SECONDS.labels(outcome.status).observe(outcome.duration_ms / 1000)
     if rec.status in ("recorded", "complete"):

@@ -7,7 +7,8 @@ KEYS[3]  due zset            bf:due            (global)
 KEYS[4]  offsets hash        bf:offsets        (global)
 KEYS[5]  arq queue zset      bf:queue          (global)
 KEYS[6]  stats hash          bf:stats          (global)
-KEYS[7..6+n]  arq job key of each station, arq:job:{B}:STATION (same order as the stations in ARGV)
+KEYS[7]  batch index zset    bf:batches        (global; capped at 100,000 newest)
+KEYS[8..7+n]  arq job key of each station, arq:job:{B}:STATION (same order as the stations in ARGV)
 
 ARGV[1]  batch id B
 ARGV[2]  timeout_ms         deadline = Redis server time + timeout_ms
@@ -16,7 +17,7 @@ ARGV[4]  m                  number of extra meta field/value pairs that follow
 ARGV[5 .. 4+2m]             meta field, value, ...
 then     p                  number of partition entries that follow
 then 3p:                    offsets field "TOPIC:PARTITION", first offset in this batch, next offset
-then 3n: station id, input JSON (list of records), arq job payload (JSON); n = #KEYS - 6
+then 3n: station id, input JSON (list of records), arq job payload (JSON); n = #KEYS - 7
 
 Returns {"created", now_ms, deadline_ms}
      or {"stale", field, stored_offset}   offsets already ingested: nothing written
@@ -50,7 +51,7 @@ end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline_ms = now_ms + timeout_ms
-local n = #KEYS - 6
+local n = #KEYS - 7
 
 redis.call('HSET', KEYS[1], 'state', 'open', 'created_ms', now_ms, 'deadline_ms', deadline_ms,
   'expected', n, 'late', 0)
@@ -61,7 +62,7 @@ end
 for k = 0, n - 1 do
   local a = station_start + 3 * k
   redis.call('HSET', KEYS[2], ARGV[a], ARGV[a + 1])
-  local job_key = KEYS[7 + k]
+  local job_key = KEYS[8 + k]
   if redis.call('SET', job_key, ARGV[a + 2], 'PX', job_expire_ms, 'NX') then
     -- the queue member is the job id: the job key without arq's "arq:job:" prefix.  The score is
     -- Redis time minus 10 minutes: arq workers skip jobs scored after their own clock, so this
@@ -75,6 +76,8 @@ for j = 0, p - 1 do
 end
 
 redis.call('ZADD', KEYS[3], deadline_ms, batch_id)
+redis.call('ZADD', KEYS[7], now_ms, batch_id)
+if redis.call('ZCARD', KEYS[7]) > 100000 then redis.call('ZREMRANGEBYRANK', KEYS[7], 0, 0) end
 redis.call('HINCRBY', KEYS[6], 'batches_created', 1)
 redis.call('HINCRBY', KEYS[6], 'stations_dispatched', n)
 return {'created', now_ms, deadline_ms}

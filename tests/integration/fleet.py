@@ -107,7 +107,7 @@ class InProcessFleet:
 
     def _store(self) -> BatchStore:
         s = BatchStore.from_url(self.settings.redis_url.get_secret_value(), prefix=self.settings.key_prefix,
-                                queue_name=self.settings.queue_name)  # fmt: skip
+                                queue_name=self.settings.queue_name)
         self.stores.append(s)
         return s
 
@@ -157,7 +157,7 @@ class InProcessFleet:
 
 @contextlib.asynccontextmanager
 async def fleet(settings: Settings, *, dispatchers: int = 1, workers: int = 1, aggregators: int = 1
-                ) -> AsyncIterator[InProcessFleet]:  # fmt: skip
+                ) -> AsyncIterator[InProcessFleet]:
     f = InProcessFleet(settings)
     try:
         for _ in range(aggregators):
@@ -179,7 +179,7 @@ class Proc:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "batchfleet", role], env=env, cwd=REPO,
-                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)  # fmt: skip
+                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
 
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:

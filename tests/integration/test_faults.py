@@ -46,7 +46,7 @@ async def test_sigkilled_worker_station_is_rerun_and_recorded_once(
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=60.0,
-                             station_timeout_s=8.0)  # fmt: skip
+                             station_timeout_s=8.0)
     env = settings_env(settings)
     first = Proc("worker", env, tmp_path / "worker-1.log")
     async with fleet(settings, workers=0):
@@ -74,7 +74,7 @@ async def test_station_that_crashes_the_worker_is_given_up(
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=60.0,
-                             station_timeout_s=1.0)  # fmt: skip
+                             station_timeout_s=1.0)
     env = settings_env(settings)
     crashes = 0
     async with fleet(settings, workers=0):
@@ -119,7 +119,7 @@ async def test_killed_aggregator_is_replaced_and_upload_repeats_identically(
     topic = await make_topic()
     with uploadsink.HttpSink(hang_first_s=60) as sink:
         settings = make_settings(redis_server.url, broker.bootstrap, [topic], sink.url, lease_s=2.0,
-                                 upload_timeout_s=30.0)  # fmt: skip
+                                 upload_timeout_s=30.0)
         first = Proc("aggregator", settings_env(settings), tmp_path / "aggregator-1.log")
         try:
             async with fleet(settings, workers=1, aggregators=0) as f:
@@ -140,7 +140,7 @@ async def test_killed_aggregator_is_replaced_and_upload_repeats_identically(
 
 async def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "batchfleet", *args], env=env, cwd=REPO,
-                                   capture_output=True, text=True, timeout=60)  # fmt: skip
+                                   capture_output=True, text=True, timeout=60)
 
 
 def _first_request(sink: uploadsink.HttpSink):  # type: ignore[no-untyped-def]
@@ -216,7 +216,7 @@ async def test_dispatcher_killed_repeatedly_ingests_every_message_exactly_once(
     topic = await make_topic(partitions=2)
     out = tmp_path / "u.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message",
-                             poll_max_records=7)  # fmt: skip
+                             poll_max_records=7)
     env = settings_env(settings)
     rng = random.Random(3)
     total = 120
@@ -251,9 +251,9 @@ async def _produce_slowly(bootstrap: str, topic: str, total: int) -> None:
 
 
 async def test_acl_user_with_password(broker: KafkaBroker, make_topic, tmp_path: Path,
-                                      caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+                                      caplog: pytest.LogCaptureFixture) -> None:
     redis = RedisServer(extra_args=["--user", "default", "off", "--user", "fleet", "on", ">s3cret-pw", "~*", "&*",
-                                    "+@all"]).start()  # fmt: skip
+                                    "+@all"]).start()
     url = f"redis://fleet:s3cret-pw@127.0.0.1:{redis.port}/0"
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
@@ -290,7 +290,7 @@ async def test_skewed_host_clock_changes_no_decision(
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=1.5,
-                             station_timeout_s=30.0)  # fmt: skip
+                             station_timeout_s=30.0)
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() - 300)
     async with fleet(settings, workers=1):

@@ -30,10 +30,10 @@ async def test_two_worker_and_two_aggregator_processes_upload_each_batch_once(
     topic = await make_topic(partitions=2)
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message",
-                             batch_timeout_s=3.0)  # fmt: skip
+                             batch_timeout_s=3.0)
     env = settings_env(settings)
     procs = [Proc(role, env, tmp_path / f"{role}-{i}.log")
-             for i, role in enumerate(["worker", "worker", "aggregator", "aggregator", "dispatcher"])]  # fmt: skip
+             for i, role in enumerate(["worker", "worker", "aggregator", "aggregator", "dispatcher"])]
     try:
         values = [message([f"S{i:03d}", f"S{i + 1:03d}", f"NONE-{i}"]) for i in range(0, 40, 2)]
         await produce(broker.bootstrap, topic, values[:10], partition=0)
@@ -113,7 +113,7 @@ async def test_http_uploader_posts_with_idempotency_key_and_retries(
     topic = await make_topic()
     with uploadsink.HttpSink(fail_first=2) as sink:
         settings = make_settings(redis_server.url, broker.bootstrap, [topic], sink.url,
-                                 upload_auth_header="Authorization: Bearer s3cret")  # fmt: skip
+                                 upload_auth_header="Authorization: Bearer s3cret")
         await produce(broker.bootstrap, topic, [message(["S001", "S002"])])
         async with fleet(settings, workers=1):
             await wait_until(lambda: _uploaded(store, 1), 30, "the upload after two 503s")
@@ -156,7 +156,7 @@ async def test_kafka_uploader_produces_keyed_by_batch_id(
     async with fleet(settings, workers=1):
         await wait_until(lambda: _uploaded(store, 1), 30, "upload")
     consumer = AIOKafkaConsumer(output, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
-                                group_id=f"{output}-reader")  # fmt: skip
+                                group_id=f"{output}-reader")
     await consumer.start()
     try:
         got = await asyncio.wait_for(consumer.getone(), timeout=30)
@@ -167,7 +167,7 @@ async def test_kafka_uploader_produces_keyed_by_batch_id(
 
 
 async def test_custom_callable_uploader(broker: KafkaBroker, redis_server: RedisServer, store: BatchStore,
-                                        make_topic) -> None:  # fmt: skip
+                                        make_topic) -> None:
     topic = await make_topic()
     uploadsink.received.clear()
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], "tests.integration.uploadsink:collect")

@@ -14,11 +14,11 @@ from tests.integration.fleet import REPO, Proc, make_settings, settings_env, wai
 
 def _health(role: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "batchfleet", "health", role], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+                          capture_output=True, text=True, timeout=60)
 
 
 async def test_health_follows_the_process_heartbeat(broker: KafkaBroker, redis_server: RedisServer,
-                                                    store: BatchStore, make_topic, tmp_path: Path) -> None:  # fmt: skip
+                                                    store: BatchStore, make_topic, tmp_path: Path) -> None:
     topic = await make_topic()
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{tmp_path / 'u.jsonl'}")
     env = settings_env(settings)

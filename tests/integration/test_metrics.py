@@ -27,10 +27,10 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 
 async def test_metrics_endpoints_count_what_the_test_produced(broker: KafkaBroker, redis_server: RedisServer,
-                                                              store: BatchStore, make_topic, tmp_path: Path) -> None:  # fmt: skip
+                                                              store: BatchStore, make_topic, tmp_path: Path) -> None:
     topic = await make_topic()
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{tmp_path / 'u.jsonl'}",
-                             batching="message", batch_timeout_s=1.5, station_timeout_s=30.0)  # fmt: skip
+                             batching="message", batch_timeout_s=1.5, station_timeout_s=30.0)
     ports = {role: free_port() for role in ("dispatcher", "worker", "aggregator")}
     procs = []
     for role, port in ports.items():
@@ -41,7 +41,7 @@ async def test_metrics_endpoints_count_what_the_test_produced(broker: KafkaBroke
             message(["S001", "S002", "NONE-1"]),            # complete: ok 2, empty 1
             message(["S003", "RAISE-1", "HANG-1"]),         # deadline: ok 1, failed 1, missing 1
             b"not json",                                    # quarantined
-        ])  # fmt: skip
+        ])
 
         async def uploaded() -> bool:
             return (await store.stats()).get("batches_uploaded", 0) >= 2

@@ -22,7 +22,7 @@ def uploads_at_least(path: Path, n: int):  # type: ignore[no-untyped-def]
 
 
 async def test_all_ok_one_upload_complete(broker: KafkaBroker, redis_server: RedisServer, store: BatchStore,
-                                          make_topic, tmp_path: Path) -> None:  # fmt: skip
+                                          make_topic, tmp_path: Path) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
@@ -43,11 +43,11 @@ async def test_all_ok_one_upload_complete(broker: KafkaBroker, redis_server: Red
 
 
 async def test_failures_and_hang_upload_at_deadline(broker: KafkaBroker, redis_server: RedisServer,
-                                                   store: BatchStore, make_topic, tmp_path: Path) -> None:  # fmt: skip
+                                                   store: BatchStore, make_topic, tmp_path: Path) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=2.0,
-                             station_timeout_s=30.0)  # fmt: skip
+                             station_timeout_s=30.0)
     stations = ["S001", "RAISE-1", "NONE-1", "HANG-1", "S002"]
     await produce(broker.bootstrap, topic, [message(stations)])
     async with fleet(settings, workers=1):
@@ -66,11 +66,11 @@ async def test_failures_and_hang_upload_at_deadline(broker: KafkaBroker, redis_s
 
 
 async def test_station_budget_timeout_is_recorded_as_failed(broker: KafkaBroker, redis_server: RedisServer,
-                                                            make_topic, tmp_path: Path) -> None:  # fmt: skip
+                                                            make_topic, tmp_path: Path) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=5.0,
-                             station_timeout_s=0.5, processor="tests.integration.processors:sync_process")  # fmt: skip
+                             station_timeout_s=0.5, processor="tests.integration.processors:sync_process")
     await produce(broker.bootstrap, topic, [message(["S001", "SPIN-1", "BLOCK-1", "RAISE-2"])])
     try:
         async with fleet(settings, workers=1):
@@ -89,7 +89,7 @@ async def test_station_budget_timeout_is_recorded_as_failed(broker: KafkaBroker,
 
 
 async def test_bad_results_fail_only_their_station(broker: KafkaBroker, redis_server: RedisServer,
-                                                   make_topic, tmp_path: Path) -> None:  # fmt: skip
+                                                   make_topic, tmp_path: Path) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
@@ -105,13 +105,13 @@ async def test_bad_results_fail_only_their_station(broker: KafkaBroker, redis_se
 
 
 async def test_poll_batching_merges_messages_and_stations(broker: KafkaBroker, redis_server: RedisServer,
-                                                          store: BatchStore, make_topic, tmp_path: Path) -> None:  # fmt: skip
+                                                          store: BatchStore, make_topic, tmp_path: Path) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
     # produced before the dispatcher starts, so one getmany returns all three
     await produce(broker.bootstrap, topic, [message(["A-1", "B-1"], 1), message(["B-1", "C-1"], 2),
-                                            message(["A-1"], 3)])  # fmt: skip
+                                            message(["A-1"], 3)])
     async with fleet(settings, workers=1):
         await wait_until(uploads_at_least(out, 1), 30, "upload")
         jobs = await store.queue_depth()
@@ -126,12 +126,12 @@ async def test_poll_batching_merges_messages_and_stations(broker: KafkaBroker, r
 
 
 async def test_message_batching_one_batch_per_message(broker: KafkaBroker, redis_server: RedisServer,
-                                                      make_topic, tmp_path: Path) -> None:  # fmt: skip
+                                                      make_topic, tmp_path: Path) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message")
     await produce(broker.bootstrap, topic, [message(["S001", "S002"]), message(["S001", "S003"]),
-                                            message(["S004"])])  # fmt: skip
+                                            message(["S004"])])
     async with fleet(settings, workers=1):
         await wait_until(uploads_at_least(out, 3), 30, "three uploads")
     payloads = sorted(read_uploads(out), key=lambda p: p["batch_id"])
@@ -141,11 +141,11 @@ async def test_message_batching_one_batch_per_message(broker: KafkaBroker, redis
 
 
 async def test_late_result_is_counted_and_upload_unchanged(broker: KafkaBroker, redis_server: RedisServer,
-                                                           store: BatchStore, make_topic, tmp_path: Path) -> None:  # fmt: skip
+                                                           store: BatchStore, make_topic, tmp_path: Path) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=0.6,
-                             station_timeout_s=10.0, late="record")  # fmt: skip
+                             station_timeout_s=10.0, late="record")
     await produce(broker.bootstrap, topic, [message(["S001", "SLOW-1"])])
     batch_id = f"{topic}:0:0"
     async with fleet(settings, workers=1):
@@ -168,7 +168,7 @@ async def test_late_result_is_counted_and_upload_unchanged(broker: KafkaBroker, 
 
 async def test_malformed_message_is_quarantined_and_partition_flows(broker: KafkaBroker, redis_server: RedisServer,
                                                                      store: BatchStore, make_topic,
-                                                                     tmp_path: Path) -> None:  # fmt: skip
+                                                                     tmp_path: Path) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message")

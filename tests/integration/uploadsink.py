@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -26,6 +27,7 @@ class HttpSink:
         self.fail_first = fail_first
         self.always_fail = always_fail
         self.hang_first_s = hang_first_s
+        self.delay_s = 0.0
         self.release = threading.Event()
         sink = self
 
@@ -34,6 +36,8 @@ class HttpSink:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 sink.requests.append((headers, orjson.loads(body)))
+                if sink.delay_s:
+                    time.sleep(sink.delay_s)
                 if sink.hang_first_s and len(sink.requests) == 1:
                     sink.release.wait(sink.hang_first_s)  # an upload that never answers in time
                 failing = sink.always_fail or len(sink.requests) <= sink.fail_first

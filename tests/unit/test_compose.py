@@ -140,7 +140,7 @@ def _stage_name(stage: list[tuple[str, str]]) -> str | None:
 _PIP_VALUE_OPTIONS = {
     "--wheel-dir", "-w", "--find-links", "-f", "--python", "-r", "--requirement", "-c", "--constraint",
     "--index-url", "-i", "--extra-index-url", "--target", "-t", "--prefix", "--root",
-}  # fmt: skip
+}
 
 
 def _pip_calls(stage: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:

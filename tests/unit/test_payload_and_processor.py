@@ -92,7 +92,7 @@ def test_payload_serialises_to_the_documented_fields() -> None:
     data = payload.model_dump()
     assert set(data) == {
         "batch_id", "topic", "created_at", "finalized_at", "reason", "results", "summary", "failed", "empty", "missing",
-    }  # fmt: skip
+    }
     assert data["empty"] == ["a"]
 
 

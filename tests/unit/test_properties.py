@@ -202,7 +202,7 @@ def _check_plan(msgs: list[Msg], units: list[Unit], cfg: TopicConfig) -> None:  
             if pairs is not None and any(
                 (r.topic, r.partition) == key[:2] and r.first_offset <= key[2] < r.next_offset for r in spec.ranges
             )
-        )  # fmt: skip
+        )
         assert inside and spec.messages == len(inside)
         assert spec.batch_id == "{}:{}:{}".format(*inside[0])
         merged: dict[str, list[dict[str, Any]]] = {}
