@@ -123,6 +123,9 @@ class Aggregator:
         done, expected = len(claim.outcomes), claim.expected
         if claim.reason == "complete":
             log.info("batch %s: all %d stations done, uploading", claim.batch_id, expected, extra=extra)
+        elif claim.reason == "quorum":
+            log.info("batch %s: quorum reached with %d/%d stations done, uploading", claim.batch_id, done, expected,
+                     extra=extra)
         else:
             timeout_s = int(claim.meta.get("timeout_ms", "0")) / 1000
             log.warning("batch %s: %s (%gs) reached with %d/%d stations done, forcing upload",

@@ -46,6 +46,10 @@ class BatchSpec:
     retention_s: int
     late_policy: str = "drop"
     messages: int = 0
+    priority: str = "normal"
+    queue_boost_s: float = 0.0
+    quorum_needed: int = 0  # 0: no quorum policy
+    quorum_grace_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class StationInput:
 class RecordResult:
     """What record_outcome said."""
 
-    status: Literal["recorded", "complete", "duplicate", "late", "unknown"]
+    status: Literal["recorded", "complete", "quorum", "duplicate", "late", "unknown"]
     done: int
     expected: int
 

@@ -16,10 +16,19 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from batchfleet.errors import ConfigError
 
-__all__ = ["Settings", "TopicConfig", "load_settings"]
+__all__ = ["PriorityLevel", "Settings", "TopicConfig", "load_settings"]
 
 Batching = Literal["poll", "message"]
 LatePolicy = Literal["drop", "record"]
+
+
+class PriorityLevel(BaseModel):
+    """What a priority level changes: the batch deadline, and how far its station jobs jump the queue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_s: float = Field(gt=0, le=86_400)
+    boost_s: float = Field(default=0.0, ge=0, le=3600)
 
 
 class TopicConfig(BaseModel):
@@ -34,6 +43,20 @@ class TopicConfig(BaseModel):
     station_id_field: str = "stationId"
     max_stations: int = Field(default=20_000, ge=1)
     late: LatePolicy = "drop"
+    quorum: float | None = Field(default=None, gt=0, le=1)
+    quorum_grace_s: float = Field(default=0.0, ge=0)
+    priority_field: str | None = None
+    priority_header: str = "priority"
+    default_priority: str = "normal"
+    priorities: dict[str, PriorityLevel] = Field(default_factory=dict)
+
+    def level(self, name: str | None) -> tuple[str, float, float]:
+        """(level, deadline s, queue boost s) of a priority name; unknown names get the default level."""
+        chosen = name if name in self.priorities else self.default_priority
+        spec = self.priorities.get(chosen)
+        if spec is None:
+            return chosen, self.timeout_s, 0.0
+        return chosen, spec.timeout_s, spec.boost_s
 
 
 class Settings(BaseSettings):
@@ -76,6 +99,12 @@ class Settings(BaseSettings):
     station_list_field: str = "stationData"
     station_id_field: str = "stationId"
     max_stations_per_batch: int = Field(default=20_000, ge=1)
+    quorum: float | None = Field(default=None, gt=0, le=1)
+    quorum_grace_s: float = Field(default=0.0, ge=0)
+    priority_field: str | None = None
+    priority_header: str = "priority"
+    default_priority: str = "normal"
+    priorities: dict[str, PriorityLevel] = Field(default_factory=dict)
 
     config: Path | None = None
     topic_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
@@ -101,6 +130,12 @@ class Settings(BaseSettings):
             "station_id_field": self.station_id_field,
             "max_stations": self.max_stations_per_batch,
             "late": self.late,
+            "quorum": self.quorum,
+            "quorum_grace_s": self.quorum_grace_s,
+            "priority_field": self.priority_field,
+            "priority_header": self.priority_header,
+            "default_priority": self.default_priority,
+            "priorities": self.priorities,
         }
         base.update(self.topic_overrides.get(name, {}))
         return TopicConfig(**base)

@@ -124,6 +124,9 @@ class BatchStore:
             "late_policy": spec.late_policy,
             "messages": str(spec.messages),
             "stations": orjson.dumps(list(spec.stations)).decode(),
+            "priority": spec.priority,
+            "quorum_needed": str(spec.quorum_needed),
+            "quorum_grace_ms": str(int(spec.quorum_grace_s * 1000)),
             "source": ",".join(f"{r.partition}@{r.first_offset}-{r.next_offset - 1}" for r in spec.ranges),
             **(extra_meta or {}),
         }
@@ -134,7 +137,8 @@ class BatchStore:
             job: dict[str, Any] = {"t": None, "f": STATION_JOB, "a": [bid, station], "k": {}, "et": et}
             station_args += [station, orjson.dumps(records), orjson.dumps(job)]
             job_keys.append(k.job(bid, station))
-        args: list[bytes | str | int] = [bid, int(spec.timeout_s * 1000), int(spec.timeout_s * 1000) + _JOB_EXPIRE_EXTRA_MS]
+        timeout_ms = int(spec.timeout_s * 1000)
+        args: list[bytes | str | int] = [bid, timeout_ms, timeout_ms + _JOB_EXPIRE_EXTRA_MS, int(spec.queue_boost_s * 1000)]
         args.append(len(meta))
         for name, value in meta.items():
             args += [name, value]
@@ -201,7 +205,7 @@ class BatchStore:
         keys = [k.batch(batch_id), k.inputs(batch_id), k.outcomes(batch_id), k.late(batch_id), k.due, k.ready, k.stats]
         reply = await self._record(keys=keys, args=[batch_id, station_id, outcome.status, outcome.to_json()])
         status = _s(reply[0])
-        if status not in ("recorded", "complete", "duplicate", "late", "unknown"):
+        if status not in ("recorded", "complete", "quorum", "duplicate", "late", "unknown"):
             raise StoreError(f"record_outcome returned {reply!r}")
         return RecordResult(status, int(reply[1]), int(reply[2]))  # type: ignore[arg-type]
 

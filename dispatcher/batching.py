@@ -7,6 +7,10 @@ Rules (pure functions, no I/O):
 - A station seen in several messages of one batch gets one job; its records are merged in Kafka
   order (partition, then offset).
 - The batch id is ``TOPIC:PARTITION:OFFSET`` of the batch's first valid message.
+- Priority: a message's level comes from its Kafka header (``priority_header``), else its
+  ``priority_field``, else the topic's default; unknown names count as the default.  A poll batch
+  takes the most urgent level (shortest deadline) of its messages: splitting a poll by level would
+  break the one-range-per-partition offset rule below.
 - Every message is covered by exactly one unit's offset range, so storing "next offset" with each
   unit makes ingest exactly-once.  A bad message inside a poll batch is quarantined first without
   moving offsets; the batch that follows covers its offset.  A bad message not followed by a batch
@@ -15,6 +19,7 @@ Rules (pure functions, no I/O):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,7 +27,7 @@ from typing import Any, Protocol
 from batchfleet.keys import batch_id_for
 from batchfleet.models import BatchSpec, PartitionRange, QuarantineEntry
 from batchfleet.settings import TopicConfig
-from dispatcher.parsing import BadMessage, parse_stations
+from dispatcher.parsing import BadMessage, ParsedMessage, parse_message
 
 __all__ = ["KafkaMessage", "Unit", "plan_dispatch"]
 
@@ -31,6 +36,8 @@ _KEEP_BYTES = 64 * 1024  # how much of a bad message's value the quarantine keep
 
 
 class KafkaMessage(Protocol):
+    """What planning reads of an aiokafka ConsumerRecord (``headers`` is optional)."""
+
     @property
     def topic(self) -> str: ...
     @property
@@ -60,6 +67,7 @@ class _Accumulator:
     ranges: dict[int, list[int]] = field(default_factory=dict)  # partition -> [first, next]
     bad: list[tuple[KafkaMessage, str]] = field(default_factory=list)
     messages: int = 0
+    level: tuple[str, float, float] | None = None  # (name, timeout s, boost s), most urgent so far
 
     def cover(self, msg: KafkaMessage) -> None:
         span = self.ranges.setdefault(msg.partition, [msg.offset, msg.offset + 1])
@@ -70,7 +78,11 @@ class _Accumulator:
         new = {sid for sid, _ in pairs if sid not in self.stations}
         return not self.stations or len(self.stations) + len(new) <= self.cfg.max_stations
 
-    def add(self, msg: KafkaMessage, pairs: list[tuple[str, dict[str, Any]]]) -> None:
+    def add(self, msg: KafkaMessage, parsed: ParsedMessage) -> None:
+        pairs = parsed.stations
+        level = self.cfg.level(_header_priority(msg, self.cfg) or parsed.priority)
+        if self.level is None or level[1] < self.level[1]:
+            self.level = level
         if self.first is None:
             self.first = msg
         for sid, record in pairs:
@@ -83,19 +95,32 @@ class _Accumulator:
         if self.first is None:
             return [_quarantine(m, r, advance=True) for m, r in self.bad]
         units: list[Unit] = [_quarantine(m, r, advance=False) for m, r in self.bad]
+        name, timeout_s, boost_s = self.level or self.cfg.level(None)
+        quorum_needed = math.ceil(self.cfg.quorum * len(self.stations) - 1e-9) if self.cfg.quorum else 0
         units.append(
             BatchSpec(
                 batch_id=batch_id_for(self.topic, self.first.partition, self.first.offset),
                 topic=self.topic,
                 stations=self.stations,
                 ranges=[PartitionRange(self.topic, p, s[0], s[1]) for p, s in sorted(self.ranges.items())],
-                timeout_s=self.cfg.timeout_s,
+                timeout_s=timeout_s,
                 retention_s=self.cfg.retention_s,
                 late_policy=self.cfg.late,
                 messages=self.messages,
+                priority=name,
+                queue_boost_s=boost_s,
+                quorum_needed=quorum_needed,
+                quorum_grace_s=self.cfg.quorum_grace_s,
             )
         )
         return units
+
+
+def _header_priority(msg: KafkaMessage, cfg: TopicConfig) -> str | None:
+    for key, value in getattr(msg, "headers", None) or ():
+        if key == cfg.priority_header and value is not None:
+            return bytes(value).decode("utf-8", errors="replace")
+    return None
 
 
 def _ordered(messages: Iterable[KafkaMessage]) -> list[KafkaMessage]:
@@ -107,15 +132,15 @@ def _plan_poll(topic: str, msgs: list[KafkaMessage], cfg: TopicConfig, max_bytes
     acc = _Accumulator(topic, cfg)
     for msg in _ordered(msgs):
         try:
-            pairs = parse_stations(msg.value, cfg, max_bytes)
+            parsed = parse_message(msg.value, cfg, max_bytes)
         except BadMessage as bad:
             acc.bad.append((msg, bad.reason))
             acc.cover(msg)
             continue
-        if not acc.fits(pairs):
+        if not acc.fits(parsed.stations):
             units += acc.flush()
             acc = _Accumulator(topic, cfg)
-        acc.add(msg, pairs)
+        acc.add(msg, parsed)
     return units + acc.flush()
 
 
@@ -124,7 +149,7 @@ def _plan_message(topic: str, msgs: list[KafkaMessage], cfg: TopicConfig, max_by
     for msg in _ordered(msgs):
         acc = _Accumulator(topic, cfg)
         try:
-            acc.add(msg, parse_stations(msg.value, cfg, max_bytes))
+            acc.add(msg, parse_message(msg.value, cfg, max_bytes))
         except BadMessage as bad:
             acc.bad.append((msg, bad.reason))
         units += acc.flush()

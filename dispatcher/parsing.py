@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from batchfleet.settings import TopicConfig
 
-__all__ = ["MAX_DEPTH", "MAX_STATION_ID_LENGTH", "BadMessage", "parse_stations"]
+__all__ = ["MAX_DEPTH", "MAX_STATION_ID_LENGTH", "BadMessage", "ParsedMessage", "parse_message", "parse_stations"]
 
 MAX_DEPTH = 64
 MAX_STATION_ID_LENGTH = 256
@@ -120,8 +121,19 @@ def _station_id(entry: object, index: int, cfg: TopicConfig) -> str:
     return sid
 
 
+@dataclass(frozen=True)
+class ParsedMessage:
+    stations: list[tuple[str, dict[str, Any]]]
+    priority: str | None  # from the topic's priority_field, when configured and present
+
+
 def parse_stations(value: bytes | None, cfg: TopicConfig, max_bytes: int) -> list[tuple[str, dict[str, Any]]]:
     """(station id, record) pairs of one message, in message order; raises BadMessage."""
+    return parse_message(value, cfg, max_bytes).stations
+
+
+def parse_message(value: bytes | None, cfg: TopicConfig, max_bytes: int) -> ParsedMessage:
+    """The message's stations (and priority field); raises BadMessage."""
     doc = decode_json(value, max_bytes)
     field = cfg.station_list_field
     if not isinstance(doc, dict):
@@ -137,4 +149,5 @@ def parse_stations(value: bytes | None, cfg: TopicConfig, max_bytes: int) -> lis
     distinct = len({sid for sid, _ in pairs})
     if distinct > cfg.max_stations:
         raise BadMessage(f"too many stations: {distinct} > max {cfg.max_stations}")
-    return pairs
+    priority = doc.get(cfg.priority_field) if cfg.priority_field else None
+    return ParsedMessage(pairs, str(priority) if isinstance(priority, str | int) else None)

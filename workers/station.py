@@ -109,13 +109,15 @@ async def _record(state: WorkerState, batch_id: str, station_id: str, outcome: O
 
 def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordResult) -> None:
     extra = {"batch_id": batch_id, "station_id": station_id}
-    if rec.status in ("recorded", "complete"):
+    if rec.status in ("recorded", "complete", "quorum"):
         log.info("batch %s: station %s %s, progress %d/%d", batch_id, station_id, outcome.status,
                  rec.done, rec.expected, extra=extra)
         if outcome.status == "failed":
             log.warning("batch %s: station %s failed: %s", batch_id, station_id, outcome.error, extra=extra)
         if rec.status == "complete":
             log.info("batch %s: all %d stations done, upload triggered", batch_id, rec.expected, extra=extra)
+        elif rec.status == "quorum":
+            log.info("batch %s: quorum reached with %d/%d stations", batch_id, rec.done, rec.expected, extra=extra)
     elif rec.status == "late":
         log.warning("batch %s: station %s result arrived after finalization (late, not uploaded)",
                     batch_id, station_id, extra=extra)
@@ -152,7 +154,7 @@ async def _give_up(state: WorkerState, batch_id: str, station_id: str, attempt: 
     error = f"gave up: {attempt - 1} earlier attempt(s) never finished (the worker running them died)"
     outcome = Outcome(status="failed", error=error, worker=state.name, attempt=attempt)
     rec = await _record(state, batch_id, station_id, outcome)
-    if rec.status in ("recorded", "complete"):
+    if rec.status in ("recorded", "complete", "quorum"):
         metrics.STATIONS.labels(topic, "failed").inc()
     log.error("batch %s: station %s %s", batch_id, station_id, error, extra={"batch_id": batch_id, "topic": topic})
     return rec.status
@@ -166,7 +168,7 @@ async def _run(state: WorkerState, batch_id: str, station_id: str, got: StationI
     )
     rec = await _record(state, batch_id, station_id, outcome)
     metrics.STATION_SECONDS.labels(outcome.status).observe(outcome.duration_ms / 1000)
-    if rec.status in ("recorded", "complete"):
+    if rec.status in ("recorded", "complete", "quorum"):
         metrics.STATIONS.labels(got.topic, outcome.status).inc()
     elif rec.status == "late":
         metrics.LATE_RESULTS.labels(got.topic).inc()

@@ -12,7 +12,8 @@ ARGV[2]  lease_ms       how long the claimer may take before another aggregator 
 
 A batch is claimable when its due score (deadline, 0 once complete, or retry time) has passed, or
 when its lease has run out (the previous claimer died).  On the first claim the batch is finalized:
-reason "complete" if every expected station reported, else "deadline"; later results are late.
+reason "complete" if every expected station reported, "quorum" if it reached its quorum and the
+deadline has not passed, else "deadline"; later results are late.
 
 Returns {"claimed", token, now_ms, meta (flat field/value list), outcomes (flat list), payload|false}
      or {"not_due"}   someone else claimed it, or it is not due yet
@@ -39,7 +40,12 @@ if state == 'open' then
   local expected = tonumber(redis.call('HGET', KEYS[1], 'expected'))
   local done = redis.call('HLEN', KEYS[2])
   local reason = 'deadline'
-  if done >= expected then reason = 'complete' end
+  if done >= expected then
+    reason = 'complete'
+  elseif redis.call('HEXISTS', KEYS[1], 'quorum_ms') == 1
+      and now_ms < tonumber(redis.call('HGET', KEYS[1], 'deadline_ms')) then
+    reason = 'quorum'
+  end
   redis.call('HSET', KEYS[1], 'state', 'finalized', 'reason', reason, 'finalized_ms', now_ms, 'done', done)
 end
 

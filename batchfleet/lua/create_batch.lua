@@ -13,8 +13,10 @@ KEYS[8..7+n]  arq job key of each station, arq:job:{B}:STATION (same order as th
 ARGV[1]  batch id B
 ARGV[2]  timeout_ms         deadline = Redis server time + timeout_ms
 ARGV[3]  job_expire_ms      TTL of each arq job key
-ARGV[4]  m                  number of extra meta field/value pairs that follow
-ARGV[5 .. 4+2m]             meta field, value, ...
+ARGV[4]  queue_boost_ms     priority: the jobs are scored this much earlier, so arq picks them
+                            before normal jobs enqueued less than this long before them
+ARGV[5]  m                  number of extra meta field/value pairs that follow
+ARGV[6 .. 5+2m]             meta field, value, ...
 then     p                  number of partition entries that follow
 then 3p:                    offsets field "TOPIC:PARTITION", first offset in this batch, next offset
 then 3n: station id, input JSON (list of records), arq job payload (JSON); n = #KEYS - 7
@@ -28,8 +30,9 @@ never overwritten or enqueued twice.
 local batch_id = ARGV[1]
 local timeout_ms = tonumber(ARGV[2])
 local job_expire_ms = tonumber(ARGV[3])
-local m = tonumber(ARGV[4])
-local i = 5 + 2 * m
+local boost_ms = tonumber(ARGV[4])
+local m = tonumber(ARGV[5])
+local i = 6 + 2 * m
 local p = tonumber(ARGV[i])
 local part_start = i + 1
 local station_start = part_start + 3 * p
@@ -56,7 +59,7 @@ local n = #KEYS - 7
 redis.call('HSET', KEYS[1], 'state', 'open', 'created_ms', now_ms, 'deadline_ms', deadline_ms,
   'expected', n, 'late', 0)
 for j = 0, m - 1 do
-  redis.call('HSET', KEYS[1], ARGV[5 + 2 * j], ARGV[6 + 2 * j])
+  redis.call('HSET', KEYS[1], ARGV[6 + 2 * j], ARGV[7 + 2 * j])
 end
 
 for k = 0, n - 1 do
@@ -67,7 +70,7 @@ for k = 0, n - 1 do
     -- the queue member is the job id: the job key without arq's "arq:job:" prefix.  The score is
     -- Redis time minus 10 minutes: arq workers skip jobs scored after their own clock, so this
     -- keeps a worker whose clock is up to 10 minutes behind from delaying stations; order is kept.
-    redis.call('ZADD', KEYS[5], now_ms - 600000, string.sub(job_key, 9))
+    redis.call('ZADD', KEYS[5], now_ms - 600000 - boost_ms, string.sub(job_key, 9))
   end
 end
 

@@ -15,6 +15,8 @@ ARGV[4]  outcome JSON
 
 Returns {"recorded", done, expected}   first outcome of this station, batch still open
      or {"complete", done, expected}   ... and it was the last expected station: due now, wake-up pushed
+     or {"quorum", done, expected}     ... and it brought the batch to its quorum (meta quorum_needed):
+                                       due at now + quorum_grace_ms (never later than the deadline)
      or {"duplicate", done, expected}  the station already had an outcome: nothing changed
      or {"late", done, expected}       the batch was finalized first: counted (and kept if late=record)
      or {"unknown", 0, 0}              no such batch (expired) or the station is not expected
@@ -52,5 +54,19 @@ if done >= expected then
   redis.call('LPUSH', KEYS[6], ARGV[1])
   redis.call('LTRIM', KEYS[6], 0, 9999)
   return {'complete', done, expected}
+end
+local needed = tonumber(redis.call('HGET', KEYS[1], 'quorum_needed') or '0')
+if needed > 0 and done >= needed then
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if redis.call('HSETNX', KEYS[1], 'quorum_ms', now_ms) == 1 then
+    local grace = tonumber(redis.call('HGET', KEYS[1], 'quorum_grace_ms') or '0')
+    redis.call('ZADD', KEYS[5], 'XX', 'LT', now_ms + grace, ARGV[1])
+    if grace == 0 then
+      redis.call('LPUSH', KEYS[6], ARGV[1])
+      redis.call('LTRIM', KEYS[6], 0, 9999)
+    end
+    return {'quorum', done, expected}
+  end
 end
 return {'recorded', done, expected}

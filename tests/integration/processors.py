@@ -24,6 +24,8 @@ async def async_process(station_id: str, records: list[dict[str, Any]]) -> Any:
         await asyncio.sleep(3600)
     if kind == "LONG":
         await asyncio.sleep(6)
+    if kind == "W":  # a little work
+        await asyncio.sleep(0.05)
     if kind == "SLOW":
         await asyncio.sleep(1.5)
     if kind == "CRASH":  # takes the whole worker process down, every time

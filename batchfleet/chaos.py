@@ -1,0 +1,982 @@
+"""The chaos run: the real fleet under a producer while processes are SIGKILLed, then an exact audit.
+
+``scripts/chaos --minutes 10 [--seed N] [--json]`` (long version; a ~1 minute version runs in the
+test suite, ``tests/integration/test_chaos.py``).  Loopback only, bounded in time:
+
+1. A local stack: redis-server with AOF (``appendonly yes``, ``appendfsync everysec``; restarted on
+   the same port and directory, so a kill -9 keeps its state) and the tansu Kafka-protocol broker
+   (or a given bootstrap address).  2 dispatchers, 3 workers and 2 aggregators run as real
+   subprocesses (``python -m batchfleet ROLE``), configured with ``BATCHFLEET_*`` variables built
+   from one :class:`~batchfleet.settings.Settings`: 2 s batch deadline, 5 s retention, 5 s upload
+   lease, a file uploader (``file://WORKDIR/uploads.jsonl``) and :func:`chaos_processor`.
+2. A producer writes to a ``message``-mode topic (2 partitions, one message = one batch) and a
+   ``poll``-mode topic (3 partitions, max 25 stations per batch, so big polls are split), per-topic
+   TOML in ``BATCHFLEET_CONFIG``.  Every record carries a unique ``rid``; every valid message also
+   carries a marker station ``M-<seq>`` unique to it, so the batch that held a message is known
+   from any upload even after the batch's Redis keys expired.  Now and then a malformed message
+   (truncated JSON, an entry without ``stationId``, an empty list, not UTF-8, NaN) is produced.
+3. For the whole window, every 2-5 s a random role process is SIGKILLed and restarted 0.5-1 s
+   later; redis-server is SIGKILLed and restarted 2-3 times (never in the last 20 s).  A process
+   that exits by itself is restarted too and reported.
+4. After the producer stops: wait until every produced offset is ingested (``bf:offsets``), every
+   batch is uploaded or dead (``bf:due`` and ``bf:leases`` empty) and no station job is queued; then
+   wait retention + 3 s and measure.
+
+The audit (exit status 1 on any violation):
+
+- uploads are at-least-once keyed by batch id: lines are grouped by ``batch_id``; a repeat must be
+  byte-identical (counted as a repeat), a different body is a *conflicting repeat*;
+- every produced (station, record) is accounted for exactly once: in an uploaded batch's
+  ``results`` (the processor echoes the record ids it received, so they must be exactly the
+  records the batch's messages hold for that station, in Kafka order), or in its ``failed`` /
+  ``empty`` / ``missing`` (all the station's records in that batch's messages), or, for a malformed
+  message, in the quarantine (by topic/partition/offset).  A batch's expected stations (results +
+  failed + empty + missing) must equal the stations of the messages whose markers it holds, its id
+  must be its first message's coordinates, and no message may be in two batches;
+- nothing is left behind: no batch key (``bf:b:*``) except of dead-lettered batches, no arq key;
+- Redis ``used_memory`` is back within ``memory_margin_bytes`` (1 MiB) of the baseline taken after
+  start-up.  What may legitimately remain: the Lua script cache (7 scripts), ``bf:stats``,
+  ``bf:offsets``, ``bf:recent`` (100 ids), ``bf:fence``, the quarantined messages (kept 7 days;
+  a few dozen small entries here) and one ``bf:procs`` member per killed process (kept a day):
+  together well under 200 KB, while one leaked batch costs ~5-10 KB, so a leak of a few hundred
+  batches (out of thousands) exceeds the margin, and any leaked batch key fails the key check.
+
+Outcomes of :func:`chaos_processor`, deterministic by station id: pool stations ``S<n>`` raise when
+n % 10 == 3, return None (empty) when n % 10 == 6, sleep far past the 2 s deadline and station
+budget when n % 20 == 9 (they end up ``missing``, their timeout result is ``late``), take 0.4 s
+when n % 20 == 19, else return ``{"stationId", "rids"}``; markers ``M-<seq>`` always succeed.
+Role logs, redis.log and uploads.jsonl stay in the work directory (``.batchfleet/chaos-*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from batchfleet.keys import Keys, batch_id_for, message_id_for, offset_field
+from batchfleet.localstack import KafkaBroker, RedisServer, create_topics
+from batchfleet.settings import Settings
+from batchfleet.store import BatchStore
+
+__all__ = ["ChaosConfig", "ChaosReport", "account", "chaos_processor", "main", "run_chaos", "settings_env"]
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)  # BusyLoadingError is a ConnectionError
+_MAX_LISTED = 40  # violations listed per kind (all are counted)
+SLOW_S = 60.0  # "slow" stations: far past any chaos deadline; the station budget cancels them
+
+
+# -- the station processor (runs in the worker processes) ---------------------------------------
+def station_kind(station_id: str) -> str:
+    """ok | raise | empty | slow | lagging, deterministic by the station's number."""
+    if not station_id.startswith("S") or not station_id[1:].isdigit():
+        return "ok"
+    n = int(station_id[1:])
+    if n % 10 == 3:
+        return "raise"
+    if n % 10 == 6:
+        return "empty"
+    if n % 20 == 9:
+        return "slow"
+    if n % 20 == 19:
+        return "lagging"
+    return "ok"
+
+
+async def chaos_processor(station_id: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``BATCHFLEET_PROCESSOR=batchfleet.chaos:chaos_processor``: echoes the record ids it received."""
+    kind = station_kind(station_id)
+    if kind == "raise":
+        raise ValueError(f"chaos: station {station_id} always fails")
+    if kind == "empty":
+        return None
+    if kind == "slow":
+        await asyncio.sleep(SLOW_S)
+    elif kind == "lagging":
+        await asyncio.sleep(0.4)
+    return {"stationId": station_id, "rids": [r.get("rid") for r in records]}
+
+
+# -- configuration ------------------------------------------------------------------------------
+@dataclass
+class ChaosConfig:
+    duration_s: float = 600.0  # producer and kill window
+    seed: int = 1
+    workdir: Path | None = None  # default .batchfleet/chaos-YYYYmmdd-HHMMSS
+    bootstrap: str | None = None  # a running Kafka(-protocol) broker; None starts one
+    dispatchers: int = 2
+    workers: int = 3
+    aggregators: int = 2
+    kill_every_s: tuple[float, float] = (2.0, 5.0)
+    restart_after_s: tuple[float, float] = (0.5, 1.0)
+    redis_restarts: int | None = None  # None: 2 or 3 (fewer when the window is short)
+    redis_down_s: tuple[float, float] = (0.5, 1.5)
+    batch_timeout_s: float = 2.0
+    retention_s: int = 5
+    lease_s: float = 5.0
+    message_every_s: float = 1.0  # message-mode topic: one message (8-16 stations) per interval
+    poll_every_s: float = 0.25  # poll-mode topic: one message (2-5 stations) per interval
+    malformed_every_s: float = 10.0
+    memory_margin_bytes: int = 1 << 20
+    settle_timeout_s: float = 180.0
+    progress_every_s: float = 15.0
+    log: Callable[[str], None] | None = None  # progress lines; default: stderr
+
+
+@dataclass
+class Produced:
+    """One message as the producer wrote it."""
+
+    seq: int
+    topic: str
+    partition: int
+    offset: int
+    records: list[tuple[str, str]]  # (station id, record id), message order
+    malformed: str = ""  # the kind of damage, "" for a valid message
+
+    @property
+    def message_id(self) -> str:
+        return message_id_for(self.topic, self.partition, self.offset)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as BATCHFLEET_* variables for a role subprocess (the same logic as the tests' fleet helper)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHFLEET_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    for name, value in settings.model_dump(exclude={"topic_overrides"}).items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if isinstance(value, list):
+            value = ",".join(value)
+        env[f"BATCHFLEET_{name.upper()}"] = str(value)
+    if settings.redis_url:
+        env["BATCHFLEET_REDIS_URL"] = settings.redis_url.get_secret_value()
+    return env
+
+
+def _write_topic_config(path: Path, rt_topic: str, poll_topic: str, cfg: ChaosConfig) -> None:
+    path.write_text(
+        f'[topics."{rt_topic}"]\nbatching = "message"\ntimeout_s = {cfg.batch_timeout_s}\n'
+        f'retention_s = {cfg.retention_s}\nlate = "record"\n\n'
+        f'[topics."{poll_topic}"]\nbatching = "poll"\ntimeout_s = {cfg.batch_timeout_s}\n'
+        f"retention_s = {cfg.retention_s}\nmax_stations = 25\n",
+        encoding="utf-8",
+    )
+
+
+def chaos_settings(redis_url: str, bootstrap: str, topics: list[str], workdir: Path, group: str, cfg: ChaosConfig) -> Settings:
+    return Settings(
+        redis_url=redis_url,  # type: ignore[arg-type]
+        kafka_bootstrap_servers=bootstrap,
+        topics=topics,
+        kafka_group_id=group,
+        processor="batchfleet.chaos:chaos_processor",
+        uploader=f"file://{workdir / 'uploads.jsonl'}",
+        config=workdir / "topics.toml",
+        batch_timeout_s=cfg.batch_timeout_s,
+        retention_s=cfg.retention_s,
+        lease_s=cfg.lease_s,
+        upload_timeout_s=max(cfg.lease_s - 1.0, 1.0),
+        upload_backoff_base_s=0.2,
+        upload_backoff_max_s=2.0,
+        poll_timeout_ms=200,
+        poll_max_records=50,
+        log_level="INFO",
+    )
+
+
+async def _aw(value: Awaitable[T] | T) -> T:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+async def _patiently(op: Callable[[], Awaitable[T]], timeout_s: float = 60.0) -> T:
+    """Run a Redis read, riding out a restart."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await op()
+        except _REDIS_DOWN:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+# -- the producer -------------------------------------------------------------------------------
+_MALFORMED_KINDS = ("truncated", "no-station-id", "empty-list", "not-utf8", "nan")
+
+
+def _valid_message(seq: int, stations: list[str], rng: random.Random) -> tuple[bytes, list[tuple[str, str]]]:
+    records = [(sid, f"{seq}.{i}") for i, sid in enumerate([f"M-{seq}", *stations])]
+    entries = [{"stationId": sid, "rid": rid, "v": round(rng.uniform(0, 1000), 2)} for sid, rid in records]
+    return orjson.dumps({"stationData": entries}), records
+
+
+def _malformed_message(seq: int, kind: str, rng: random.Random) -> tuple[bytes, list[tuple[str, str]]]:
+    """A message that must be quarantined whole, and the records it carries."""
+    records = [(f"S{rng.randint(1, 40):03d}", f"{seq}.{i}") for i in range(2)]
+    entries: list[dict[str, Any]] = [{"stationId": sid, "rid": rid} for sid, rid in records]
+    if kind == "truncated":
+        return orjson.dumps({"stationData": entries})[:-3], records
+    if kind == "no-station-id":
+        return orjson.dumps({"stationData": [*entries, {"rid": f"{seq}.x", "v": 1}]}), records
+    if kind == "empty-list":
+        return b'{"stationData": []}', []
+    if kind == "not-utf8":
+        return b'{"stationData": [{"stationId": "S001", "rid": "\xff\xfe"}]}', [("S001", f"{seq}.0")]
+    return b'{"stationData": [{"stationId": "S002", "rid": "%d.0", "v": NaN}]}' % seq, [("S002", f"{seq}.0")]
+
+
+class Producer:
+    """Writes both topics at a steady pace and remembers every message's coordinates."""
+
+    def __init__(self, bootstrap: str, rt_topic: str, poll_topic: str, cfg: ChaosConfig) -> None:
+        self.bootstrap = bootstrap
+        self.rt_topic = rt_topic
+        self.poll_topic = poll_topic
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.messages: list[Produced] = []
+        self._producer: Any = None
+        self._bad = 0
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def _send(self, topic: str, partitions: int, body: bytes, records: list[tuple[str, str]], bad: str) -> None:
+        seq = len(self.messages)
+        meta = await self._producer.send_and_wait(topic, body, partition=self.rng.randrange(partitions))
+        self.messages.append(Produced(seq, topic, meta.partition, meta.offset, records, bad))
+
+    def _stations(self, first: int, count: int, k: int) -> list[str]:
+        stations = [f"S{n:03d}" for n in self.rng.sample(range(first, first + count), k)]
+        if self.rng.random() < 0.1:  # a station twice in one message: one job, both records
+            stations.append(stations[0])
+        return stations
+
+    async def realtime(self) -> None:
+        seq = len(self.messages)
+        body, records = _valid_message(seq, self._stations(1, 40, self.rng.randint(8, 16)), self.rng)
+        await self._send(self.rt_topic, 2, body, records, "")
+
+    async def poll(self) -> None:
+        seq = len(self.messages)
+        body, records = _valid_message(seq, self._stations(101, 60, self.rng.randint(2, 5)), self.rng)
+        await self._send(self.poll_topic, 3, body, records, "")
+
+    async def malformed(self) -> None:
+        kind = _MALFORMED_KINDS[self._bad % len(_MALFORMED_KINDS)]
+        self._bad += 1
+        topic, partitions = (self.rt_topic, 2) if self._bad % 2 else (self.poll_topic, 3)
+        body, records = _malformed_message(len(self.messages), kind, self.rng)
+        await self._send(topic, partitions, body, records, kind)
+
+    async def run(self, end_at: float) -> None:
+        cfg = self.cfg
+        now = time.monotonic()
+        schedule: dict[Callable[[], Awaitable[None]], tuple[float, float]] = {
+            self.realtime: (now, cfg.message_every_s),
+            self.poll: (now, cfg.poll_every_s),
+            self.malformed: (now + cfg.malformed_every_s / 2, cfg.malformed_every_s),
+        }
+        while True:
+            action, (due, every) = min(schedule.items(), key=lambda kv: kv[1][0])
+            if due >= end_at:
+                return
+            await asyncio.sleep(max(due - time.monotonic(), 0))
+            await action()
+            schedule[action] = (due + every, every)
+
+    def end_offsets(self) -> dict[str, int]:
+        """``TOPIC:PARTITION`` -> next offset after the last produced message."""
+        ends: dict[str, int] = {}
+        for m in self.messages:
+            key = offset_field(m.topic, m.partition)
+            ends[key] = max(ends.get(key, 0), m.offset + 1)
+        return ends
+
+
+# -- the fleet and the faults -------------------------------------------------------------------
+@dataclass
+class Slot:
+    role: str
+    index: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    down: bool = False  # killed on purpose, restart pending
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.index}"
+
+
+class Fleet:
+    def __init__(self, env: dict[str, str], workdir: Path, cfg: ChaosConfig) -> None:
+        self.env = env
+        counts = {"dispatcher": cfg.dispatchers, "worker": cfg.workers, "aggregator": cfg.aggregators}
+        self.slots = [Slot(role, i, workdir / f"{role}-{i}.log") for role, n in counts.items() for i in range(n)]
+        self.kills: Counter[str] = Counter()
+        self.unexpected_exits: list[str] = []
+
+    @staticmethod
+    def _note(slot: Slot, text: str) -> None:
+        with open(slot.log_path, "ab") as log:
+            log.write(f"--- chaos {time.strftime('%H:%M:%S')}: {text}\n".encode())
+
+    def spawn(self, slot: Slot) -> None:
+        with open(slot.log_path, "ab") as log:
+            slot.proc = subprocess.Popen([sys.executable, "-m", "batchfleet", slot.role], env=self.env, cwd=REPO,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # fmt: skip
+        slot.down = False
+        self._note(slot, f"started pid {slot.proc.pid}")
+
+    def start_all(self) -> None:
+        for slot in self.slots:
+            self.spawn(slot)
+
+    def kill(self, slot: Slot) -> None:
+        if not slot.down and slot.proc is not None and slot.proc.poll() is not None:
+            self.reap()  # it died by itself just before: that is worth reporting
+        slot.down = True
+        if slot.proc is not None and slot.proc.poll() is None:
+            slot.proc.kill()
+            slot.proc.wait()
+            self.kills[slot.role] += 1
+            self._note(slot, f"SIGKILL pid {slot.proc.pid}")
+
+    def reap(self) -> None:
+        """Restart processes that exited by themselves (and remember them: a role should not crash)."""
+        for slot in self.slots:
+            if slot.down or slot.proc is None or slot.proc.poll() is None:
+                continue
+            what = f"{slot.name} pid {slot.proc.pid} exited by itself with {slot.proc.returncode} (log {slot.log_path})"
+            self.unexpected_exits.append(what)
+            self._note(slot, what)
+            self.spawn(slot)
+
+    async def supervise(self) -> None:
+        while True:
+            self.reap()
+            await asyncio.sleep(0.5)
+
+    def stop(self) -> None:
+        running = [s.proc for s in self.slots if s.proc is not None and s.proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in running:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:  # pragma: no cover
+                slot.proc.kill()
+                slot.proc.wait()
+
+
+def _redis_schedule(cfg: ChaosConfig, rng: random.Random) -> list[float]:
+    """Offsets (s from the start) of the redis-server kills: spread out, none in the last 20 s."""
+    first, last = 10.0, cfg.duration_s - 20.0
+    if last <= first:
+        return []
+    count = cfg.redis_restarts if cfg.redis_restarts is not None else rng.choice((2, 3))
+    count = min(count, int((last - first) // 8) + 1)
+    span = (last - first) / max(count, 1)
+    return [first + i * span + rng.uniform(0, span * 0.8) for i in range(count)]
+
+
+@dataclass
+class Faults:
+    redis_restarts: int = 0
+    redis_down_s: list[float] = field(default_factory=list)
+
+
+async def _bounce_redis(redis: RedisServer, cfg: ChaosConfig, rng: random.Random, faults: Faults,
+                        say: Callable[[str], None]) -> None:  # fmt: skip
+    down_s = rng.uniform(*cfg.redis_down_s)
+    say(f"SIGKILL redis-server (down for {down_s:.1f}s)")
+    started = time.monotonic()
+    await asyncio.to_thread(redis.kill)
+    await asyncio.sleep(down_s)
+    await asyncio.to_thread(redis.start)
+    faults.redis_restarts += 1
+    faults.redis_down_s.append(round(time.monotonic() - started, 2))
+
+
+async def chaos_loop(fleet: Fleet, redis: RedisServer, cfg: ChaosConfig, end_at: float, faults: Faults,
+                     say: Callable[[str], None]) -> None:  # fmt: skip
+    rng = random.Random(cfg.seed + 1)
+    start = time.monotonic()
+    redis_at = [start + t for t in _redis_schedule(cfg, rng)]
+    next_kill = start + rng.uniform(*cfg.kill_every_s)
+    while time.monotonic() < end_at:
+        now = time.monotonic()
+        if redis_at and now >= redis_at[0]:
+            redis_at.pop(0)
+            await _bounce_redis(redis, cfg, rng, faults, say)
+        elif now >= next_kill:
+            slot = rng.choice(fleet.slots)
+            fleet.kill(slot)  # SIGKILL and reap: immediate
+            await asyncio.sleep(rng.uniform(*cfg.restart_after_s))
+            fleet.spawn(slot)
+            next_kill = time.monotonic() + rng.uniform(*cfg.kill_every_s)
+        else:
+            await asyncio.sleep(min(0.1, max(end_at - now, 0)))
+
+
+# -- waiting for the fleet ----------------------------------------------------------------------
+async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> float | None:
+    """Seconds until check() held, or None after the bound.  Redis errors count as 'not yet'."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        try:
+            if await check():
+                return round(time.monotonic() - started, 1)
+        except _REDIS_DOWN:
+            pass
+        await asyncio.sleep(0.25)
+    return None
+
+
+async def _used_memory(store: BatchStore) -> int:
+    info = await _aw(store.redis.info("memory"))
+    return int(info["used_memory"])
+
+
+async def _keys(store: BatchStore, pattern: str) -> list[str]:
+    found: list[str] = []
+    async for key in store.redis.scan_iter(match=pattern, count=1000):
+        found.append(key.decode() if isinstance(key, bytes) else str(key))
+    return found
+
+
+async def _wait_for_fleet(store: BatchStore, cfg: ChaosConfig) -> bool:
+    want = {"dispatcher": cfg.dispatchers, "worker": cfg.workers, "aggregator": cfg.aggregators}
+
+    async def all_beating() -> bool:
+        live = await store.live_processes()
+        have = Counter(member.split(":", 1)[0] for member in live)
+        return all(have[role] >= n for role, n in want.items())
+
+    return await _until(all_beating, 90) is not None
+
+
+async def _progress(store: BatchStore, producer: Producer, fleet: Fleet, faults: Faults, end_at: float,
+                    cfg: ChaosConfig, say: Callable[[str], None]) -> None:  # fmt: skip
+    start = time.monotonic()
+    while time.monotonic() < end_at:
+        await asyncio.sleep(min(cfg.progress_every_s, max(end_at - time.monotonic(), 0.01)))
+        try:
+            stats = await store.stats()
+        except _REDIS_DOWN:
+            stats = {}
+        say(f"t={time.monotonic() - start:4.0f}s produced={len(producer.messages)} "
+            f"created={stats.get('batches_created', '?')} uploaded={stats.get('batches_uploaded', '?')} "
+            f"quarantined={stats.get('messages_quarantined', '?')} kills={sum(fleet.kills.values())} "
+            f"redis_restarts={faults.redis_restarts}")  # fmt: skip
+
+
+@dataclass
+class Settled:
+    ingest_s: float | None = None
+    drained_s: float | None = None
+    remaining: str = ""
+
+
+async def _settle(store: BatchStore, ends: dict[str, int], cfg: ChaosConfig) -> Settled:
+    """Every produced offset ingested, then every batch uploaded or dead and no station job queued."""
+    out = Settled()
+
+    async def ingested() -> bool:
+        stored = await store.load_offsets(ends)
+        return all(stored.get(k, 0) >= v for k, v in ends.items())
+
+    async def drained() -> bool:
+        open_batches, queued = await store.open_batches()
+        return open_batches == 0 and queued == 0
+
+    out.ingest_s = await _until(ingested, cfg.settle_timeout_s)
+    out.drained_s = await _until(drained, cfg.settle_timeout_s)
+    if out.ingest_s is None or out.drained_s is None:
+        stored = await _patiently(lambda: store.load_offsets(ends))
+        open_batches, queued = await _patiently(store.open_batches)
+        out.remaining = f"offsets stored {stored} vs produced {ends}; open batches {open_batches}, queued jobs {queued}"
+    return out
+
+
+# -- the audit ----------------------------------------------------------------------------------
+@dataclass
+class BatchView:
+    batch_id: str
+    topic: str
+    status: dict[str, str]  # expected station -> ok | failed | empty | missing
+    echoed: dict[str, list[str]]  # ok station -> record ids its result echoes
+    dead: bool = False
+
+
+class Violations:
+    """Every violation is counted by kind; the first few of each kind are kept verbatim."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.listed: list[str] = []
+
+    def add(self, kind: str, text: str) -> None:
+        self.counts[kind] += 1
+        if self.counts[kind] <= _MAX_LISTED:
+            self.listed.append(f"{kind}: {text}")
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+
+def batch_view(body: dict[str, Any], bad: Violations, *, dead: bool = False) -> BatchView:
+    view = BatchView(str(body.get("batch_id")), str(body.get("topic")), {}, {}, dead)
+
+    def put(station: str, kind: str) -> None:
+        if station in view.status:
+            bad.add("station listed twice", f"{view.batch_id}: {station} is {view.status[station]} and {kind}")
+        view.status[station] = kind
+
+    for result in body.get("results", []):
+        station = str(result.get("stationId"))
+        put(station, "ok")
+        view.echoed[station] = [str(r) for r in result.get("rids", [])]
+    for kind in ("failed", "empty", "missing"):
+        for station in body.get(kind, []):
+            put(str(station), kind)
+    if body.get("summary", {}).get("expected") != len(view.status):
+        bad.add("summary mismatch", f"{view.batch_id}: summary {body.get('summary')} vs {len(view.status)} stations listed")
+    return view
+
+
+@dataclass
+class Uploads:
+    bodies: dict[str, bytes] = field(default_factory=dict)  # batch id -> first body
+    lines: int = 0
+    repeats: int = 0  # same id, same body
+    conflicting: int = 0  # same id, different body
+
+
+def group_uploads(raw: bytes, bad: Violations) -> Uploads:
+    up = Uploads()
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        up.lines += 1
+        try:
+            bid = str(orjson.loads(line)["batch_id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            bad.add("corrupt upload line", f"line {number}: {line[:120]!r}")
+            continue
+        first = up.bodies.setdefault(bid, line)
+        if first is line:
+            continue
+        if first == line:
+            up.repeats += 1
+        else:
+            up.conflicting += 1
+            bad.add("conflicting repeat", f"{bid}: line {number} differs from the first upload of this batch")
+    return up
+
+
+@dataclass
+class Accounting:
+    placements: Counter[str] = field(default_factory=Counter)  # record id -> times accounted for
+    categories: Counter[str] = field(default_factory=Counter)  # results | failed | empty | missing | quarantine | dead
+    stations: Counter[str] = field(default_factory=Counter)  # station outcomes over distinct batches
+    quarantined_found: int = 0
+    produced_records: int = 0
+    unaccounted: int = 0
+    duplicated: int = 0
+    phantom: int = 0
+
+    def place(self, rids: list[str], category: str) -> None:
+        self.placements.update(rids)
+        self.categories[category] += len(rids)
+
+
+def _marker_owners(batches: dict[str, BatchView], bad: Violations) -> dict[int, str]:
+    owners: dict[int, list[str]] = {}
+    for bid, view in batches.items():
+        for station in view.status:
+            if station.startswith("M-") and station[2:].isdigit():
+                owners.setdefault(int(station[2:]), []).append(bid)
+    for seq, bids in owners.items():
+        if len(bids) > 1:
+            bad.add("message in several batches", f"message #{seq} is in {sorted(bids)}")
+    return {seq: bids[0] for seq, bids in owners.items()}
+
+
+def _attribute(produced: list[Produced], owners: dict[int, str], quarantined: set[str], acc: Accounting,
+               bad: Violations) -> dict[str, list[Produced]]:  # fmt: skip
+    """Which batch holds each valid message; malformed messages are accounted for by the quarantine."""
+    members: dict[str, list[Produced]] = {}
+    for m in produced:
+        in_quarantine = m.message_id in quarantined
+        if m.malformed:
+            if in_quarantine:
+                acc.quarantined_found += 1
+                acc.place([rid for _, rid in m.records], "quarantine")
+            else:
+                bad.add("malformed message not quarantined", f"{m.message_id} ({m.malformed})")
+            continue
+        if in_quarantine:
+            bad.add("valid message quarantined", f"{m.message_id} (#{m.seq})")
+        bid = owners.get(m.seq)
+        if bid is None:
+            bad.add("message in no batch", f"{m.message_id} (#{m.seq}, {len(m.records)} records)")
+            continue
+        members.setdefault(bid, []).append(m)
+    return members
+
+
+def _check_batch(view: BatchView, msgs: list[Produced], acc: Accounting, bad: Violations) -> None:
+    bid = view.batch_id
+    if view.dead:
+        bad.add("dead-lettered batch", bid)
+    msgs = sorted(msgs, key=lambda m: (m.partition, m.offset))
+    if not msgs:
+        bad.add("batch without produced messages", bid)
+        return
+    first = batch_id_for(msgs[0].topic, msgs[0].partition, msgs[0].offset)
+    if first != bid or any(m.topic != view.topic for m in msgs):
+        bad.add("batch id or topic mismatch", f"{bid} (topic {view.topic}) holds messages starting at {first}")
+    records: dict[str, list[str]] = {}
+    for m in msgs:
+        for station, rid in m.records:
+            records.setdefault(station, []).append(rid)
+    if set(records) != set(view.status):
+        extra, lacking = sorted(set(view.status) - set(records)), sorted(set(records) - set(view.status))
+        bad.add("expected stations mismatch", f"{bid}: unexpected {extra[:5]}, not expected {lacking[:5]}")
+    for station, kind in view.status.items():
+        acc.stations[kind] += 1
+        rids = records.get(station, [])
+        if kind != "ok":
+            acc.place(rids, "dead" if view.dead else kind)
+            continue
+        echoed = view.echoed.get(station, [])
+        if echoed != rids:
+            bad.add("result records mismatch", f"{bid}/{station}: echoed {echoed[:6]}, its messages hold {rids[:6]}")
+        acc.place(echoed, "dead" if view.dead else "results")
+
+
+def _count(produced: list[Produced], acc: Accounting, bad: Violations) -> None:
+    all_rids = {rid for m in produced for _, rid in m.records}
+    acc.produced_records = len(all_rids)
+    for rid in sorted(all_rids):
+        n = acc.placements.get(rid, 0)
+        if n == 0:
+            acc.unaccounted += 1
+            bad.add("unaccounted record", rid)
+        elif n > 1:
+            acc.duplicated += 1
+            bad.add("record accounted twice", f"{rid} ({n} times)")
+    for rid in acc.placements:
+        if rid not in all_rids:
+            acc.phantom += 1
+            bad.add("record never produced", rid)
+
+
+def account(produced: list[Produced], batches: dict[str, BatchView], quarantined: set[str], bad: Violations) -> Accounting:
+    """Every produced record exactly once: in a batch's results/failed/empty/missing, or in quarantine."""
+    acc = Accounting()
+    owners = _marker_owners(batches, bad)
+    members = _attribute(produced, owners, quarantined, acc, bad)
+    for bid, view in batches.items():
+        _check_batch(view, members.get(bid, []), acc, bad)
+    _count(produced, acc, bad)
+    return acc
+
+
+# -- the report ---------------------------------------------------------------------------------
+@dataclass
+class ChaosReport:
+    seed: int
+    duration_s: float
+    workdir: str
+    messages_valid: int = 0
+    messages_malformed: int = 0
+    records_produced: int = 0
+    batches_created: int = 0
+    batches_uploaded: int = 0  # distinct ids in uploads.jsonl
+    batches_dead: int = 0
+    upload_lines: int = 0
+    repeats: int = 0
+    conflicting_repeats: int = 0
+    stations: dict[str, int] = field(default_factory=dict)
+    records_accounted: dict[str, int] = field(default_factory=dict)
+    records_unaccounted: int = 0
+    records_duplicated: int = 0
+    records_phantom: int = 0
+    quarantined_expected: int = 0
+    quarantined_found: int = 0
+    kills: dict[str, int] = field(default_factory=dict)
+    unexpected_exits: list[str] = field(default_factory=list)
+    redis_restarts: int = 0
+    redis_down_s: list[float] = field(default_factory=list)
+    ingest_caught_up_s: float | None = None
+    drained_s: float | None = None
+    memory_baseline: int = 0
+    memory_after: int = 0
+    memory_margin: int = 0
+    leftover_keys: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+    violation_counts: dict[str, int] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violation_counts
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({**asdict(self), "ok": self.ok}, option=orjson.OPT_INDENT_2)
+
+    def table(self) -> str:
+        rows: list[tuple[str, str]] = [
+            ("seed / chaos window", f"{self.seed} / {self.duration_s:.0f}s"),
+            ("produced messages", f"{self.messages_valid + self.messages_malformed} "
+                                  f"({self.messages_valid} valid, {self.messages_malformed} malformed)"),
+            ("produced station records", str(self.records_produced)),
+            ("batches created / uploaded / dead", f"{self.batches_created} / {self.batches_uploaded} / {self.batches_dead}"),
+            ("upload lines", str(self.upload_lines)),
+            ("repeats (same id + body)", str(self.repeats)),
+            ("conflicting repeats", f"{self.conflicting_repeats}  (must be 0)"),
+            ("station outcomes", _pairs(self.stations)),
+            ("records accounted", f"{sum(self.records_accounted.values())}: {_pairs(self.records_accounted)}"),
+            ("records unaccounted", f"{self.records_unaccounted}  (must be 0)"),
+            ("records twice / never produced", f"{self.records_duplicated} / {self.records_phantom}  (must be 0)"),
+            ("quarantined (expected / found)", f"{self.quarantined_expected} / {self.quarantined_found}"),
+            ("kills", f"{sum(self.kills.values())}: {_pairs(self.kills)}"),
+            ("exits without a kill", str(len(self.unexpected_exits))),
+            ("redis restarts (down s)", f"{self.redis_restarts} {self.redis_down_s}"),
+            ("ingest caught up / drained after", f"{self.ingest_caught_up_s}s / {self.drained_s}s"),
+            ("redis used_memory baseline", _mib(self.memory_baseline)),
+            ("redis used_memory after", f"{_mib(self.memory_after)} (delta {self.memory_after - self.memory_baseline:+,} B, "
+                                        f"margin {self.memory_margin:,} B)"),
+            ("leftover keys", _pairs(self.leftover_keys) or "none"),
+            ("violations", "none" if self.ok else _pairs(self.violation_counts)),
+        ]
+        width = max(len(k) for k, _ in rows)
+        line = "+" + "-" * (width + 2) + "+" + "-" * 62 + "+"
+        out = [line, f"| {'chaos run':<{width}} | {'PASS' if self.ok else 'FAIL':<60} |", line]
+        out += [f"| {k:<{width}} | {v:<60} |" for k, v in rows]
+        out.append(line)
+        out += self.violations[:60]
+        out += self.unexpected_exits[:20]
+        return "\n".join(out)
+
+
+def _pairs(counts: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
+def _mib(n: int) -> str:
+    return f"{n:,} B ({n / 1048576:.2f} MiB)"
+
+
+def _classify_keys(keys: list[str], prefix: str, dead: set[str]) -> dict[str, int]:
+    """Leftover keys that must not exist after retention: batch keys (except dead-lettered ones) and arq job state."""
+    found: Counter[str] = Counter()
+    k = Keys(prefix)
+    dead_keys = {key for bid in dead for key in k.batch_keys(bid)}
+    for key in keys:
+        if key.startswith(f"{prefix}:b:") and key not in dead_keys:
+            found["batch"] += 1
+        elif key.startswith(("arq:job:", "arq:in-progress:", "arq:retry:", "arq:result:")):
+            found[key.split(":", 2)[1]] += 1
+    return dict(found)
+
+
+@dataclass
+class Collected:
+    stats: dict[str, int]
+    dead: dict[str, bytes | None]
+    quarantined: set[str]
+    leftover: dict[str, int]
+    memory_after: int
+
+
+async def _collect(store: BatchStore) -> Collected:
+    dead_ids = await _patiently(store.dead_batch_ids)
+    dead: dict[str, bytes | None] = {}
+    for bid in dead_ids:
+        dead[bid] = await _patiently(lambda bid=bid: store.payload(bid))  # type: ignore[misc]
+    members = await _patiently(lambda: _aw(store.redis.zrange(store.keys.quarantine, 0, -1)))
+    quarantined = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+    keys = await _patiently(lambda: _keys(store, "*"))  # also makes Redis drop expired keys now
+    leftover = _classify_keys(keys, store.keys.prefix, set(dead_ids))
+    memory_after = await _patiently(lambda: _used_memory(store))
+    return Collected(await _patiently(store.stats), dead, quarantined, leftover, memory_after)
+
+
+def build_report(cfg: ChaosConfig, workdir: Path, produced: list[Produced], uploads_raw: bytes, got: Collected,
+                 fleet: Fleet, faults: Faults, settled: Settled, baseline: int) -> ChaosReport:  # fmt: skip
+    bad = Violations()
+    uploads = group_uploads(uploads_raw, bad)
+    batches = {bid: batch_view(orjson.loads(body), bad) for bid, body in uploads.bodies.items()}
+    for bid, body in got.dead.items():
+        if bid not in batches and body is not None:
+            batches[bid] = batch_view(orjson.loads(body), bad, dead=True)
+        elif bid not in batches:
+            bad.add("dead-lettered batch without payload", bid)
+    acc = account(produced, batches, got.quarantined, bad)
+    _fleet_checks(cfg, got, fleet, settled, baseline, uploads, bad)
+    return ChaosReport(
+        seed=cfg.seed, duration_s=cfg.duration_s, workdir=str(workdir),
+        messages_valid=sum(1 for m in produced if not m.malformed), messages_malformed=sum(1 for m in produced if m.malformed),
+        records_produced=acc.produced_records, batches_created=got.stats.get("batches_created", 0),
+        batches_uploaded=len(uploads.bodies), batches_dead=len(got.dead), upload_lines=uploads.lines,
+        repeats=uploads.repeats, conflicting_repeats=uploads.conflicting, stations=dict(acc.stations),
+        records_accounted=dict(acc.categories), records_unaccounted=acc.unaccounted, records_duplicated=acc.duplicated,
+        records_phantom=acc.phantom, quarantined_expected=sum(1 for m in produced if m.malformed),
+        quarantined_found=acc.quarantined_found, kills=dict(fleet.kills), unexpected_exits=list(fleet.unexpected_exits),
+        redis_restarts=faults.redis_restarts, redis_down_s=faults.redis_down_s, ingest_caught_up_s=settled.ingest_s,
+        drained_s=settled.drained_s, memory_baseline=baseline, memory_after=got.memory_after,
+        memory_margin=cfg.memory_margin_bytes, leftover_keys=got.leftover, stats=got.stats,
+        violation_counts=dict(bad.counts), violations=bad.listed,
+    )  # fmt: skip
+
+
+def _fleet_checks(cfg: ChaosConfig, got: Collected, fleet: Fleet, settled: Settled, baseline: int, uploads: Uploads,
+                  bad: Violations) -> None:  # fmt: skip
+    if settled.ingest_s is None or settled.drained_s is None:
+        bad.add("did not settle", settled.remaining)
+    created = got.stats.get("batches_created", 0)
+    if created != len(uploads.bodies) + len(got.dead):
+        bad.add("batches created vs uploaded", f"{created} created, {len(uploads.bodies)} uploaded, {len(got.dead)} dead")
+    if got.memory_after > baseline + cfg.memory_margin_bytes:
+        bad.add("memory not back near baseline", f"{got.memory_after:,} B after vs {baseline:,} B baseline")
+    for kind, n in got.leftover.items():
+        bad.add("leftover keys", f"{n} {kind} key(s) after retention")
+    for exit_ in fleet.unexpected_exits:
+        bad.add("role exited without a kill", exit_)
+
+
+# -- the run ------------------------------------------------------------------------------------
+def _default_workdir() -> Path:
+    return Path(".batchfleet") / time.strftime("chaos-%Y%m%d-%H%M%S")
+
+
+def _stderr(text: str) -> None:
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+async def _chaos_window(store: BatchStore, fleet: Fleet, redis: RedisServer, producer: Producer, cfg: ChaosConfig,
+                        faults: Faults, say: Callable[[str], None]) -> None:  # fmt: skip
+    end_at = time.monotonic() + cfg.duration_s
+    await producer.start()
+    try:
+        await asyncio.gather(
+            producer.run(end_at),
+            chaos_loop(fleet, redis, cfg, end_at, faults, say),
+            _progress(store, producer, fleet, faults, end_at, cfg, say),
+        )
+    finally:
+        await producer.stop()
+
+
+async def _run(cfg: ChaosConfig, workdir: Path, redis: RedisServer, bootstrap: str, say: Callable[[str], None]) -> ChaosReport:
+    tag = f"{os.getpid()}-{int(time.time() * 1000) % 10**9}"
+    rt_topic, poll_topic = f"CHAOS-RT-{tag}", f"CHAOS-POLL-{tag}"
+    await create_topics(bootstrap, [rt_topic], partitions=2)
+    await create_topics(bootstrap, [poll_topic], partitions=3)
+    _write_topic_config(workdir / "topics.toml", rt_topic, poll_topic, cfg)
+    settings = chaos_settings(redis.url, bootstrap, [rt_topic, poll_topic], workdir, f"chaos-{tag}", cfg)
+    fleet = Fleet(settings_env(settings), workdir, cfg)
+    store = BatchStore.from_url(redis.url, prefix=settings.key_prefix, queue_name=settings.queue_name, name="batchfleet-chaos")
+    supervisor: asyncio.Task[None] | None = None
+    try:
+        fleet.start_all()
+        if not await _wait_for_fleet(store, cfg):
+            raise RuntimeError(f"the fleet did not start: see the role logs in {workdir}")
+        await asyncio.sleep(1.0)
+        baseline = await _used_memory(store)
+        say(f"fleet up ({len(fleet.slots)} processes), redis used_memory baseline {baseline:,} B; chaos for {cfg.duration_s:.0f}s")
+        supervisor = asyncio.create_task(fleet.supervise())
+        faults = Faults()
+        producer = Producer(bootstrap, rt_topic, poll_topic, cfg)
+        await _chaos_window(store, fleet, redis, producer, cfg, faults, say)
+        say(f"producer stopped after {len(producer.messages)} messages; waiting for the fleet to settle")
+        settled = await _settle(store, producer.end_offsets(), cfg)
+        say(f"settled (ingest {settled.ingest_s}s, drained {settled.drained_s}s); waiting retention {cfg.retention_s}s + 3s")
+        await asyncio.sleep(cfg.retention_s + 3)
+        got = await _collect(store)
+    finally:
+        if supervisor is not None:
+            supervisor.cancel()
+        await asyncio.to_thread(fleet.stop)
+        await store.aclose()
+    uploads = workdir / "uploads.jsonl"
+    raw = uploads.read_bytes() if uploads.exists() else b""
+    return build_report(cfg, workdir, producer.messages, raw, got, fleet, faults, settled, baseline)
+
+
+async def run_chaos(cfg: ChaosConfig) -> ChaosReport:
+    """The whole chaos run: local stack, fleet, producer and faults for ``cfg.duration_s``, then the audit."""
+    say = cfg.log or _stderr
+    workdir = (cfg.workdir or _default_workdir()).resolve()
+    (workdir / "redis").mkdir(parents=True, exist_ok=True)
+    broker: KafkaBroker | None = None
+    redis = RedisServer(directory=workdir / "redis", appendonly=True)
+    try:
+        bootstrap = cfg.bootstrap
+        if bootstrap is None:
+            broker = await asyncio.to_thread(KafkaBroker(log_path=workdir / "broker.log").start)
+            bootstrap = broker.bootstrap
+        await asyncio.to_thread(redis.start)
+        say(f"work directory {workdir}; redis {redis.url} (AOF), kafka {bootstrap}")
+        return await _run(cfg, workdir, redis, bootstrap, say)
+    finally:
+        await asyncio.to_thread(redis.stop)
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/chaos", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="length of the chaos window (default 10)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for the producer and the kill schedule")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    parser.add_argument("--workdir", type=Path, default=None, help="logs, redis AOF and uploads (default .batchfleet/chaos-*)")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 100_000)
+    cfg = ChaosConfig(duration_s=args.minutes * 60, seed=seed, workdir=args.workdir)
+    _stderr(f"seed {seed}")
+    report = asyncio.run(run_chaos(cfg))
+    print(report.to_json().decode() if args.json else report.table(), flush=True)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))
