@@ -49,6 +49,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # Every unit written so far is in Redis already; mirror its offsets to Kafka best-effort.
         await self.dispatcher.commit_stored(revoked)
+        self.dispatcher.forget_lag(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.dispatcher.seek_to_stored(assigned)
@@ -91,6 +92,15 @@ class Dispatcher:
             if offset is not None:
                 self.consumer.seek(tp, offset)
         log.info("%s assigned %s", self.name, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))
+
+    def forget_lag(self, partitions: list[TopicPartition]) -> None:
+        """A partition we no longer own is someone else's to report."""
+        for tp in partitions:
+            self.lag.pop(f"{tp.topic}[{tp.partition}]", None)
+            try:
+                metrics.KAFKA_LAG.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
 
     async def commit_stored(self, partitions: list[TopicPartition]) -> None:
         if self.consumer is None or not partitions:
