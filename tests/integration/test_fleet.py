@@ -176,3 +176,29 @@ async def test_custom_callable_uploader(broker: KafkaBroker, redis_server: Redis
         await wait_until(lambda: _uploaded(store, 1), 30, "upload")
     [payload] = uploadsink.received
     assert payload["batch_id"] == f"{topic}:0:0" and payload["empty"] == ["NONE-1"]
+
+
+async def test_worker_started_the_arq_way(broker: KafkaBroker, redis_server: RedisServer, store: BatchStore,
+                                          make_topic, tmp_path: Path) -> None:
+    """`arq workers.WorkerSettings` (an unmodified arq CLI) runs station jobs like `batchfleet worker`."""
+    import subprocess
+    import sys
+
+    from tests.integration.fleet import REPO
+
+    topic = await make_topic()
+    out = tmp_path / "u.jsonl"
+    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
+    log = (tmp_path / "arq.log").open("wb")
+    arq = subprocess.Popen([sys.executable, "-m", "arq", "workers.WorkerSettings"], env=settings_env(settings), cwd=REPO,
+                           stdout=log, stderr=log)
+    try:
+        async with fleet(settings, workers=0):
+            await produce(broker.bootstrap, topic, [message(["S001", "NONE-1"])])
+            await wait_until(lambda: _uploaded(store, 1), 30, "the upload")
+    finally:
+        arq.terminate()
+        arq.wait(20)
+        log.close()
+    [payload] = read_uploads(out)
+    assert payload["reason"] == "complete" and payload["summary"]["ok"] == 1 and payload["empty"] == ["NONE-1"]
