@@ -14,29 +14,23 @@ def _result(station_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"stationId": station_id, "n": len(records), "values": [r.get("v") for r in records]}
 
 
+_CANNED: dict[str, Any] = {"LIST": [1, 2, 3], "HUGE": {"blob": "x" * 2_000_000}}
+_SLEEPS = {"LONG": 6.0, "W": 0.05, "SLOW": 1.5, "HANG": 3600.0}
+
+
 async def async_process(station_id: str, records: list[dict[str, Any]]) -> Any:
     kind = station_id.split("-", 1)[0]
     if kind == "RAISE":
         raise ValueError(f"bad reading at {station_id}")
     if kind == "NONE":
         return None
-    if kind == "HANG":
-        await asyncio.sleep(3600)
-    if kind == "LONG":
-        await asyncio.sleep(6)
-    if kind == "W":  # a little work
-        await asyncio.sleep(0.05)
-    if kind == "SLOW":
-        await asyncio.sleep(1.5)
     if kind == "CRASH":  # takes the whole worker process down, every time
         os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "LIST":
-        return [1, 2, 3]
-    if kind == "HUGE":
-        return {"blob": "x" * 2_000_000}
+    if kind in _SLEEPS:
+        await asyncio.sleep(_SLEEPS[kind])
     if kind == "NONJSON":
         return {"when": object()}
-    return _result(station_id, records)
+    return _CANNED.get(kind, _result(station_id, records))
 
 
 # Hung sync processors stop once a test sets this, so no thread outlives its test.
