@@ -20,10 +20,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     name = f"aggregator@{socket.gethostname()}:{os.getpid()}"
     uploader = make_uploader(settings)
     async with (
-        BatchStore.from_url(
-            settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
-            queue_name=settings.queue_name, name="batchfleet-aggregator",
-        ) as store,
+        BatchStore.from_settings(settings, name="batchfleet-aggregator") as store,
         uploader,
     ):
         await Aggregator(settings, store, uploader, name=name).run(stop)

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -75,14 +76,22 @@ class RedisServer:
     appendonly: bool = False
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    tls: tuple[Path, Path, Path] | None = None  # (cert, key, CA): serve TLS only, on ``port``
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        cert, key, ca = self.tls
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
 
     def start(self) -> RedisServer:
         args = [
-            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            find_redis_server(), *self._listen_args(), "--bind", "127.0.0.1", "--save", "",
             "--dir", str(self.directory), "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec", "--maxmemory-policy", "noeviction", "--daemonize", "no",
             "--logfile", str(self.directory / "redis.log"), *self.extra_args,
@@ -96,7 +105,8 @@ class RedisServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw:
+                    s = self._wrap(raw)
                     s.sendall(b"PING\r\n")
                     if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # answering, not loading
                         return
@@ -104,6 +114,13 @@ class RedisServer:
                 pass
             time.sleep(0.02)
         raise TimeoutError(f"redis on {self.port} did not answer PING")
+
+    def _wrap(self, sock: socket.socket) -> socket.socket:
+        if self.tls is None:
+            return sock
+        context = ssl.create_default_context(cafile=str(self.tls[2]))
+        context.check_hostname = False
+        return context.wrap_socket(sock)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

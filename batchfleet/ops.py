@@ -28,8 +28,7 @@ __all__ = [
 
 
 def open_store(settings: Settings, name: str = "batchfleet-cli") -> BatchStore:
-    return BatchStore.from_url(settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
-                               queue_name=settings.queue_name, name=name)
+    return BatchStore.from_settings(settings, name=name)
 
 
 def _progress_row(row: dict[str, Any], now_ms: int) -> dict[str, Any]:

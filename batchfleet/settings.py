@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BATCHFLEET_", extra="ignore")
 
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    redis_tls_ca_file: Path | None = None  # CA bundle for rediss:// servers with a private CA
     key_prefix: str = Field(default="bf", pattern=r"^[A-Za-z0-9_.-]+$")
     queue_name: str = "bf:queue"
 

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from batchfleet.errors import StaleOffsetError, StoreError
 from batchfleet.keys import Keys, job_id_for, message_id_for, offset_field
 from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordResult, StationInput
+from batchfleet.settings import Settings
 
 __all__ = ["STATION_JOB", "BatchStore"]
 
@@ -50,12 +51,14 @@ async def _aw(value: Awaitable[T] | T) -> T:
     return value
 
 
-def make_client(url: str, *, name: str = "batchfleet") -> aioredis.Redis:
+def make_client(url: str, *, name: str = "batchfleet", tls_ca_file: str | None = None) -> aioredis.Redis:
     """A redis-py asyncio client.  A dropped connection is re-opened by the pool on the next command;
     the services' own loops retry with backoff (redis-py's Retry would also retry authentication
     errors, which hangs a misconfigured client instead of failing loudly)."""
+    tls: dict[str, Any] = {"ssl_ca_certs": tls_ca_file} if tls_ca_file and url.startswith("rediss://") else {}
     return cast(aioredis.Redis, aioredis.Redis.from_url(
         url,
+        **tls,
         decode_responses=False,
         socket_connect_timeout=5,
         socket_keepalive=True,
@@ -80,8 +83,15 @@ class BatchStore:
         self._replay = client.register_script(_lua("replay_batch"))
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "bf", queue_name: str = "bf:queue", name: str = "batchfleet") -> Self:
-        return cls(make_client(url, name=name), prefix=prefix, queue_name=queue_name)
+    def from_url(cls, url: str, *, prefix: str = "bf", queue_name: str = "bf:queue", name: str = "batchfleet",
+                 tls_ca_file: str | None = None) -> Self:
+        return cls(make_client(url, name=name, tls_ca_file=tls_ca_file), prefix=prefix, queue_name=queue_name)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, name: str = "batchfleet") -> Self:
+        ca = str(settings.redis_tls_ca_file) if settings.redis_tls_ca_file else None
+        return cls.from_url(settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
+                            queue_name=settings.queue_name, name=name, tls_ca_file=ca)
 
     async def __aenter__(self) -> Self:
         return self

@@ -21,8 +21,5 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         raise ConfigError("no topics to consume: set BATCHFLEET_TOPICS or pass --topics")
     serve_metrics(settings.metrics_port)
     name = f"dispatcher@{socket.gethostname()}:{os.getpid()}"
-    async with BatchStore.from_url(
-        settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
-        queue_name=settings.queue_name, name="batchfleet-dispatcher",
-    ) as store:
+    async with BatchStore.from_settings(settings, name="batchfleet-dispatcher") as store:
         await Dispatcher(settings, store, name=name).run(stop)

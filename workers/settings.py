@@ -26,6 +26,13 @@ def json_loads(raw: bytes) -> Any:
     return json.loads(raw)
 
 
+def _redis_settings(settings: Settings) -> RedisSettings:
+    redis = RedisSettings.from_dsn(settings.redis_url.get_secret_value())
+    if settings.redis_tls_ca_file is not None:
+        redis.ssl_ca_certs = str(settings.redis_tls_ca_file)
+    return redis
+
+
 def worker_settings(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` (also the attributes of WorkerSettings)."""
     # arq's own per-job timeout is a backstop above the station budget, which the job enforces.
@@ -40,7 +47,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "functions": [func(run_station,  # type: ignore[arg-type]
                             name=STATION_JOB, max_tries=MAX_ATTEMPTS + 1,
                             timeout=budget + JOB_TIMEOUT_EXTRA_S, keep_result=0)],
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url.get_secret_value()),
+        "redis_settings": _redis_settings(settings),
         "queue_name": settings.queue_name,
         "max_jobs": settings.worker_max_jobs,
         "poll_delay": settings.worker_poll_delay_s,

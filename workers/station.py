@@ -65,10 +65,7 @@ def worker_name() -> str:
 
 
 async def startup_with(ctx: WorkerContext, settings: Settings) -> None:
-    store = BatchStore.from_url(
-        settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
-        queue_name=settings.queue_name, name="batchfleet-worker",
-    )
+    store = BatchStore.from_settings(settings, name="batchfleet-worker")
     previous = _current.pop("state", None)
     if previous is not None:  # a restarted arq worker in the same process: retire the old state
         previous.stop.set()

@@ -106,8 +106,7 @@ class InProcessFleet:
         self.worker_tasks: list[asyncio.Task[Any]] = []
 
     def _store(self) -> BatchStore:
-        s = BatchStore.from_url(self.settings.redis_url.get_secret_value(), prefix=self.settings.key_prefix,
-                                queue_name=self.settings.queue_name)
+        s = BatchStore.from_settings(self.settings)
         self.stores.append(s)
         return s
 

@@ -301,3 +301,42 @@ async def test_skewed_host_clock_changes_no_decision(
     assert payload["reason"] == "deadline" and payload["summary"]["ok"] == 1 and payload["missing"] == ["HANG-1"]
     assert 0 <= int(meta["finalized_ms"]) - int(meta["deadline_ms"]) < 400
     assert abs(payload["created_at"] - real_time()) < 60  # timestamps are Redis time, not the skewed clock
+
+
+def _make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    ca_key, ca, key, csr, cert = (directory / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt"))
+    ext = directory / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for args in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2",
+         "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+    return cert, key, ca
+
+
+async def test_rediss_tls_with_a_private_ca(broker: KafkaBroker, make_topic, tmp_path: Path) -> None:
+    cert, key, ca = await asyncio.to_thread(_make_tls_files, tmp_path)
+    redis = RedisServer(tls=(cert, key, ca)).start()
+    topic = await make_topic()
+    out = tmp_path / "u.jsonl"
+    settings = make_settings(redis.url, broker.bootstrap, [topic], f"file://{out}", redis_tls_ca_file=ca)
+    assert redis.url.startswith("rediss://")
+    try:
+        async with fleet(settings, workers=1):
+            await produce(broker.bootstrap, topic, [message(["S001", "S002"])])
+            store = BatchStore.from_settings(settings)
+            try:
+                await wait_until(lambda: _uploaded(store, 1), 30, "an upload over TLS")
+            finally:
+                await store.aclose()
+        unverified = BatchStore.from_url(redis.url)  # no CA: the server's certificate is not trusted
+        with pytest.raises(Exception, match=r"(?i)certificate|ssl"):
+            await unverified.stats()
+        await unverified.aclose()
+    finally:
+        redis.stop()
+    assert read_uploads(out)[0]["summary"]["ok"] == 2
