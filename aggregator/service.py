@@ -31,6 +31,7 @@ __all__ = ["Aggregator"]
 
 log = logging.getLogger(__name__)
 _MAX_WAIT_S = 0.5
+_PRUNE_EVERY_S = 5.0
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -42,6 +43,7 @@ class Aggregator:
         self.name = name
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self.uploaded = 0
+        self._pruned_at = 0.0
 
     # -- the loop ----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -74,7 +76,18 @@ class Aggregator:
             log.info("%s finishing %d upload(s) in flight", self.name, len(self._inflight))
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)
 
+    async def _housekeeping(self) -> None:
+        """Every so often, drop index entries of batches whose keys expired after retention."""
+        now = time.monotonic()
+        if now - self._pruned_at < _PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
+        dropped = await self.store.prune_batch_index()
+        if dropped:
+            log.debug("pruned %d expired batch(es) from the index", dropped)
+
     async def _step(self) -> None:
+        await self._housekeeping()
         limit = self.settings.aggregator_concurrency
         now_ms = await self.store.server_time_ms()
         due = [b for b in await self.store.due_batches(now_ms, limit * 2) if b not in self._inflight]

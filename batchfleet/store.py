@@ -379,6 +379,20 @@ class BatchStore:
         return {"open": int(due) + int(leased), "leased": int(leased), "dead": int(dead),
                 "quarantined": int(quarantined), "queued": int(queued)}
 
+    async def prune_batch_index(self, limit: int = 500) -> int:
+        """Drop the oldest index entries whose batch has expired; returns how many were dropped."""
+        oldest = [_s(b) for b in await _aw(self.redis.zrange(self.keys.batches, 0, limit - 1))]
+        if not oldest:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bid in oldest:
+                pipe.exists(self.keys.batch(bid))
+            alive = await pipe.execute()
+        gone = [bid for bid, exists in zip(oldest, alive, strict=True) if not exists]
+        if gone:
+            await _aw(self.redis.zrem(self.keys.batches, *gone))
+        return len(gone)
+
     async def batch_ids(self, limit: int) -> list[str]:
         """Batch ids, newest first (ids of expired batches may still be listed: callers drop them)."""
         return [_s(b) for b in await _aw(self.redis.zrevrange(self.keys.batches, 0, limit - 1))]

@@ -192,3 +192,24 @@ def _json(raw: bytes) -> Any:
     import orjson
 
     return orjson.loads(raw)
+
+
+async def test_uploaded_batch_expires_after_retention_and_leaves_no_keys(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
+    topic = await make_topic()
+    out = tmp_path / "uploads.jsonl"
+    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", retention_s=1,
+                             batching="message")
+    await produce(broker.bootstrap, topic, [message(["S001", "NONE-1"]), message(["S002"])])
+    async with fleet(settings, workers=1):
+        await wait_until(uploads_at_least(out, 2), 30, "two uploads")
+        ttl = await store.batch_ttl_s(f"{topic}:0:0")
+
+        async def index_pruned() -> bool:
+            return await store.batch_ids(10) == []
+
+        await wait_until(index_pruned, 30, "the batch index to forget expired batches")
+        leftover = [k async for k in store.redis.scan_iter(match=f"*{topic}*")]
+    assert 0 <= ttl <= 1
+    assert leftover == []  # no batch, input, outcome, payload or job key outlives the retention
