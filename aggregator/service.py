@@ -146,7 +146,11 @@ class Aggregator:
 
     async def _upload(self, claim: Claim) -> None:
         payload = build_payload(claim)
-        body = claim.payload or await self.store.freeze_payload(claim.batch_id, payload.model_dump_json().encode())
+        body = claim.payload or await self.store.freeze_payload(claim, payload.model_dump_json().encode())
+        if body is None:
+            log.warning("batch %s: lease taken over before the upload started; leaving it to the new owner",
+                        claim.batch_id, extra={"batch_id": claim.batch_id, "topic": claim.topic})
+            return
         retention_s = int(claim.meta.get("retention_s", self.settings.retention_s))
         started = time.perf_counter()
         extra = {"batch_id": claim.batch_id, "topic": claim.topic}

@@ -81,6 +81,7 @@ class BatchStore:
         self._fail = client.register_script(_lua("fail_upload"))
         self._quarantine = client.register_script(_lua("quarantine_message"))
         self._replay = client.register_script(_lua("replay_batch"))
+        self._freeze = client.register_script(_lua("freeze_payload"))
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "bf", queue_name: str = "bf:queue", name: str = "batchfleet",
@@ -253,10 +254,11 @@ class BatchStore:
         stations = [str(s) for s in orjson.loads(meta.get("stations", "[]"))]
         return Claim(batch_id, _s(reply[1]), int(reply[2]), meta, outcomes, reply[5], stations)
 
-    async def freeze_payload(self, batch_id: str, payload: bytes) -> bytes:
-        """Store the batch's upload body once; every later attempt sends the stored bytes."""
-        previous = await _aw(self.redis.set(self.keys.payload(batch_id), payload, nx=True, get=True))
-        return previous if previous is not None else payload
+    async def freeze_payload(self, claim: Claim, payload: bytes) -> bytes | None:
+        """The body every attempt sends (stored once); None when our lease was taken over."""
+        keys = [self.keys.batch(claim.batch_id), self.keys.payload(claim.batch_id)]
+        reply = await self._freeze(keys=keys, args=[claim.token, payload])
+        return bytes(reply[1]) if _s(reply[0]) == "frozen" else None
 
     async def ack_upload(self, claim: Claim, *, retention_s: int, upload_ms: float) -> int | None:
         """Redis time (ms) at which the batch became uploaded; None when our lease was taken over."""

@@ -13,8 +13,7 @@ import contextlib
 import logging
 
 from arq.worker import Worker
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from batchfleet.metrics import serve_metrics
 from batchfleet.settings import Settings
@@ -23,7 +22,9 @@ from workers.settings import worker_settings
 __all__ = ["run_worker", "serve"]
 
 log = logging.getLogger(__name__)
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# Any Redis error that escapes arq ends its worker; a restart of Redis can surface as a
+# ConnectionError, a TimeoutError, or a WatchError on a stale pooled connection.
+_REDIS_DOWN = (RedisError, ConnectionError, OSError)
 
 
 async def _run_once(worker: Worker) -> bool:

@@ -1,0 +1,22 @@
+--[[ freeze_payload: store a batch's upload body once, for the current lease holder only.
+
+KEYS[1]  meta hash   bf:b:{B}
+KEYS[2]  payload     bf:b:{B}:payload
+
+ARGV[1]  fencing token from claim_batch
+ARGV[2]  the payload JSON built from the batch's recorded state
+
+Returns {"frozen", body}   the body every attempt must send (the stored one if it existed)
+     or {"fenced"}         our lease was taken over: do not upload
+Invariant: every upload of a batch sends the same bytes; a stalled former owner can neither upload
+nor re-create the payload key after the batch expired.
+]]
+if redis.call('HGET', KEYS[1], 'owner_token') ~= ARGV[1] then
+  return {'fenced'}
+end
+local existing = redis.call('GET', KEYS[2])
+if existing then
+  return {'frozen', existing}
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return {'frozen', ARGV[2]}
