@@ -7,6 +7,7 @@ topic names contain ``-``.  Nothing else in the code base reads ``os.environ``.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -140,6 +141,23 @@ class Settings(BaseSettings):
         }
         base.update(self.topic_overrides.get(name, {}))
         return TopicConfig(**base)
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``BATCHFLEET_*`` variables (for starting role processes with them);
+        secrets are included in clear, so never log the result."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json", exclude={"topic_overrides"}).items():
+            if value is None:
+                continue
+            if name in ("redis_url", "upload_auth_header"):
+                secret = getattr(self, name)
+                value = secret.get_secret_value() if secret is not None else None
+            elif name == "topics":
+                value = ",".join(value)
+            elif isinstance(value, dict | list):
+                value = json.dumps(value)
+            env[f"BATCHFLEET_{name.upper()}"] = str(value)
+        return env
 
     def station_budget_s(self, topic: TopicConfig) -> float:
         """Per-station time budget: explicit setting, else the topic's batch deadline."""

@@ -49,17 +49,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The same settings as BATCHFLEET_* variables, for subprocess roles."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHFLEET_")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    for name, value in settings.model_dump(exclude={"topic_overrides"}).items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if isinstance(value, list):
-            value = ",".join(value)
-        env[f"BATCHFLEET_{name.upper()}"] = str(value)
-    if settings.redis_url:
-        env["BATCHFLEET_REDIS_URL"] = settings.redis_url.get_secret_value()
-    return env
+    return env | settings.as_env()
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes | None], partition: int | None = None) -> None:

@@ -69,3 +69,17 @@ def test_dispatcher_refuses_to_start_with_a_bad_config(tmp_path: Path) -> None:
 def test_secret_redis_url_is_masked() -> None:
     s = Settings(redis_url="redis://u:hunter2@h:6379/0")
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
+
+
+def test_as_env_round_trips_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchfleet.settings import PriorityLevel
+
+    s = Settings(redis_url="redis://u:pw@h:1/0", topics=["A-B", "C-D"], quorum=0.5, metrics_port=9400,
+                 priorities={"high": PriorityLevel(timeout_s=2.0, boost_s=5.0)}, upload_auth_header="Bearer t")
+    for name, value in s.as_env().items():
+        monkeypatch.setenv(name, value)
+    again = load_settings()
+    assert again.model_dump(exclude={"redis_url", "upload_auth_header"}) == s.model_dump(
+        exclude={"redis_url", "upload_auth_header"})
+    assert again.redis_url.get_secret_value() == "redis://u:pw@h:1/0"
+    assert again.upload_auth_header is not None and again.upload_auth_header.get_secret_value() == "Bearer t"
