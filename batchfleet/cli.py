@@ -277,5 +277,25 @@ def inspect_quarantine(limit: int, redispatch_id: str | None, value_file: Any, r
     _emit(_with_store(settings, lambda store: quarantine_entries(store, limit)), render_quarantine, as_json)
 
 
+@main.command()
+@click.option("--quick", is_flag=True, help="CI-size run (smaller counts, shorter latency run)")
+@click.option("--json", "as_json", is_flag=True, help="print the figures as JSON instead of the table")
+@click.option("--workers", "worker_counts", default="1,2", show_default=True, help="worker process counts to measure")
+@click.option("--stations", type=int, help="stations per throughput run (default 20000, --quick 2000)")
+@click.option("--latency-seconds", "latency_s", type=float, help="length of the latency run (default 20, --quick 5)")
+@click.option("--keep", type=click.Path(file_okay=False), help="keep logs and data in this directory")
+@click.option("--strict", is_flag=True, help="exit 1 when a target is missed")
+def bench(quick: bool, as_json: bool, worker_counts: str, stations: int | None, latency_s: float | None,
+          keep: str | None, strict: bool) -> None:  # fmt: skip
+    """Benchmark the whole pipeline on an embedded local stack against a raw-arq baseline."""
+    from pathlib import Path
+
+    from batchfleet.bench import cli_main
+
+    configure_logging("human", "WARNING", "bench")
+    sys.exit(cli_main(quick=quick, as_json=as_json, workers=worker_counts, stations=stations, latency_s=latency_s,
+                      keep=Path(keep) if keep else None, strict=strict))  # fmt: skip
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
