@@ -58,6 +58,7 @@ async def test_sigkilled_worker_station_is_rerun_and_recorded_once(
         try:
             await wait_until(lambda: _uploaded(store, 1), 50, "the upload after the re-run")
             rerun_after_s = time.monotonic() - killed_at
+            print(f"\nworker SIGKILL -> station re-run recorded after {rerun_after_s:.1f}s")
             outcomes = await store.batch_outcomes(f"{topic}:0:0")
         finally:
             second.stop()
@@ -126,8 +127,10 @@ async def test_killed_aggregator_is_replaced_and_upload_repeats_identically(
                 await produce(broker.bootstrap, topic, [message(["S001", "S002"])])
                 await wait_until(_first_request(sink), 30, "the first aggregator's upload to start")
                 first.kill()  # mid-upload: the claim is leased, nobody will ack it
+                killed_at = time.monotonic()
                 await f.start_aggregator()
                 await wait_until(lambda: _uploaded(store, 1), 30, "the takeover upload")
+                print(f"\naggregator SIGKILL mid-upload -> re-uploaded by another after {time.monotonic() - killed_at:.1f}s")
                 meta = await store.batch_meta(f"{topic}:0:0")
         finally:
             first.stop()
@@ -192,7 +195,9 @@ async def test_redis_kill_and_restart_with_aof_loses_nothing(
             await produce(broker.bootstrap, topic, [message([f"C{i}"]) for i in range(10)], partition=1)
             await asyncio.sleep(1.0)  # the fleet runs into a dead Redis for a while (outage, not timing)
             redis.start()  # same port, same AOF directory
+            restarted_at = time.monotonic()
             await wait_until(lambda: _uploaded(store, 20), 60, "every batch uploaded after the restart")
+            print(f"\nredis kill -9 + restart -> every batch uploaded {time.monotonic() - restarted_at:.1f}s after restart")
             stats = await store.stats()
     finally:
         await store.aclose()
