@@ -281,8 +281,8 @@ def inspect_quarantine(limit: int, redispatch_id: str | None, value_file: Any, r
 @click.option("--quick", is_flag=True, help="CI-size run (smaller counts, shorter latency run)")
 @click.option("--json", "as_json", is_flag=True, help="print the figures as JSON instead of the table")
 @click.option("--workers", "worker_counts", default="1,2", show_default=True, help="worker process counts to measure")
-@click.option("--stations", type=int, help="stations per throughput run (default 20000, --quick 2000)")
-@click.option("--latency-seconds", "latency_s", type=float, help="length of the latency run (default 20, --quick 5)")
+@click.option("--stations", type=int, help="stations per throughput run (default 10000, --quick 2000)")
+@click.option("--latency-seconds", "latency_s", type=float, help="length of the latency run (default 25, --quick 8)")
 @click.option("--keep", type=click.Path(file_okay=False), help="keep logs and data in this directory")
 @click.option("--strict", is_flag=True, help="exit 1 when a target is missed")
 def bench(quick: bool, as_json: bool, worker_counts: str, stations: int | None, latency_s: float | None,

@@ -1,0 +1,118 @@
+"""Smoke test of ``batchfleet bench``: every measurement at a tiny size on the real local stack.
+
+Asserts that the report carries every figure with a sane value (behaviour), never a timing target:
+the machine running the tests is shared and slow by design.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import orjson
+import pytest
+
+from batchfleet.bench import BenchConfig, Report, percentile, run_bench, sustained_rate
+from batchfleet.localstack import KafkaBroker
+
+WORKERS = (1,)
+FIGURES = [
+    "e2e_w1_stations_per_s", "raw_arq_w1_jobs_per_s", "e2e_w1_vs_raw_arq",
+    "dispatch_stations_per_s", "raw_enqueue_jobs_per_s", "dispatch_vs_enqueue",
+    "commands_dispatcher_per_station", "commands_worker_per_station", "commands_aggregator_per_station",
+    "arq_worker_commands_per_job", "arq_enqueue_commands_per_job",
+    "sent_dispatcher_per_station", "sent_aggregator_per_station", "sent_arq_worker_per_job", "sent_worker_per_station",
+    "sent_worker_own_per_station", "sent_worker_arq_pool_per_station",
+    "latency_load_stations_per_s",
+    "produce_to_upload_p50_ms", "produce_to_upload_p99_ms", "complete_to_upload_p50_ms", "complete_to_upload_p99_ms",
+    "deadline_to_upload_p50_ms", "deadline_to_upload_p99_ms", "produce_to_created_p50_ms", "produce_to_created_p99_ms",
+    "created_to_complete_p50_ms", "created_to_complete_p99_ms", "raw_arq_burst_p50_ms", "raw_arq_burst_p99_ms",
+    "memory_open_station_bytes", "memory_recorded_station_bytes", "memory_input_bytes_per_station",
+    "memory_raw_arq_job_bytes",
+    "memory_after_retention_bytes",
+    "big_dispatch_s", "big_upload_s", "big_peak_memory_bytes",
+    "cpu_dispatcher_per_1000", "cpu_worker_per_1000", "cpu_aggregator_per_1000", "cpu_redis_per_1000",
+]  # fmt: skip
+TARGETED = {
+    "e2e_w1_vs_raw_arq", "dispatch_vs_enqueue", "sent_worker_per_station", "produce_to_upload_p99_ms",
+    "complete_to_upload_p99_ms", "deadline_to_upload_p99_ms", "memory_open_station_bytes",
+    "memory_recorded_station_bytes", "memory_after_retention_bytes", "big_dispatch_s", "big_upload_s",
+}  # fmt: skip
+
+
+def tiny() -> BenchConfig:
+    return BenchConfig(stations=300, worker_counts=WORKERS, roles_stations=300, command_stations=200, latency_s=2.0,
+                       latency_load=0.2, big_batch=400, bursts=2)  # fmt: skip
+
+
+def value(report: Report, key: str) -> float:
+    v = report.figure(key).value
+    assert isinstance(v, int | float) and math.isfinite(v), f"{key} = {v!r}"
+    return float(v)
+
+
+def test_helpers() -> None:
+    assert percentile([], 50) != percentile([], 50)  # NaN for no samples
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile(range(1, 101), 99) == 99
+    samples = [(float(t), float(t * 10)) for t in range(11)]  # 10 items per second, 100 in all
+    assert sustained_rate(samples, 100) == pytest.approx(10.0)
+
+
+@pytest.mark.timeout(600)
+async def test_bench_reports_every_figure(broker: KafkaBroker, tmp_path: Path) -> None:
+    report = await run_bench(tiny(), broker=broker, workdir=tmp_path)
+
+    keys = [f.key for f in report.figures]
+    assert sorted(keys) == sorted(FIGURES), set(keys) ^ set(FIGURES)
+    assert {f.key for f in report.figures if f.passed is not None} == TARGETED
+    for f in report.figures:
+        assert f.target if f.passed is not None else not f.target, f.key
+
+    # throughput and the ratios built from them
+    for key in ("e2e_w1_stations_per_s", "raw_arq_w1_jobs_per_s", "dispatch_stations_per_s", "raw_enqueue_jobs_per_s"):
+        assert value(report, key) > 0, key
+    assert value(report, "e2e_w1_vs_raw_arq") == pytest.approx(
+        value(report, "e2e_w1_stations_per_s") / value(report, "raw_arq_w1_jobs_per_s"))
+
+    # Redis commands: arq's own counts are exact; a worker sends arq's plus its own per station
+    assert value(report, "arq_enqueue_commands_per_job") == pytest.approx(6, abs=0.05)  # WATCH EXISTS MULTI PSETEX ZADD EXEC
+    assert 10 <= value(report, "arq_worker_commands_per_job") <= 25
+    assert value(report, "sent_arq_worker_per_job") == pytest.approx(value(report, "arq_worker_commands_per_job"), abs=1)
+    extra = value(report, "sent_worker_per_station") - value(report, "sent_arq_worker_per_job")
+    assert 2.5 <= extra <= 4, extra
+    own, pool = value(report, "sent_worker_own_per_station"), value(report, "sent_worker_arq_pool_per_station")
+    assert own == pytest.approx(3, abs=0.5)  # HMGET + HGET (one round trip), EVALSHA record_outcome
+    assert own + pool == pytest.approx(value(report, "sent_worker_per_station"))
+    assert value(report, "commands_worker_per_station") > value(report, "sent_worker_per_station")  # + inside Lua
+    for role in ("dispatcher", "aggregator"):
+        assert 0 < value(report, f"sent_{role}_per_station") < value(report, f"commands_{role}_per_station") < 10
+
+    # latencies: measured, positive, ordered
+    for key in ("produce_to_upload", "complete_to_upload", "deadline_to_upload", "raw_arq_burst"):
+        p50, p99 = value(report, f"{key}_p50_ms"), value(report, f"{key}_p99_ms")
+        assert 0 <= p50 <= p99, key
+    assert value(report, "produce_to_upload_p50_ms") > value(report, "complete_to_upload_p50_ms")
+
+    # memory: an open station costs something beyond its input, and retention gives it back
+    assert value(report, "memory_input_bytes_per_station") == pytest.approx(tiny().record_bytes, abs=10)
+    assert 50 < value(report, "memory_open_station_bytes") < 5000
+    assert 100 < value(report, "memory_raw_arq_job_bytes") < value(report, "memory_open_station_bytes")
+    assert 0 < value(report, "memory_recorded_station_bytes") < 5000
+    assert value(report, "memory_after_retention_bytes") < 1024 * 1024
+
+    # the big batch was dispatched, uploaded complete, and cost memory
+    assert value(report, "big_dispatch_s") > 0 and value(report, "big_upload_s") > 0
+    assert report.figure("big_upload_s").passed is True  # "uploads complete": every station ok
+    assert value(report, "big_peak_memory_bytes") > 0
+
+    for role in ("dispatcher", "worker", "aggregator", "redis"):
+        assert value(report, f"cpu_{role}_per_1000") >= 0, role
+
+    # both outputs carry every figure
+    data = orjson.loads(report.to_json())
+    assert set(data["figures"]) == set(FIGURES)
+    table = report.table()
+    for f in report.figures:
+        assert f.label in table
+    assert "targets met" in table
