@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ARQ_JOB_PREFIX", "Keys", "batch_id_for", "job_id_for", "message_id_for", "offset_field"]
+__all__ = ["ARQ_JOB_PREFIX", "Keys", "batch_id_for", "job_id_for", "message_id_for", "offset_field", "parse_job_id"]
 
 ARQ_JOB_PREFIX = "arq:job:"  # fixed by arq; job ids carry the batch hash tag
 
@@ -53,6 +53,14 @@ def message_id_for(topic: str, partition: int, offset: int) -> str:
 def job_id_for(batch_id: str, station_id: str) -> str:
     """arq job id of one station: the batch id is the hash tag."""
     return f"{{{batch_id}}}:{station_id}"
+
+
+def parse_job_id(job_id: str) -> tuple[str, str]:
+    """(batch id, station id) of a station job id ``{BATCH}:STATION`` (batch ids never contain braces)."""
+    close = job_id.find("}:")
+    if not job_id.startswith("{") or close < 0:
+        raise ValueError(f"not a station job id: {job_id!r}")
+    return job_id[1:close], job_id[close + 2 :]
 
 
 def offset_field(topic: str, partition: int) -> str:

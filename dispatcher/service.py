@@ -79,6 +79,7 @@ class Dispatcher:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=max(1_048_576, s.max_message_bytes * 2),
+            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
         )
 
     async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:

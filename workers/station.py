@@ -6,6 +6,7 @@ A job carries only ``(batch_id, station_id)``; the records live in the batch's i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -20,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from batchfleet import metrics
 from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.importing import load_callable
+from batchfleet.keys import parse_job_id
 from batchfleet.models import Outcome, RecordResult, StationInput
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
@@ -122,8 +124,11 @@ def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordR
         log.info("batch %s: station %s outcome ignored (%s)", batch_id, station_id, rec.status, extra=extra)
 
 
-async def run_station(ctx: WorkerContext, batch_id: str, station_id: str) -> str:
-    """arq job: one station of one batch.  Returns what happened (kept by arq only if configured)."""
+async def run_station(ctx: WorkerContext, batch_id: str | None = None, station_id: str | None = None) -> str:
+    """arq job: one station of one batch, named by the job id ``{BATCH}:STATION`` (or by explicit
+    arguments).  Returns what happened (kept by arq only if configured)."""
+    if batch_id is None or station_id is None:
+        batch_id, station_id = parse_job_id(ctx["job_id"])
     state = ctx["batchfleet"]
     got = await state.store.station_input(batch_id, station_id)
     if got.state is None or got.records is None:
@@ -146,6 +151,16 @@ async def run_station(ctx: WorkerContext, batch_id: str, station_id: str) -> str
         state.done += 1
 
 
+@functools.cache
+def _stations(topic: str, status: str) -> Any:
+    return metrics.STATIONS.labels(topic, status)  # cached: .labels() costs a lock and a lookup per call
+
+
+@functools.cache
+def _station_seconds(status: str) -> Any:
+    return metrics.STATION_SECONDS.labels(status)
+
+
 async def _give_up(state: WorkerState, batch_id: str, station_id: str, attempt: int, topic: str) -> str:
     """The station's earlier attempts never finished (the worker died running them): stop trying."""
     error = f"gave up: {attempt - 1} earlier attempt(s) never finished (the worker running them died)"
@@ -164,9 +179,9 @@ async def _run(state: WorkerState, batch_id: str, station_id: str, got: StationI
         max_result_bytes=state.settings.max_result_bytes, worker=state.name, attempt=attempt,
     )
     rec = await _record(state, batch_id, station_id, outcome)
-    metrics.STATION_SECONDS.labels(outcome.status).observe(outcome.duration_ms / 1000)
+    _station_seconds(outcome.status).observe(outcome.duration_ms / 1000)
     if rec.status in ("recorded", "complete", "quorum"):
-        metrics.STATIONS.labels(got.topic, outcome.status).inc()
+        _stations(got.topic, outcome.status).inc()
     elif rec.status == "late":
         metrics.LATE_RESULTS.labels(got.topic).inc()
     _log_recorded(batch_id, station_id, outcome, rec)

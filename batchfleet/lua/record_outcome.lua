@@ -52,7 +52,7 @@ done = done + 1
 if done >= expected then
   redis.call('ZADD', KEYS[5], 'XX', 0, ARGV[1])
   redis.call('LPUSH', KEYS[6], ARGV[1])
-  redis.call('LTRIM', KEYS[6], 0, 9999)
+  redis.call('LTRIM', KEYS[6], 0, 99)  -- only a wake-up signal: the due zset is the truth
   return {'complete', done, expected}
 end
 local needed = tonumber(redis.call('HGET', KEYS[1], 'quorum_needed') or '0')
@@ -64,7 +64,7 @@ if needed > 0 and done >= needed then
     redis.call('ZADD', KEYS[5], 'XX', 'LT', now_ms + grace, ARGV[1])
     if grace == 0 then
       redis.call('LPUSH', KEYS[6], ARGV[1])
-      redis.call('LTRIM', KEYS[6], 0, 9999)
+      redis.call('LTRIM', KEYS[6], 0, 99)
     end
     return {'quorum', done, expected}
   end
