@@ -106,8 +106,8 @@ async def _record(state: WorkerState, batch_id: str, station_id: str, outcome: O
     return await state.store.record_outcome(batch_id, station_id, outcome)
 
 
-def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordResult) -> None:
-    extra = {"batch_id": batch_id, "station_id": station_id}
+def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordResult, topic: str) -> None:
+    extra = {"batch_id": batch_id, "station_id": station_id, "topic": topic}
     if rec.status in ("recorded", "complete", "quorum"):
         log.info("batch %s: station %s %s, progress %d/%d", batch_id, station_id, outcome.status,
                  rec.done, rec.expected, extra=extra)
@@ -184,5 +184,5 @@ async def _run(state: WorkerState, batch_id: str, station_id: str, got: StationI
         _stations(got.topic, outcome.status).inc()
     elif rec.status == "late":
         metrics.LATE_RESULTS.labels(got.topic).inc()
-    _log_recorded(batch_id, station_id, outcome, rec)
+    _log_recorded(batch_id, station_id, outcome, rec, got.topic)
     return rec.status
