@@ -60,6 +60,10 @@ class TopicConfig(BaseModel):
         return chosen, spec.timeout_s, spec.boost_s
 
 
+# TopicConfig fields whose global default has a different name in Settings (the rest share names).
+_GLOBAL_NAME = {"timeout_s": "batch_timeout_s", "max_stations": "max_stations_per_batch"}
+
+
 class Settings(BaseSettings):
     """Fleet-wide settings.  Every field has an environment twin ``BATCHFLEET_<NAME>``."""
 
@@ -125,23 +129,18 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> TopicConfig:
         """The effective configuration of one topic: global defaults, then its TOML table."""
-        base: dict[str, Any] = {
-            "batching": self.batching,
-            "timeout_s": self.batch_timeout_s,
-            "retention_s": self.retention_s,
-            "station_list_field": self.station_list_field,
-            "station_id_field": self.station_id_field,
-            "max_stations": self.max_stations_per_batch,
-            "late": self.late,
-            "quorum": self.quorum,
-            "quorum_grace_s": self.quorum_grace_s,
-            "priority_field": self.priority_field,
-            "priority_header": self.priority_header,
-            "default_priority": self.default_priority,
-            "priorities": self.priorities,
-        }
+        base: dict[str, Any] = {field: getattr(self, _GLOBAL_NAME.get(field, field)) for field in TopicConfig.model_fields}
         base.update(self.topic_overrides.get(name, {}))
         return TopicConfig(**base)
+
+    def longest_station_budget_s(self) -> float:
+        """The longest time any station may run: the explicit station timeout, else the longest batch
+        deadline of any topic or priority level (arq's own job timeout must sit above it)."""
+        if self.station_timeout_s is not None:
+            return self.station_timeout_s
+        topics = [self.topic(name) for name in self.topic_overrides] + [self.topic("")]
+        return max(t.timeout_s if not t.priorities else max(t.timeout_s, *(p.timeout_s for p in t.priorities.values()))
+                   for t in topics)
 
     def as_env(self) -> dict[str, str]:
         """These settings as ``BATCHFLEET_*`` variables (for starting role processes with them);
@@ -160,9 +159,6 @@ class Settings(BaseSettings):
             env[f"BATCHFLEET_{name.upper()}"] = str(value)
         return env
 
-    def station_budget_s(self, topic: TopicConfig) -> float:
-        """Per-station time budget: explicit setting, else the topic's batch deadline."""
-        return self.station_timeout_s if self.station_timeout_s is not None else topic.timeout_s
 
 
 def _read_topic_tables(path: Path) -> dict[str, dict[str, Any]]:

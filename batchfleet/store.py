@@ -18,7 +18,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from batchfleet.errors import StaleOffsetError, StoreError
-from batchfleet.keys import Keys, job_id_for, message_id_for, offset_field
+from batchfleet.keys import Keys, message_id_for, offset_field
 from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordResult, StationInput
 from batchfleet.settings import Settings
 
@@ -410,6 +410,3 @@ class BatchStore:
     async def queue_depth(self) -> int:
         return int(await _aw(self.redis.zcard(self.queue_name)))
 
-    @staticmethod
-    def job_id(batch_id: str, station_id: str) -> str:
-        return job_id_for(batch_id, station_id)

@@ -124,7 +124,7 @@ def _classify(value: Any, max_result_bytes: int) -> tuple[str, dict[str, Any] | 
 
 
 async def run_processor(
-    fn: Callable[..., Any],
+    fn: Processor,
     station_id: str,
     records: list[dict[str, Any]],
     *,

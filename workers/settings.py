@@ -38,7 +38,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     # arq's own per-job timeout is a backstop above the station budget, which the job enforces.
     # arq re-runs the job of a worker that died after job timeout + 10 s (its in-progress key TTL):
     # with the default 5 s budget, 20 s after the crashed attempt started (arq's default: 310 s).
-    budget = settings.station_timeout_s or settings.batch_timeout_s
+    budget = settings.longest_station_budget_s()
 
     async def on_startup(ctx: WorkerContext) -> None:
         await startup_with(ctx, settings)

@@ -83,3 +83,19 @@ def test_as_env_round_trips_through_the_environment(monkeypatch: pytest.MonkeyPa
         exclude={"redis_url", "upload_auth_header"})
     assert again.redis_url.get_secret_value() == "redis://u:pw@h:1/0"
     assert again.upload_auth_header is not None and again.upload_auth_header.get_secret_value() == "Bearer t"
+
+
+def test_arq_job_timeout_covers_the_longest_topic_and_priority_deadline(tmp_path: Path) -> None:
+    """A topic (or priority level) whose deadline is longer than the global one must not have its
+    stations cut off by arq's own job timeout before the station budget ends."""
+    from workers.settings import JOB_TIMEOUT_EXTRA_S, worker_settings
+
+    cfg = write(tmp_path, '[topics."SLOW-TOPIC"]\ntimeout_s = 40\n[topics."P-TOPIC".priorities.low]\ntimeout_s = 90\n')
+    s = load_settings(config=str(cfg), batch_timeout_s=5.0, redis_url="redis://127.0.0.1:1/0")
+    assert s.longest_station_budget_s() == 90
+    [function] = worker_settings(s)["functions"]
+    assert function.timeout_s == 90 + JOB_TIMEOUT_EXTRA_S
+    assert load_settings(station_timeout_s=3.0).longest_station_budget_s() == 3.0
+    for field in ("late", "quorum", "priorities", "retention_s", "station_id_field"):  # every field inherits
+        assert getattr(load_settings(config=str(cfg)).topic("OTHER"), field) == getattr(
+            load_settings(config=str(cfg)), field)
