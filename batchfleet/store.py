@@ -331,9 +331,11 @@ class BatchStore:
 
     async def open_batch_ids(self, limit: int = 50) -> list[tuple[str, int]]:
         """(batch id, due ms) of batches not yet uploaded, soonest first."""
-        raw = await _aw(self.redis.zrange(self.keys.due, 0, limit - 1, withscores=True))
-        leased = await _aw(self.redis.zrange(self.keys.leases, 0, limit - 1, withscores=True))
-        return [(_s(m), int(s)) for m, s in raw + leased]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.keys.due, 0, limit - 1, withscores=True)
+            pipe.zrange(self.keys.leases, 0, limit - 1, withscores=True)
+            due, leased = await pipe.execute()
+        return [(_s(m), int(s)) for m, s in due + leased]
 
     async def recent_batch_ids(self, limit: int = 20) -> list[str]:
         return [_s(b) for b in await _aw(self.redis.lrange(self.keys.recent, 0, limit - 1))]
@@ -343,12 +345,12 @@ class BatchStore:
 
     async def quarantined(self, limit: int = 100) -> list[dict[str, bytes]]:
         ids = [_s(m) for m in await _aw(self.redis.zrevrange(self.keys.quarantine, 0, limit - 1))]
-        entries: list[dict[str, bytes]] = []
-        for mid in ids:
-            raw = await _aw(self.redis.hgetall(self.keys.quarantined(mid)))
-            if raw:
-                entries.append({_s(name): v for name, v in raw.items()} | {"id": mid.encode()})
-        return entries
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for mid in ids:
+                pipe.hgetall(self.keys.quarantined(mid))
+            raws = await pipe.execute() if ids else []
+        return [{_s(name): v for name, v in raw.items()} | {"id": mid.encode()}
+                for mid, raw in zip(ids, raws, strict=True) if raw]
 
     async def progress(self, batch_ids: list[str]) -> list[dict[str, Any]]:
         """Per batch: meta fields used by progress views, plus ``done`` (outcomes so far)."""

@@ -72,6 +72,20 @@ def read_uploads(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
+async def batches_uploaded(store: BatchStore, n: int) -> bool:
+    """At least n batches acked as uploaded (the fleet-wide counter)."""
+    return (await store.stats()).get("batches_uploaded", 0) >= n
+
+
+def lines_uploaded(path: Path, n: int) -> Callable[[], Awaitable[bool]]:
+    """A wait_until check: the file uploader has written at least n lines."""
+
+    async def check() -> bool:
+        return len(read_uploads(path)) >= n
+
+    return check
+
+
 async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
     """Poll a condition until it holds; fail with `what` after the bound (no fixed sleeps)."""
     deadline = time.monotonic() + timeout_s

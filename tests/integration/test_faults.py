@@ -21,6 +21,7 @@ from tests.integration import uploadsink
 from tests.integration.fleet import (
     REPO,
     Proc,
+    batches_uploaded,
     fleet,
     make_settings,
     message,
@@ -29,10 +30,6 @@ from tests.integration.fleet import (
     settings_env,
     wait_until,
 )
-
-
-async def _uploaded(store: BatchStore, n: int) -> bool:
-    return (await store.stats()).get("batches_uploaded", 0) >= n
 
 
 async def _running(store: BatchStore, station: str) -> bool:
@@ -56,7 +53,7 @@ async def test_sigkilled_worker_station_is_rerun_and_recorded_once(
         first.kill()
         second = Proc("worker", env, tmp_path / "worker-2.log")
         try:
-            await wait_until(lambda: _uploaded(store, 1), 50, "the upload after the re-run")
+            await wait_until(lambda: batches_uploaded(store, 1), 50, "the upload after the re-run")
             rerun_after_s = time.monotonic() - killed_at
             print(f"\nworker SIGKILL -> station re-run recorded after {rerun_after_s:.1f}s")
             outcomes = await store.batch_outcomes(f"{topic}:0:0")
@@ -81,10 +78,10 @@ async def test_station_that_crashes_the_worker_is_given_up(
     async with fleet(settings, workers=0):
         await produce(broker.bootstrap, topic, [message(["CRASH-1"])])
         deadline = time.monotonic() + 55
-        while not await _uploaded(store, 1):  # a supervisor: restart the worker whenever it dies
+        while not await batches_uploaded(store, 1):  # a supervisor: restart the worker whenever it dies
             assert time.monotonic() < deadline, "the crashing station was never given up"
             w = Proc("worker", env, tmp_path / f"worker-{crashes}.log")
-            while w.proc.poll() is None and not await _uploaded(store, 1):  # noqa: ASYNC110 (polls two conditions)
+            while w.proc.poll() is None and not await batches_uploaded(store, 1):  # noqa: ASYNC110 (polls two conditions)
                 await asyncio.sleep(0.1)
             crashes += w.proc.returncode == -signal.SIGKILL
             w.stop()
@@ -107,7 +104,7 @@ async def test_sigterm_worker_finishes_its_station_first(
         worker.signal(signal.SIGTERM)
         code = await asyncio.to_thread(worker.proc.wait, 20)
         outcomes = await store.batch_outcomes(f"{topic}:0:0")
-        await wait_until(lambda: _uploaded(store, 1), 20, "the upload")
+        await wait_until(lambda: batches_uploaded(store, 1), 20, "the upload")
     assert code == 0
     assert outcomes["LONG-1"].status == "ok" and outcomes["LONG-1"].attempt == 1
     assert read_uploads(out)[0]["reason"] == "complete"
@@ -129,7 +126,7 @@ async def test_killed_aggregator_is_replaced_and_upload_repeats_identically(
                 first.kill()  # mid-upload: the claim is leased, nobody will ack it
                 killed_at = time.monotonic()
                 await f.start_aggregator()
-                await wait_until(lambda: _uploaded(store, 1), 30, "the takeover upload")
+                await wait_until(lambda: batches_uploaded(store, 1), 30, "the takeover upload")
                 print(f"\naggregator SIGKILL mid-upload -> re-uploaded by another after {time.monotonic() - killed_at:.1f}s")
                 meta = await store.batch_meta(f"{topic}:0:0")
         finally:
@@ -171,7 +168,7 @@ async def test_dead_lettered_batch_is_replayed_from_the_cli(
             done = await _cli(env, "replay", "--all")
             assert done.returncode == 0, done.stdout + done.stderr
             assert f"{topic}:0:0: queued for upload" in done.stdout
-            await wait_until(lambda: _uploaded(store, 1), 30, "the replayed upload")
+            await wait_until(lambda: batches_uploaded(store, 1), 30, "the replayed upload")
         again = await _cli(env, "replay", f"{topic}:0:0")
     assert again.returncode == 1 and "not dead-lettered (state: uploaded)" in again.stdout
     assert await store.dead_batch_ids() == []
@@ -190,13 +187,13 @@ async def test_redis_kill_and_restart_with_aof_loses_nothing(
     try:
         async with fleet(settings, workers=1):
             await produce(broker.bootstrap, topic, [message([f"A{i}", f"B{i}"]) for i in range(10)], partition=0)
-            await wait_until(lambda: _uploaded(store, 3), 30, "some uploads before the crash")
+            await wait_until(lambda: batches_uploaded(store, 3), 30, "some uploads before the crash")
             redis.kill()  # kill -9 mid-stream
             await produce(broker.bootstrap, topic, [message([f"C{i}"]) for i in range(10)], partition=1)
             await asyncio.sleep(1.0)  # the fleet runs into a dead Redis for a while (outage, not timing)
             redis.start()  # same port, same AOF directory
             restarted_at = time.monotonic()
-            await wait_until(lambda: _uploaded(store, 20), 60, "every batch uploaded after the restart")
+            await wait_until(lambda: batches_uploaded(store, 20), 60, "every batch uploaded after the restart")
             print(f"\nredis kill -9 + restart -> every batch uploaded {time.monotonic() - restarted_at:.1f}s after restart")
             stats = await store.stats()
     finally:
@@ -240,7 +237,7 @@ async def test_dispatcher_killed_repeatedly_ingests_every_message_exactly_once(
         await producer
         last = Proc("dispatcher", env, tmp_path / "dispatcher-last.log")
         try:
-            await wait_until(lambda: _uploaded(store, total), 90, f"{total} uploads")
+            await wait_until(lambda: batches_uploaded(store, total), 90, f"{total} uploads")
         finally:
             last.stop()
         stats = await store.stats()
@@ -271,7 +268,7 @@ async def test_acl_user_with_password(broker: KafkaBroker, make_topic, tmp_path:
             await produce(broker.bootstrap, topic, [message(["S001"])])
             store = BatchStore.from_url(url)
             try:
-                await wait_until(lambda: _uploaded(store, 1), 30, "upload through the ACL user")
+                await wait_until(lambda: batches_uploaded(store, 1), 30, "upload through the ACL user")
             finally:
                 await store.aclose()
         unauthenticated = BatchStore.from_url(redis.url)
@@ -300,7 +297,7 @@ async def test_skewed_host_clock_changes_no_decision(
     monkeypatch.setattr(time, "time", lambda: real_time() - 300)
     async with fleet(settings, workers=1):
         await produce(broker.bootstrap, topic, [message(["S001", "HANG-1"])])
-        await wait_until(lambda: _uploaded(store, 1), 30, "the deadline upload")
+        await wait_until(lambda: batches_uploaded(store, 1), 30, "the deadline upload")
         meta = await store.batch_meta(f"{topic}:0:0")
     [payload] = read_uploads(out)
     assert payload["reason"] == "deadline" and payload["summary"]["ok"] == 1 and payload["missing"] == ["HANG-1"]
@@ -335,7 +332,7 @@ async def test_rediss_tls_with_a_private_ca(broker: KafkaBroker, make_topic, tmp
             await produce(broker.bootstrap, topic, [message(["S001", "S002"])])
             store = BatchStore.from_settings(settings)
             try:
-                await wait_until(lambda: _uploaded(store, 1), 30, "an upload over TLS")
+                await wait_until(lambda: batches_uploaded(store, 1), 30, "an upload over TLS")
             finally:
                 await store.aclose()
         unverified = BatchStore.from_url(redis.url)  # no CA: the server's certificate is not trusted

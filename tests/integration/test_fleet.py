@@ -14,6 +14,7 @@ from batchfleet.store import BatchStore
 from tests.integration import uploadsink
 from tests.integration.fleet import (
     Proc,
+    batches_uploaded,
     fleet,
     make_settings,
     message,
@@ -91,20 +92,16 @@ async def test_redelivered_messages_make_no_second_batch(
     first = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message")
     await produce(broker.bootstrap, topic, [message(["S001"]), message(["S002"])])
     async with fleet(first, workers=1):
-        await wait_until(lambda: _uploaded(store, 2), 30, "two uploads")
+        await wait_until(lambda: batches_uploaded(store, 2), 30, "two uploads")
     await produce(broker.bootstrap, topic, [message(["S003"])])
     again = first.model_copy(update={"kafka_group_id": first.kafka_group_id + "-replay"})
     async with fleet(again, workers=1) as f:
-        await wait_until(lambda: _uploaded(store, 3), 30, "the third message's upload")
+        await wait_until(lambda: batches_uploaded(store, 3), 30, "the third message's upload")
         created = f.dispatchers[0].batches_created
     ids = Counter(p["batch_id"] for p in read_uploads(out))
     assert ids == Counter({f"{topic}:0:0": 1, f"{topic}:0:1": 1, f"{topic}:0:2": 1})
     assert created == 1
     assert (await store.stats())["batches_created"] == 3
-
-
-async def _uploaded(store: BatchStore, n: int) -> bool:
-    return (await store.stats()).get("batches_uploaded", 0) >= n
 
 
 async def test_http_uploader_posts_with_idempotency_key_and_retries(
@@ -116,7 +113,7 @@ async def test_http_uploader_posts_with_idempotency_key_and_retries(
                                  upload_auth_header="Authorization: Bearer s3cret")
         await produce(broker.bootstrap, topic, [message(["S001", "S002"])])
         async with fleet(settings, workers=1):
-            await wait_until(lambda: _uploaded(store, 1), 30, "the upload after two 503s")
+            await wait_until(lambda: batches_uploaded(store, 1), 30, "the upload after two 503s")
     assert len(sink.requests) == 3
     keys = {h["idempotency-key"] for h, _ in sink.requests}
     bodies = [b for _, b in sink.requests]
@@ -154,7 +151,7 @@ async def test_kafka_uploader_produces_keyed_by_batch_id(
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"kafka://{output}")
     await produce(broker.bootstrap, topic, [message(["S001", "S002"])])
     async with fleet(settings, workers=1):
-        await wait_until(lambda: _uploaded(store, 1), 30, "upload")
+        await wait_until(lambda: batches_uploaded(store, 1), 30, "upload")
     consumer = AIOKafkaConsumer(output, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
                                 group_id=f"{output}-reader")
     await consumer.start()
@@ -173,7 +170,7 @@ async def test_custom_callable_uploader(broker: KafkaBroker, redis_server: Redis
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], "tests.integration.uploadsink:collect")
     await produce(broker.bootstrap, topic, [message(["S001", "NONE-1"])])
     async with fleet(settings, workers=1):
-        await wait_until(lambda: _uploaded(store, 1), 30, "upload")
+        await wait_until(lambda: batches_uploaded(store, 1), 30, "upload")
     [payload] = uploadsink.received
     assert payload["batch_id"] == f"{topic}:0:0" and payload["empty"] == ["NONE-1"]
 
@@ -196,7 +193,7 @@ async def test_worker_started_the_arq_way(broker: KafkaBroker, redis_server: Red
     try:
         async with fleet(settings, workers=0):
             await produce(broker.bootstrap, topic, [message(["S001", "NONE-1"])])
-            await wait_until(lambda: _uploaded(store, 1), 30, "the upload")
+            await wait_until(lambda: batches_uploaded(store, 1), 30, "the upload")
     finally:
         arq.terminate()
         arq.wait(20)

@@ -9,16 +9,9 @@ from typing import Any
 from batchfleet.localstack import KafkaBroker, RedisServer
 from batchfleet.store import BatchStore
 from tests.integration import processors
-from tests.integration.fleet import fleet, make_settings, message, produce, read_uploads, wait_until
+from tests.integration.fleet import fleet, lines_uploaded, make_settings, message, produce, read_uploads, wait_until
 
 FULL = {"expected", "ok", "failed", "empty", "missing", "late"}
-
-
-def uploads_at_least(path: Path, n: int):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        return len(read_uploads(path)) >= n
-
-    return check
 
 
 async def test_all_ok_one_upload_complete(broker: KafkaBroker, redis_server: RedisServer, store: BatchStore,
@@ -28,7 +21,7 @@ async def test_all_ok_one_upload_complete(broker: KafkaBroker, redis_server: Red
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
     await produce(broker.bootstrap, topic, [message(["S001", "S002", "S003"])])
     async with fleet(settings, workers=1):
-        await wait_until(uploads_at_least(out, 1), 30, "one upload")
+        await wait_until(lines_uploaded(out, 1), 30, "one upload")
         meta = await store.batch_meta(f"{topic}:0:0")
     [payload] = read_uploads(out)
     assert payload["reason"] == "complete"
@@ -51,7 +44,7 @@ async def test_failures_and_hang_upload_at_deadline(broker: KafkaBroker, redis_s
     stations = ["S001", "RAISE-1", "NONE-1", "HANG-1", "S002"]
     await produce(broker.bootstrap, topic, [message(stations)])
     async with fleet(settings, workers=1):
-        await wait_until(uploads_at_least(out, 1), 30, "the deadline upload")
+        await wait_until(lines_uploaded(out, 1), 30, "the deadline upload")
         meta = await store.batch_meta(f"{topic}:0:0")
     [payload] = read_uploads(out)
     assert payload["reason"] == "deadline"
@@ -74,7 +67,7 @@ async def test_station_budget_timeout_is_recorded_as_failed(broker: KafkaBroker,
     await produce(broker.bootstrap, topic, [message(["S001", "SPIN-1", "BLOCK-1", "RAISE-2"])])
     try:
         async with fleet(settings, workers=1):
-            await wait_until(uploads_at_least(out, 1), 30, "upload")
+            await wait_until(lines_uploaded(out, 1), 30, "upload")
     finally:
         processors.release.set()  # let the abandoned threads end
         for t in threading.enumerate():
@@ -95,7 +88,7 @@ async def test_bad_results_fail_only_their_station(broker: KafkaBroker, redis_se
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
     await produce(broker.bootstrap, topic, [message(["LIST-1", "HUGE-1", "NONJSON-1", "S009"])])
     async with fleet(settings, workers=1):
-        await wait_until(uploads_at_least(out, 1), 30, "upload")
+        await wait_until(lines_uploaded(out, 1), 30, "upload")
     [payload] = read_uploads(out)
     assert payload["reason"] == "complete"
     assert [r["stationId"] for r in payload["results"]] == ["S009"]
@@ -113,7 +106,7 @@ async def test_poll_batching_merges_messages_and_stations(broker: KafkaBroker, r
     await produce(broker.bootstrap, topic, [message(["A-1", "B-1"], 1), message(["B-1", "C-1"], 2),
                                             message(["A-1"], 3)])
     async with fleet(settings, workers=1):
-        await wait_until(uploads_at_least(out, 1), 30, "upload")
+        await wait_until(lines_uploaded(out, 1), 30, "upload")
         jobs = await store.queue_depth()
     [payload] = read_uploads(out)
     assert payload["batch_id"] == f"{topic}:0:0"
@@ -133,7 +126,7 @@ async def test_message_batching_one_batch_per_message(broker: KafkaBroker, redis
     await produce(broker.bootstrap, topic, [message(["S001", "S002"]), message(["S001", "S003"]),
                                             message(["S004"])])
     async with fleet(settings, workers=1):
-        await wait_until(uploads_at_least(out, 3), 30, "three uploads")
+        await wait_until(lines_uploaded(out, 3), 30, "three uploads")
     payloads = sorted(read_uploads(out), key=lambda p: p["batch_id"])
     assert [p["batch_id"] for p in payloads] == [f"{topic}:0:0", f"{topic}:0:1", f"{topic}:0:2"]
     assert [p["summary"]["expected"] for p in payloads] == [2, 2, 1]
@@ -149,7 +142,7 @@ async def test_late_result_is_counted_and_upload_unchanged(broker: KafkaBroker, 
     await produce(broker.bootstrap, topic, [message(["S001", "SLOW-1"])])
     batch_id = f"{topic}:0:0"
     async with fleet(settings, workers=1):
-        await wait_until(uploads_at_least(out, 1), 30, "deadline upload")
+        await wait_until(lines_uploaded(out, 1), 30, "deadline upload")
 
         async def late_counted() -> bool:
             return (await store.batch_meta(batch_id)).get("late") == "1"
@@ -174,7 +167,7 @@ async def test_malformed_message_is_quarantined_and_partition_flows(broker: Kafk
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message")
     await produce(broker.bootstrap, topic, [b"{not json", b'{"stationData": []}', message(["S001"])])
     async with fleet(settings, workers=1):
-        await wait_until(uploads_at_least(out, 1), 30, "the good message's upload")
+        await wait_until(lines_uploaded(out, 1), 30, "the good message's upload")
         entries = await store.quarantined()
         offsets = await store.load_offsets([f"{topic}:0"])
     [payload] = read_uploads(out)
@@ -203,7 +196,7 @@ async def test_uploaded_batch_expires_after_retention_and_leaves_no_keys(
                              batching="message")
     await produce(broker.bootstrap, topic, [message(["S001", "NONE-1"]), message(["S002"])])
     async with fleet(settings, workers=1):
-        await wait_until(uploads_at_least(out, 2), 30, "two uploads")
+        await wait_until(lines_uploaded(out, 2), 30, "two uploads")
         ttl = await store.batch_ttl_s(f"{topic}:0:0")
 
         async def index_pruned() -> bool:

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaProducer
 from batchfleet.localstack import KafkaBroker, RedisServer
 from batchfleet.settings import PriorityLevel
 from batchfleet.store import BatchStore
-from tests.integration.fleet import fleet, make_settings, message, produce, read_uploads, wait_until
+from tests.integration.fleet import fleet, lines_uploaded, make_settings, message, produce, read_uploads, wait_until
 
 
 async def test_quorum_uploads_at_quorum_plus_grace_and_counts_later_results_late(
@@ -48,16 +48,12 @@ async def test_quorum_with_no_grace_finalizes_at_once(broker: KafkaBroker, redis
                              station_timeout_s=30.0, quorum=0.6)
     async with fleet(settings, workers=1):
         await produce(broker.bootstrap, topic, [message(["S001", "S002", "HANG-1", "HANG-2", "S003"])])
-        await wait_until(lambda: _uploads(out, 1), 30, "the quorum upload")
+        await wait_until(lines_uploaded(out, 1), 30, "the quorum upload")
         meta = await store.batch_meta(f"{topic}:0:0")
     [payload] = read_uploads(out)
     assert payload["reason"] == "quorum" and payload["summary"]["ok"] == 3 and payload["summary"]["missing"] == 2
     assert meta["quorum_needed"] == "3"
     assert int(meta["finalized_ms"]) - int(meta["quorum_ms"]) < 200
-
-
-async def _uploads(path: Path, n: int) -> bool:
-    return len(read_uploads(path)) >= n
 
 
 async def test_high_priority_batch_meets_its_deadline_under_a_normal_flood(
@@ -93,7 +89,7 @@ async def test_high_priority_batch_meets_its_deadline_under_a_normal_flood(
         await wait_until(high_done, 30, "the high-priority upload")
         queued_when_high_done = await store.queue_depth()
         high = await store.batch_meta(high_id)
-        await wait_until(lambda: _uploads(out, 41), 60, "every normal batch too")
+        await wait_until(lines_uploaded(out, 41), 60, "every normal batch too")
     payloads = {p["batch_id"]: p for p in read_uploads(out)}
     assert high["priority"] == "high" and payloads[high_id]["reason"] == "complete"
     assert int(high["finalized_ms"]) - int(high["created_ms"]) < 3000  # met its 3 s deadline
