@@ -35,9 +35,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ARQ_JOB_PREFIX", "Keys", "batch_id_for", "job_id_for", "message_id_for", "offset_field", "parse_job_id"]
+__all__ = [
+    "ARQ_IN_PROGRESS_PREFIX", "ARQ_JOB_PREFIX", "Keys", "batch_id_for", "job_id_for", "message_id_for",
+    "offset_field", "parse_job_id", "topic_of_batch",
+]  # fmt: skip
 
 ARQ_JOB_PREFIX = "arq:job:"  # fixed by arq; job ids carry the batch hash tag
+ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"  # fixed by arq: set while a worker runs the job
 
 
 def batch_id_for(topic: str, partition: int, offset: int) -> str:
@@ -61,6 +65,11 @@ def parse_job_id(job_id: str) -> tuple[str, str]:
     if not job_id.startswith("{") or close < 0:
         raise ValueError(f"not a station job id: {job_id!r}")
     return job_id[1:close], job_id[close + 2 :]
+
+
+def topic_of_batch(batch_id: str) -> str:
+    """The topic of a batch id ``TOPIC:PARTITION:OFFSET`` (Kafka topic names never contain ':')."""
+    return batch_id.rsplit(":", 2)[0]
 
 
 def offset_field(topic: str, partition: int) -> str:
@@ -102,6 +111,10 @@ class Keys:
     @staticmethod
     def job(batch_id: str, station_id: str) -> str:
         return ARQ_JOB_PREFIX + job_id_for(batch_id, station_id)
+
+    @staticmethod
+    def in_progress(job_id: str) -> str:
+        return ARQ_IN_PROGRESS_PREFIX + job_id
 
     # -- global indexes ----------------------------------------------------------------------
     @property

@@ -22,7 +22,7 @@ from batchfleet.keys import Keys, message_id_for, offset_field
 from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordResult, StationInput
 from batchfleet.settings import Settings
 
-__all__ = ["STATION_JOB", "BatchStore"]
+__all__ = ["STATION_JOB", "BatchStore", "station_job_prefix"]
 
 T = TypeVar("T")
 _LUA_DIR = Path(__file__).with_name("lua")
@@ -49,6 +49,19 @@ async def _aw(value: Awaitable[T] | T) -> T:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+_DEADLINE_TAIL = b"0]}"
+
+
+def station_job_prefix(records: list[dict[str, Any]], budget_ms: int, enqueue_ms: int) -> bytes:
+    """A station's arq job (JSON, readable by an unmodified arq worker) up to its deadline value,
+    which create_batch.lua appends in Redis time.  The job id ``{BATCH}:STATION`` says which station;
+    the arguments ``[records, budget_ms, deadline_ms]`` carry what the worker needs to run it without
+    reading Redis first (positional: keyword names would cost ~36 bytes per queued station)."""
+    job: dict[str, Any] = {"t": None, "f": STATION_JOB, "et": enqueue_ms, "k": {}, "a": [records, budget_ms, 0]}
+    encoded = orjson.dumps(job)
+    return encoded[: -len(_DEADLINE_TAIL)]
 
 
 def make_client(url: str, *, name: str = "batchfleet", tls_ca_file: str | None = None) -> aioredis.Redis:
@@ -82,6 +95,7 @@ class BatchStore:
         self._quarantine = client.register_script(_lua("quarantine_message"))
         self._replay = client.register_script(_lua("replay_batch"))
         self._freeze = client.register_script(_lua("freeze_payload"))
+        self._claim_jobs = client.register_script(_lua("claim_jobs"))
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "bf", queue_name: str = "bf:queue", name: str = "batchfleet",
@@ -142,14 +156,12 @@ class BatchStore:
             **(extra_meta or {}),
         }
         et = int(time.time() * 1000)
+        timeout_ms = int(spec.timeout_s * 1000)
         station_args: list[bytes | str] = []
         job_keys: list[str] = []
         for station, records in spec.stations.items():
-            # no args: the job id "{BATCH}:STATION" says which station (fewer bytes per queued job)
-            job: dict[str, Any] = {"t": None, "f": STATION_JOB, "a": [], "k": {}, "et": et}
-            station_args += [station, orjson.dumps(records), orjson.dumps(job)]
+            station_args += [station, station_job_prefix(records, timeout_ms, et)]
             job_keys.append(k.job(bid, station))
-        timeout_ms = int(spec.timeout_s * 1000)
         args: list[bytes | str | int] = [bid, timeout_ms, timeout_ms + _JOB_EXPIRE_EXTRA_MS, int(spec.queue_boost_s * 1000)]
         args.append(len(meta))
         for name, value in meta.items():
@@ -200,17 +212,28 @@ class BatchStore:
     async def station_input(
         self, batch_id: str, station_id: str
     ) -> StationInput:
-        """The batch's state, topic and timeout, and the station's records (None when gone)."""
+        """The batch's state, topic and timeout; the station's records only for a batch written before
+        records travelled in the arq job (otherwise None, as for a station that is gone)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(self.keys.batch(batch_id), ["state", "timeout_ms", "topic"])
             pipe.hget(self.keys.inputs(batch_id), station_id)
             (state, timeout_ms, topic), raw = await pipe.execute()
         return StationInput(
             state=_s(state) if state is not None else None,
-            records=orjson.loads(raw) if raw is not None else None,
+            records=orjson.loads(raw) if raw else None,
             timeout_ms=int(timeout_ms) if timeout_ms is not None else None,
             topic=_s(topic) if topic is not None else "",
         )
+
+    async def claim_jobs(self, job_ids: Sequence[str], *, now_ms: int, in_progress_ms: int,
+                         want: int) -> list[tuple[str, int]]:
+        """Claim up to ``want`` of these queued arq jobs for this worker, as arq's own claim would;
+        returns (job id, score) of each job claimed."""
+        if want <= 0 or not job_ids:
+            return []
+        keys = [self.queue_name, *(Keys.in_progress(job_id) for job_id in job_ids)]
+        reply = await self._claim_jobs(keys=keys, args=[now_ms, in_progress_ms, want, *job_ids])
+        return [(_s(reply[i]), int(float(reply[i + 1]))) for i in range(0, len(reply), 2)]
 
     async def record_outcome(self, batch_id: str, station_id: str, outcome: Outcome) -> RecordResult:
         k = self.keys

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from batchfleet.metrics import serve_metrics
 from batchfleet.settings import Settings
+from workers.fastclaim import StationWorker
 from workers.settings import worker_settings
 
 __all__ = ["run_worker", "serve"]
@@ -50,7 +51,7 @@ async def run_worker(settings: Settings, *, burst: bool = False, handle_signals:
     """Run arq workers until a normal shutdown, replacing each one that Redis outages end."""
     delay = 0.5
     while True:
-        worker = Worker(**(worker_settings(settings) | {"burst": burst, "handle_signals": handle_signals}))
+        worker = StationWorker(**(worker_settings(settings) | {"burst": burst, "handle_signals": handle_signals}))
         if started is not None:
             started.append(worker)
         if not await _run_once(worker):

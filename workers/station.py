@@ -1,6 +1,11 @@
-"""The station job: load the station's input, run the processor, record the outcome once.
+"""The station job: run the processor on the station's records, record the outcome once.
 
-A job carries only ``(batch_id, station_id)``; the records live in the batch's input hash.
+The job id ``{BATCH}:STATION`` names the station; the job's arguments carry its records, its time
+budget and the batch deadline (Redis time), so the common case runs without reading Redis first and
+records with one script call.  The batch state is read first only when the batch may already be
+finalized: its deadline has passed by the worker's estimate of Redis time, or another of its
+stations came back late to this worker.  ``record_outcome.lua`` decides either way; the read only
+saves running stations whose outcome could no longer be uploaded.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -21,8 +27,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from batchfleet import metrics
 from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.importing import load_callable
-from batchfleet.keys import parse_job_id
-from batchfleet.models import Outcome, RecordResult, StationInput
+from batchfleet.keys import parse_job_id, topic_of_batch
+from batchfleet.models import Outcome, RecordResult
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from workers.processor import run_processor
@@ -32,6 +38,8 @@ __all__ = ["WorkerContext", "WorkerState", "run_station", "shutdown", "startup"]
 log = logging.getLogger(__name__)
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 MAX_ATTEMPTS = 2  # a station whose attempts killed the worker this often is recorded failed, not run again
+CLOCK_EVERY_S = 30.0  # how often a worker re-measures its offset to Redis time
+FINALIZED_CACHE = 4096  # batches this worker saw finalized (stations of them are checked before running)
 
 
 @dataclass
@@ -44,6 +52,23 @@ class WorkerState:
     done: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     beat: asyncio.Task[None] | None = None
+    clock: asyncio.Task[None] | None = None
+    redis_offset_ms: float = 0.0  # Redis time - this host's time, measured every CLOCK_EVERY_S
+    finalized: dict[str, None] = field(default_factory=dict)  # insertion-ordered, capped
+
+    def redis_now_ms(self) -> float:
+        return time.time() * 1000 + self.redis_offset_ms
+
+    def maybe_finalized(self, batch_id: str, deadline_ms: int | None) -> bool:
+        """Whether the batch may be finalized already, so its state is worth a read before running."""
+        if batch_id in self.finalized:
+            return True
+        return deadline_ms is not None and self.redis_now_ms() >= deadline_ms
+
+    def saw_finalized(self, batch_id: str) -> None:
+        self.finalized[batch_id] = None
+        if len(self.finalized) > FINALIZED_CACHE:
+            del self.finalized[next(iter(self.finalized))]
 
     def info(self) -> dict[str, Any]:
         doing = f"running {len(self.running)} station(s)" if self.running else "idle"
@@ -74,6 +99,7 @@ async def startup_with(ctx: WorkerContext, settings: Settings) -> None:
     state = WorkerState(settings, store, load_callable(settings.processor), worker_name())
     _current["state"] = state
     state.beat = asyncio.create_task(heartbeat(store, process_member("worker"), state.info, state.stop))
+    state.clock = asyncio.create_task(_track_clock(state))
     ctx["batchfleet"] = state
     log.info("worker %s ready: processor %s, queue %s", ctx["batchfleet"].name, settings.processor, settings.queue_name)
 
@@ -88,9 +114,25 @@ async def shutdown(ctx: WorkerContext) -> None:
     state = ctx.get("batchfleet")
     if state is not None:
         state.stop.set()
-        if state.beat is not None:
-            await state.beat
+        for task in (state.beat, state.clock):
+            if task is not None:
+                await task
         await state.store.aclose()
+
+
+async def _track_clock(state: WorkerState) -> None:
+    """Keep ``redis_offset_ms`` current (the deadline check in run_station compares in Redis time)."""
+    while not state.stop.is_set():
+        try:
+            before = time.time()
+            server_ms = await state.store.server_time_ms()
+            state.redis_offset_ms = server_ms - (before + time.time()) * 500
+        except Exception as exc:  # Redis away: keep the last offset
+            log.debug("could not read Redis time: %s", exc)
+        try:
+            await asyncio.wait_for(state.stop.wait(), timeout=CLOCK_EVERY_S)
+        except TimeoutError:
+            pass
 
 
 async def _record(state: WorkerState, batch_id: str, station_id: str, outcome: Outcome) -> RecordResult:
@@ -124,28 +166,34 @@ def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordR
         log.info("batch %s: station %s outcome ignored (%s)", batch_id, station_id, rec.status, extra=extra)
 
 
-async def run_station(ctx: WorkerContext, batch_id: str | None = None, station_id: str | None = None) -> str:
-    """arq job: one station of one batch, named by the job id ``{BATCH}:STATION`` (or by explicit
-    arguments).  Returns what happened (kept by arq only if configured)."""
-    if batch_id is None or station_id is None:
-        batch_id, station_id = parse_job_id(ctx["job_id"])
+async def run_station(ctx: WorkerContext, records: list[dict[str, Any]] | None = None,
+                      budget_ms: int | None = None, deadline_ms: int | None = None) -> str:
+    """arq job: one station of one batch, named by the job id ``{BATCH}:STATION``; the arguments are
+    written by create_batch.lua (a job without them reads the batch's input hash, as jobs did before
+    records travelled in the job).  Returns what happened (kept by arq only if configured)."""
+    batch_id, station_id = parse_job_id(ctx["job_id"])
     state = ctx["batchfleet"]
-    got = await state.store.station_input(batch_id, station_id)
-    if got.state is None or got.records is None:
-        log.info("batch %s: station %s skipped, batch no longer exists", batch_id, station_id)
-        return "gone"
-    if got.state != "open":
-        metrics.STATIONS_SKIPPED.labels(got.topic).inc()
-        log.info("batch %s: station %s skipped, batch already %s", batch_id, station_id, got.state,
-                 extra={"batch_id": batch_id, "topic": got.topic})
-        return "skipped"
+    topic = topic_of_batch(batch_id)
+    if records is None or state.maybe_finalized(batch_id, deadline_ms):
+        got = await state.store.station_input(batch_id, station_id)
+        if got.state is None or (records is None and got.records is None):
+            log.info("batch %s: station %s skipped, batch no longer exists", batch_id, station_id)
+            return "gone"
+        if got.state != "open":
+            state.saw_finalized(batch_id)
+            metrics.STATIONS_SKIPPED.labels(topic).inc()
+            log.info("batch %s: station %s skipped, batch already %s", batch_id, station_id, got.state,
+                     extra={"batch_id": batch_id, "topic": topic})
+            return "skipped"
+        if records is None:
+            records, budget_ms = got.records, got.timeout_ms
     attempt = int(ctx.get("job_try") or 1)
     if attempt > MAX_ATTEMPTS:
-        return await _give_up(state, batch_id, station_id, attempt, got.topic)
+        return await _give_up(state, batch_id, station_id, attempt, topic)
     job = f"{batch_id}/{station_id}"
     state.running.add(job)
     try:
-        return await _run(state, batch_id, station_id, got, attempt)
+        return await _run(state, batch_id, station_id, records or [], budget_ms, topic, attempt)
     finally:
         state.running.discard(job)
         state.done += 1
@@ -172,17 +220,19 @@ async def _give_up(state: WorkerState, batch_id: str, station_id: str, attempt: 
     return rec.status
 
 
-async def _run(state: WorkerState, batch_id: str, station_id: str, got: StationInput, attempt: int) -> str:
-    budget_s = state.settings.station_timeout_s or (got.timeout_ms / 1000 if got.timeout_ms else 5.0)
+async def _run(state: WorkerState, batch_id: str, station_id: str, records: list[dict[str, Any]],
+               budget_ms: int | None, topic: str, attempt: int) -> str:
+    budget_s = state.settings.station_timeout_s or (budget_ms / 1000 if budget_ms else 5.0)
     outcome = await run_processor(
-        state.processor, station_id, got.records or [], budget_s=budget_s,
+        state.processor, station_id, records, budget_s=budget_s,
         max_result_bytes=state.settings.max_result_bytes, worker=state.name, attempt=attempt,
     )
     rec = await _record(state, batch_id, station_id, outcome)
     _station_seconds(outcome.status).observe(outcome.duration_ms / 1000)
     if rec.status in ("recorded", "complete", "quorum"):
-        _stations(got.topic, outcome.status).inc()
+        _stations(topic, outcome.status).inc()
     elif rec.status == "late":
-        metrics.LATE_RESULTS.labels(got.topic).inc()
-    _log_recorded(batch_id, station_id, outcome, rec, got.topic)
+        state.saw_finalized(batch_id)
+        metrics.LATE_RESULTS.labels(topic).inc()
+    _log_recorded(batch_id, station_id, outcome, rec, topic)
     return rec.status

@@ -10,14 +10,18 @@ ARGV[2]  fencing token from claim_batch
 ARGV[3]  retention_s    how long the finished batch stays inspectable
 ARGV[4]  upload duration in ms (kept in meta for inspection)
 
-Returns {"uploaded", now_ms}
+Returns {"uploaded", uploaded_ms}
      or {"fenced", current_token}   our lease was taken over: the other owner acks
 Invariant: only the current lease holder moves a batch to "uploaded"; every key of the batch gets
-the same TTL.
+the same TTL.  Acking again (a retry after the reply to an ack that ran was lost, e.g. Redis was
+killed right after writing it) changes nothing and returns the first ack's time.
 ]]
 local owner = redis.call('HGET', KEYS[1], 'owner_token')
 if owner ~= ARGV[2] then
   return {'fenced', owner or ''}
+end
+if redis.call('HGET', KEYS[1], 'state') == 'uploaded' then
+  return {'uploaded', tonumber(redis.call('HGET', KEYS[1], 'uploaded_ms'))}
 end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

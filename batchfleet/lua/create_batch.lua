@@ -2,7 +2,7 @@
 One atomic step, so a crash leaves either nothing or the whole batch (exactly-once ingest).
 
 KEYS[1]  meta hash           bf:b:{B}
-KEYS[2]  inputs hash         bf:b:{B}:in
+KEYS[2]  inputs hash         bf:b:{B}:in       (the expected stations, each with an empty value)
 KEYS[3]  due zset            bf:due            (global)
 KEYS[4]  offsets hash        bf:offsets        (global)
 KEYS[5]  arq queue zset      bf:queue          (global)
@@ -19,7 +19,9 @@ ARGV[5]  m                  number of extra meta field/value pairs that follow
 ARGV[6 .. 5+2m]             meta field, value, ...
 then     p                  number of partition entries that follow
 then 3p:                    offsets field "TOPIC:PARTITION", first offset in this batch, next offset
-then 3n: station id, input JSON (list of records), arq job payload (JSON); n = #KEYS - 7
+then 2n: station id, arq job payload prefix; n = #KEYS - 7.  The prefix is the station's arq job
+         JSON, whose last key is "a": [records, budget_ms, deadline_ms], cut before the deadline
+         value: the script appends the deadline it computed and closes the list and the object.
 
 Returns {"created", now_ms, deadline_ms}
      or {"stale", field, stored_offset}   offsets already ingested: nothing written
@@ -54,6 +56,7 @@ end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline_ms = now_ms + timeout_ms
+local deadline_tail = string.format('%d', deadline_ms) .. ']}'
 local n = #KEYS - 7
 
 redis.call('HSET', KEYS[1], 'state', 'open', 'created_ms', now_ms, 'deadline_ms', deadline_ms,
@@ -63,10 +66,11 @@ for j = 0, m - 1 do
 end
 
 for k = 0, n - 1 do
-  local a = station_start + 3 * k
-  redis.call('HSET', KEYS[2], ARGV[a], ARGV[a + 1])
+  local a = station_start + 2 * k
+  -- the inputs hash is the set of expected stations; a station's records live in its arq job
+  redis.call('HSET', KEYS[2], ARGV[a], '')
   local job_key = KEYS[8 + k]
-  if redis.call('SET', job_key, ARGV[a + 2], 'PX', job_expire_ms, 'NX') then
+  if redis.call('SET', job_key, ARGV[a + 1] .. deadline_tail, 'PX', job_expire_ms, 'NX') then
     -- the queue member is the job id: the job key without arq's "arq:job:" prefix.  The score is
     -- Redis time minus 10 minutes: arq workers skip jobs scored after their own clock, so this
     -- keeps a worker whose clock is up to 10 minutes behind from delaying stations; order is kept.
