@@ -25,8 +25,9 @@ __all__ = ["CLAIM_CHUNK", "StationWorker"]
 # Jobs claimed per script call.  Claiming a whole poll at once starts every job in the same event-loop
 # step, and a long step delays the record of the station that completes a batch.  Measured on 2 cores
 # (2 workers, 100-station batches at ~250 stations/s; end-to-end throughput / raw arq at full load):
-# chunk 1: completion -> upload p99 10 ms, 0.90x;  3: 16 ms, 1.21x;  10: 22-37 ms, 1.45x.
+# chunk 1: completion -> upload p99 10 ms, 0.90x;  3: 15-16 ms, 1.2-1.4x;  10: 22-37 ms, 1.45x.
 CLAIM_CHUNK = 3
+CLAIM_WINDOW = 4  # candidates passed per claim call, per job wanted (other workers' running jobs lead the queue)
 
 
 class StationWorker(Worker):
@@ -37,10 +38,12 @@ class StationWorker(Worker):
             await super().start_jobs(job_ids)
             return
         in_progress_ms = int(self.in_progress_timeout_s * 1000)
-        candidates = [job_id.decode() for job_id in job_ids]
+        # this worker's own running jobs are still queued (arq removes a job when it finishes)
+        candidates = [job_id for job_id in map(bytes.decode, job_ids) if job_id not in self.tasks]
         while candidates and self.job_counter < self.max_jobs:
             want = min(self.max_jobs - self.job_counter, CLAIM_CHUNK)
-            claimed = await state.store.claim_jobs(candidates, now_ms=int(time.time() * 1000),
+            window = candidates[: want * CLAIM_WINDOW]
+            claimed = await state.store.claim_jobs(window, now_ms=int(time.time() * 1000),
                                                    in_progress_ms=in_progress_ms, want=want)  # fmt: skip
             for job_id, score in claimed:
                 await self.sem.acquire()  # never waits: the free slots were counted above
@@ -48,6 +51,7 @@ class StationWorker(Worker):
                 task = asyncio.create_task(self.run_job(job_id, score))
                 task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
                 self.tasks[job_id] = task
-            if len(claimed) < want:
-                return  # nothing else among the candidates can be claimed now
-            candidates = candidates[candidates.index(claimed[-1][0]) + 1 :]
+            if len(claimed) < want:  # the rest of the window is running elsewhere (or not due)
+                candidates = candidates[len(window) :]
+            else:
+                candidates = candidates[candidates.index(claimed[-1][0]) + 1 :]
