@@ -11,12 +11,12 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from batchfleet.store import BatchStore
 
-__all__ = ["HEARTBEAT_INTERVAL_S", "HEARTBEAT_TTL_S", "heartbeat", "process_member"]
+__all__ = ["HEARTBEAT_INTERVAL_S", "HEARTBEAT_TTL_S", "every", "heartbeat", "process_member"]
 
 log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL_S = 2.0
@@ -27,18 +27,28 @@ def process_member(role: str) -> str:
     return f"{role}:{socket.gethostname()}:{os.getpid()}"
 
 
+async def every(interval_s: float, stop: asyncio.Event, step: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``step`` now and then every ``interval_s`` until ``stop`` is set.  A step that fails (Redis
+    away) is logged at debug level and simply tried again next time."""
+    while not stop.is_set():
+        try:
+            await step()
+        except Exception as exc:
+            log.debug("%s failed: %s", what, exc)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        except TimeoutError:
+            pass
+
+
 async def heartbeat(store: BatchStore, member: str, info: Callable[[], dict[str, Any]], stop: asyncio.Event) -> None:
     """Beat until ``stop`` is set, then remove the heartbeat (a clean exit is not a dead process)."""
     started = time.time()
-    while not stop.is_set():
-        try:
-            await store.beat(member, {"started": round(started, 3), "pid": os.getpid(), **info()}, HEARTBEAT_TTL_S)
-        except Exception as exc:  # Redis away: the heartbeat lapses, which is the truth
-            log.debug("heartbeat failed: %s", exc)
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=HEARTBEAT_INTERVAL_S)
-        except TimeoutError:
-            pass
+
+    async def beat() -> None:  # Redis away: the heartbeat lapses, which is the truth
+        await store.beat(member, {"started": round(started, 3), "pid": os.getpid(), **info()}, HEARTBEAT_TTL_S)
+
+    await every(HEARTBEAT_INTERVAL_S, stop, beat, "heartbeat")
     try:
         await store.forget_process(member)
     except Exception as exc:

@@ -94,7 +94,6 @@ class StationInput:
     state: str | None
     records: list[dict[str, Any]] | None
     timeout_ms: int | None
-    topic: str
 
 
 @dataclass(frozen=True)

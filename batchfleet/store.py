@@ -212,17 +212,16 @@ class BatchStore:
     async def station_input(
         self, batch_id: str, station_id: str
     ) -> StationInput:
-        """The batch's state, topic and timeout; the station's records only for a batch written before
+        """The batch's state and timeout; the station's records only for a batch written before
         records travelled in the arq job (otherwise None, as for a station that is gone)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(self.keys.batch(batch_id), ["state", "timeout_ms", "topic"])
+            pipe.hmget(self.keys.batch(batch_id), ["state", "timeout_ms"])
             pipe.hget(self.keys.inputs(batch_id), station_id)
-            (state, timeout_ms, topic), raw = await pipe.execute()
+            (state, timeout_ms), raw = await pipe.execute()
         return StationInput(
             state=_s(state) if state is not None else None,
             records=orjson.loads(raw) if raw else None,
             timeout_ms=int(timeout_ms) if timeout_ms is not None else None,
-            topic=_s(topic) if topic is not None else "",
         )
 
     async def claim_jobs(self, job_ids: Sequence[str], *, now_ms: int, in_progress_ms: int,

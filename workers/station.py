@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from batchfleet import metrics
-from batchfleet.heartbeat import heartbeat, process_member
+from batchfleet.heartbeat import every, heartbeat, process_member
 from batchfleet.importing import load_callable
 from batchfleet.keys import parse_job_id, topic_of_batch
 from batchfleet.models import Outcome, RecordResult
@@ -121,18 +121,15 @@ async def shutdown(ctx: WorkerContext) -> None:
 
 
 async def _track_clock(state: WorkerState) -> None:
-    """Keep ``redis_offset_ms`` current (the deadline check in run_station compares in Redis time)."""
-    while not state.stop.is_set():
-        try:
-            before = time.time()
-            server_ms = await state.store.server_time_ms()
-            state.redis_offset_ms = server_ms - (before + time.time()) * 500
-        except Exception as exc:  # Redis away: keep the last offset
-            log.debug("could not read Redis time: %s", exc)
-        try:
-            await asyncio.wait_for(state.stop.wait(), timeout=CLOCK_EVERY_S)
-        except TimeoutError:
-            pass
+    """Keep ``redis_offset_ms`` current (the deadline check in run_station compares in Redis time);
+    while Redis is away the last offset stays."""
+
+    async def measure() -> None:
+        before = time.time()
+        server_ms = await state.store.server_time_ms()
+        state.redis_offset_ms = server_ms - (before + time.time()) * 500
+
+    await every(CLOCK_EVERY_S, state.stop, measure, "reading Redis time")
 
 
 async def _record(state: WorkerState, batch_id: str, station_id: str, outcome: Outcome) -> RecordResult:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -13,17 +12,10 @@ import pytest
 from batchfleet.models import BatchSpec, PartitionRange, QuarantineEntry
 from batchfleet.settings import TopicConfig
 from dispatcher.batching import Unit, plan_dispatch
+from tests.unit.messages import Msg
 
 MAX_BYTES = 1_048_576
 T = "SCHEDULE-STATION-REALTIME-DATA"
-
-
-@dataclass(frozen=True)
-class Msg:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
 
 
 def rec(sid: str, tag: str) -> dict[str, Any]:

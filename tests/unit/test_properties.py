@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +12,7 @@ from batchfleet.models import BatchSpec, QuarantineEntry
 from batchfleet.settings import TopicConfig
 from dispatcher.batching import Unit, plan_dispatch
 from dispatcher.parsing import BadMessage, parse_stations
+from tests.unit.messages import Msg
 
 MAX_BYTES = 1_048_576
 FAST = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -104,14 +104,6 @@ def test_valid_documents_parse_to_exact_stations_and_records(
 
 
 # -- (3) mixtures of valid and invalid messages across partitions -----------------------------------
-
-
-@dataclass(frozen=True)
-class Msg:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
 
 
 BAD_VALUES = [
