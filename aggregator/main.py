@@ -6,8 +6,8 @@ import asyncio
 import os
 import socket
 
-from aggregator.service import Aggregator
-from aggregator.uploaders import make_uploader
+from batchfleet.aggregator.service import Aggregator
+from batchfleet.aggregator.uploaders import make_uploader
 from batchfleet.metrics import serve_metrics
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore

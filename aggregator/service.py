@@ -19,9 +19,9 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from aggregator.payload import build_payload
-from aggregator.uploaders import Uploader
 from batchfleet import metrics
+from batchfleet.aggregator.payload import build_payload
+from batchfleet.aggregator.uploaders import Uploader
 from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.models import Claim, UploadPayload
 from batchfleet.settings import Settings
@@ -67,8 +67,12 @@ class Aggregator:
 
     def _info(self) -> dict[str, Any]:
         doing = f"uploading {len(self._inflight)}" if self._inflight else "waiting"
-        return {"doing": doing, "inflight": sorted(self._inflight)[:10], "uploaded": self.uploaded,
-                "target": self.uploader.describe()}
+        return {
+            "doing": doing,
+            "inflight": sorted(self._inflight)[:10],
+            "uploaded": self.uploaded,
+            "target": self.uploader.describe(),
+        }
 
     async def _drain(self) -> None:
         """Finish uploads in flight (their leases expire on their own if we are killed instead)."""
@@ -137,19 +141,28 @@ class Aggregator:
         if claim.reason == "complete":
             log.info("batch %s: all %d stations done, uploading", claim.batch_id, expected, extra=extra)
         elif claim.reason == "quorum":
-            log.info("batch %s: quorum reached with %d/%d stations done, uploading", claim.batch_id, done, expected,
-                     extra=extra)
+            log.info("batch %s: quorum reached with %d/%d stations done, uploading", claim.batch_id, done, expected, extra=extra)
         else:
             timeout_s = int(claim.meta.get("timeout_ms", "0")) / 1000
-            log.warning("batch %s: %s (%gs) reached with %d/%d stations done, forcing upload",
-                        claim.batch_id, claim.reason, timeout_s, done, expected, extra=extra)
+            log.warning(
+                "batch %s: %s (%gs) reached with %d/%d stations done, forcing upload",
+                claim.batch_id,
+                claim.reason,
+                timeout_s,
+                done,
+                expected,
+                extra=extra,
+            )
 
     async def _upload(self, claim: Claim) -> None:
         payload = build_payload(claim)
         body = claim.payload or await self.store.freeze_payload(claim, payload.model_dump_json().encode())
         if body is None:
-            log.warning("batch %s: lease taken over before the upload started; leaving it to the new owner",
-                        claim.batch_id, extra={"batch_id": claim.batch_id, "topic": claim.topic})
+            log.warning(
+                "batch %s: lease taken over before the upload started; leaving it to the new owner",
+                claim.batch_id,
+                extra={"batch_id": claim.batch_id, "topic": claim.topic},
+            )
             return
         retention_s = int(claim.meta.get("retention_s", self.settings.retention_s))
         started = time.perf_counter()
@@ -165,12 +178,19 @@ class Aggregator:
             self.uploaded += 1
             s = payload.summary
             self._observe_upload(claim, payload, upload_ms, acked_ms)
-            log.info("batch %s uploaded (%s): ok=%d failed=%d empty=%d missing=%d in %.1fms",
-                     claim.batch_id, claim.reason, s.ok, s.failed, s.empty, s.missing, upload_ms,
-                     extra=extra)
+            log.info(
+                "batch %s uploaded (%s): ok=%d failed=%d empty=%d missing=%d in %.1fms",
+                claim.batch_id,
+                claim.reason,
+                s.ok,
+                s.failed,
+                s.empty,
+                s.missing,
+                upload_ms,
+                extra=extra,
+            )
         else:
-            log.warning("batch %s: lease was taken over during upload; the new owner acks it", claim.batch_id,
-                        extra=extra)
+            log.warning("batch %s: lease was taken over during upload; the new owner acks it", claim.batch_id, extra=extra)
 
     async def _ack(self, claim: Claim, retention_s: int, upload_ms: float) -> int | None:
         """Ack with patience: the upload happened, so a Redis blip must not cause a repeat upload.
@@ -207,15 +227,17 @@ class Aggregator:
     async def _failed(self, claim: Claim, error: str) -> None:
         failures = int(claim.meta.get("upload_failures", "0")) + 1
         kind, failures = await self.store.fail_upload(
-            claim, retry_delay_ms=self._backoff_ms(failures),
-            max_attempts=self.settings.upload_max_attempts, error=error,
+            claim,
+            retry_delay_ms=self._backoff_ms(failures),
+            max_attempts=self.settings.upload_max_attempts,
+            error=error,
         )
         extra = {"batch_id": claim.batch_id, "topic": claim.topic}
         metrics.UPLOAD_FAILURES.labels(claim.topic).inc()
         if kind == "dead":
             metrics.BATCHES_DEAD.labels(claim.topic).inc()
-            log.error("batch %s: upload failed %d times, moved to the dead-letter set: %s",
-                      claim.batch_id, failures, error, extra=extra)
+            log.error(
+                "batch %s: upload failed %d times, moved to the dead-letter set: %s", claim.batch_id, failures, error, extra=extra
+            )
         elif kind == "retry":
-            log.warning("batch %s: upload attempt %d failed, will retry: %s", claim.batch_id, failures, error,
-                        extra=extra)
+            log.warning("batch %s: upload attempt %d failed, will retry: %s", claim.batch_id, failures, error, extra=extra)

@@ -47,9 +47,7 @@ class Uploader:
         await self.start()
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
 
     def describe(self) -> str:
@@ -172,7 +170,7 @@ def make_uploader(settings: Settings) -> Uploader:
         auth = settings.upload_auth_header.get_secret_value() if settings.upload_auth_header else None
         return HttpUploader(ref, timeout_s=settings.upload_timeout_s, auth_header=auth)
     if scheme == "kafka":
-        topic = ref[len("kafka://"):].strip("/")
+        topic = ref[len("kafka://") :].strip("/")
         if not topic:
             raise ConfigError(f"BATCHFLEET_UPLOADER {ref!r} names no topic")
         return KafkaUploader(topic, settings.kafka_bootstrap_servers)

@@ -64,8 +64,8 @@ def main() -> None:
 @common_options
 def dispatcher(**flags: Any) -> None:
     """Consume Kafka and dispatch batches (one member of the consumer group)."""
+    from batchfleet.dispatcher.main import serve
     from batchfleet.runtime import run_until_signal
-    from dispatcher.main import serve
 
     _run("dispatcher", flags, lambda s: run_until_signal(lambda stop: serve(s, stop)))
 
@@ -74,8 +74,8 @@ def dispatcher(**flags: Any) -> None:
 @common_options
 @click.option("--burst", is_flag=True, help="exit when the queue is empty")
 def worker(burst: bool, **flags: Any) -> None:
-    """Run station jobs (an arq worker; also `arq workers.WorkerSettings`)."""
-    from workers.main import serve
+    """Run station jobs (an arq worker; also `arq batchfleet.workers.WorkerSettings`)."""
+    from batchfleet.workers.main import serve
 
     _run("worker", flags, lambda s: serve(s, burst=burst))
 
@@ -84,7 +84,7 @@ def worker(burst: bool, **flags: Any) -> None:
 @common_options
 def aggregator(**flags: Any) -> None:
     """Finalize complete or overdue batches and upload each exactly once."""
-    from aggregator.main import serve
+    from batchfleet.aggregator.main import serve
     from batchfleet.runtime import run_until_signal
 
     _run("aggregator", flags, lambda s: run_until_signal(lambda stop: serve(s, stop)))
@@ -127,19 +127,6 @@ def replay(batch_ids: tuple[str, ...], replay_all: bool, redis_url: str | None) 
     if not results:
         click.echo("no dead-lettered batches")
     sys.exit(1 if failed else 0)
-
-
-@main.command()
-@click.option("--duration", type=float, default=0, help="seconds to run (0 = until Ctrl-C)")
-@click.option("--stations", type=int, default=24, help="stations per realtime message")
-@click.option("--workers", "worker_count", type=int, default=2, help="worker processes")
-@click.option("--plain", is_flag=True, help="print progress lines instead of the live view")
-def demo(duration: float, stations: int, worker_count: int, plain: bool) -> None:
-    """Start a local stack (redis-server, Kafka-protocol broker, the fleet, a producer) and watch it."""
-    from batchfleet.demo import run_demo
-
-    configure_logging("human", "WARNING", "demo")
-    sys.exit(run_demo(duration_s=duration, stations=stations, workers=worker_count, plain=plain))
 
 
 def _emit(data: Any, render: Callable[[Any], Any], as_json: bool) -> None:
@@ -226,8 +213,7 @@ def inspect_batches(state: str | None, topic: str | None, limit: int, redis_url:
     from batchfleet.views import render_batches
 
     settings = _settings("inspect", redis_url=redis_url)
-    _emit(_with_store(settings, lambda store: list_batches(store, state=state, topic=topic, limit=limit)),
-          render_batches, as_json)
+    _emit(_with_store(settings, lambda store: list_batches(store, state=state, topic=topic, limit=limit)), render_batches, as_json)
 
 
 @inspect.command("dead")
@@ -257,8 +243,14 @@ def inspect_dead(replay_ids: tuple[str, ...], replay_all: bool, redis_url: str |
 @click.option("--redis-url", help="Redis URL [BATCHFLEET_REDIS_URL]")
 @click.option("--bootstrap-servers", "kafka_bootstrap_servers", help="[BATCHFLEET_KAFKA_BOOTSTRAP_SERVERS]")
 @click.option("--json", "as_json", is_flag=True)
-def inspect_quarantine(limit: int, redispatch_id: str | None, value_file: Any, redis_url: str | None,
-                       kafka_bootstrap_servers: str | None, as_json: bool) -> None:
+def inspect_quarantine(
+    limit: int,
+    redispatch_id: str | None,
+    value_file: Any,
+    redis_url: str | None,
+    kafka_bootstrap_servers: str | None,
+    as_json: bool,
+) -> None:
     """Quarantined messages with their reasons; --redispatch sends one back through the pipeline."""
     import asyncio
 
@@ -275,26 +267,6 @@ def inspect_quarantine(limit: int, redispatch_id: str | None, value_file: Any, r
         click.echo(f"{redispatch_id}: re-dispatched as {where}")
         return
     _emit(_with_store(settings, lambda store: quarantine_entries(store, limit)), render_quarantine, as_json)
-
-
-@main.command()
-@click.option("--quick", is_flag=True, help="CI-size run (smaller counts, shorter latency run)")
-@click.option("--json", "as_json", is_flag=True, help="print the figures as JSON instead of the table")
-@click.option("--workers", "worker_counts", default="1,2", show_default=True, help="worker process counts to measure")
-@click.option("--stations", type=int, help="stations per throughput run (default 10000, --quick 2000)")
-@click.option("--latency-seconds", "latency_s", type=float, help="length of the latency run (default 25, --quick 8)")
-@click.option("--keep", type=click.Path(file_okay=False), help="keep logs and data in this directory")
-@click.option("--strict", is_flag=True, help="exit 1 when a target is missed")
-def bench(quick: bool, as_json: bool, worker_counts: str, stations: int | None, latency_s: float | None,
-          keep: str | None, strict: bool) -> None:  # fmt: skip
-    """Benchmark the whole pipeline on an embedded local stack against a raw-arq baseline."""
-    from pathlib import Path
-
-    from batchfleet.bench import cli_main
-
-    configure_logging("human", "WARNING", "bench")
-    sys.exit(cli_main(quick=quick, as_json=as_json, workers=worker_counts, stations=stations, latency_s=latency_s,
-                      keep=Path(keep) if keep else None, strict=strict))  # fmt: skip
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,9 +36,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "ARQ_IN_PROGRESS_PREFIX", "ARQ_JOB_PREFIX", "Keys", "batch_id_for", "job_id_for", "message_id_for",
-    "offset_field", "parse_job_id", "topic_of_batch",
-]  # fmt: skip
+    "ARQ_IN_PROGRESS_PREFIX",
+    "ARQ_JOB_PREFIX",
+    "Keys",
+    "batch_id_for",
+    "job_id_for",
+    "message_id_for",
+    "offset_field",
+    "parse_job_id",
+    "topic_of_batch",
+]
 
 ARQ_JOB_PREFIX = "arq:job:"  # fixed by arq; job ids carry the batch hash tag
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"  # fixed by arq: set while a worker runs the job

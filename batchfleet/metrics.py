@@ -26,33 +26,40 @@ _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 BATCHES_CREATED = Counter("batchfleet_batches_created", "Batches created by dispatchers", ["topic"], registry=REGISTRY)
 STATIONS_DISPATCHED = Counter("batchfleet_stations_dispatched", "Station jobs enqueued", ["topic"], registry=REGISTRY)
 MESSAGES_QUARANTINED = Counter("batchfleet_messages_quarantined", "Messages quarantined", ["topic"], registry=REGISTRY)
-KAFKA_LAG = Gauge("batchfleet_kafka_lag", "Kafka consumer lag (highwater - position)", ["topic", "partition"],
-                  registry=REGISTRY)
+KAFKA_LAG = Gauge("batchfleet_kafka_lag", "Kafka consumer lag (highwater - position)", ["topic", "partition"], registry=REGISTRY)
 OPEN_BATCHES = Gauge("batchfleet_open_batches", "Batches not yet uploaded or dead-lettered", registry=REGISTRY)
 QUEUE_DEPTH = Gauge("batchfleet_queue_depth", "Station jobs waiting in the arq queue", registry=REGISTRY)
 DISPATCHER_PAUSED = Gauge("batchfleet_dispatcher_paused", "1 while backpressure pauses consumption", registry=REGISTRY)
 
 STATIONS = Counter("batchfleet_stations", "Station outcomes recorded by workers", ["topic", "outcome"], registry=REGISTRY)
-STATION_SECONDS = Histogram("batchfleet_station_duration_seconds", "Processor time per station", ["outcome"],
-                            buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+STATION_SECONDS = Histogram(
+    "batchfleet_station_duration_seconds", "Processor time per station", ["outcome"], buckets=_LATENCY_BUCKETS, registry=REGISTRY
+)
 LATE_RESULTS = Counter("batchfleet_late_results", "Outcomes that arrived after finalization", ["topic"], registry=REGISTRY)
-STATIONS_SKIPPED = Counter("batchfleet_stations_skipped", "Jobs not run because the batch was already finalized",
-                           ["topic"], registry=REGISTRY)
+STATIONS_SKIPPED = Counter(
+    "batchfleet_stations_skipped", "Jobs not run because the batch was already finalized", ["topic"], registry=REGISTRY
+)
 
-BATCHES_FINALIZED = Counter("batchfleet_batches_finalized", "Batches finalized, by reason", ["topic", "reason"],
-                            registry=REGISTRY)
+BATCHES_FINALIZED = Counter("batchfleet_batches_finalized", "Batches finalized, by reason", ["topic", "reason"], registry=REGISTRY)
 BATCHES_UPLOADED = Counter("batchfleet_batches_uploaded", "Batches uploaded", ["topic", "reason"], registry=REGISTRY)
-BATCHES_DEAD = Counter("batchfleet_batches_dead_lettered", "Batches moved to the dead-letter set", ["topic"],
-                       registry=REGISTRY)
-STATIONS_UPLOADED = Counter("batchfleet_stations_uploaded", "Stations in uploaded batches, by outcome",
-                            ["topic", "outcome"], registry=REGISTRY)
+BATCHES_DEAD = Counter("batchfleet_batches_dead_lettered", "Batches moved to the dead-letter set", ["topic"], registry=REGISTRY)
+STATIONS_UPLOADED = Counter(
+    "batchfleet_stations_uploaded", "Stations in uploaded batches, by outcome", ["topic", "outcome"], registry=REGISTRY
+)
 UPLOAD_FAILURES = Counter("batchfleet_upload_failures", "Failed upload attempts", ["topic"], registry=REGISTRY)
-UPLOAD_SECONDS = Histogram("batchfleet_upload_duration_seconds", "Upload attempt duration", ["topic"],
-                           buckets=_FAST_BUCKETS, registry=REGISTRY)
-BATCH_LATENCY = Histogram("batchfleet_batch_latency_seconds", "Batch creation to upload", ["topic"],
-                          buckets=_LATENCY_BUCKETS, registry=REGISTRY)
-FINALIZE_TO_UPLOAD = Histogram("batchfleet_completion_to_upload_seconds", "Batch finalization (complete or deadline) to upload",
-                               ["topic", "reason"], buckets=_FAST_BUCKETS, registry=REGISTRY)
+UPLOAD_SECONDS = Histogram(
+    "batchfleet_upload_duration_seconds", "Upload attempt duration", ["topic"], buckets=_FAST_BUCKETS, registry=REGISTRY
+)
+BATCH_LATENCY = Histogram(
+    "batchfleet_batch_latency_seconds", "Batch creation to upload", ["topic"], buckets=_LATENCY_BUCKETS, registry=REGISTRY
+)
+FINALIZE_TO_UPLOAD = Histogram(
+    "batchfleet_completion_to_upload_seconds",
+    "Batch finalization (complete or deadline) to upload",
+    ["topic", "reason"],
+    buckets=_FAST_BUCKETS,
+    registry=REGISTRY,
+)
 
 
 def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:

@@ -34,8 +34,12 @@ def open_store(settings: Settings, name: str = "batchfleet-cli") -> BatchStore:
 def _progress_row(row: dict[str, Any], now_ms: int) -> dict[str, Any]:
     created = int(row.get("created_ms", now_ms))
     out: dict[str, Any] = {
-        "batch_id": row["batch_id"], "topic": row.get("topic", ""), "state": row.get("state", ""),
-        "done": row["done"], "expected": int(row.get("expected", 0)), "age_s": round((now_ms - created) / 1000, 3),
+        "batch_id": row["batch_id"],
+        "topic": row.get("topic", ""),
+        "state": row.get("state", ""),
+        "done": row["done"],
+        "expected": int(row.get("expected", 0)),
+        "age_s": round((now_ms - created) / 1000, 3),
     }
     if row.get("state") == "open":
         out["deadline_in_s"] = round((int(row.get("deadline_ms", now_ms)) - now_ms) / 1000, 3)
@@ -58,8 +62,7 @@ async def status_data(store: BatchStore, *, limit: int = 20) -> dict[str, Any]:
         "now_ms": now_ms,
         "open_batches": [_progress_row(r, now_ms) for r in await store.progress(open_ids)],
         "counts": await store.counts(),
-        "processes": [{"role": m.split(":", 1)[0], "name": m.split(":", 1)[1], **info}
-                      for m, info in sorted(processes.items())],
+        "processes": [{"role": m.split(":", 1)[0], "name": m.split(":", 1)[1], **info} for m, info in sorted(processes.items())],
         "kafka_lag": dict(sorted(lag.items())),
         "counters": await store.stats(),
     }
@@ -106,9 +109,15 @@ async def dead_batches(store: BatchStore) -> list[dict[str, Any]]:
     rows = []
     for bid in ids:
         meta = await store.batch_meta(bid)
-        rows.append({"batch_id": bid, "topic": meta.get("topic", ""), "dead_ms": int(meta.get("dead_ms", 0)),
-                     "upload_failures": int(meta.get("upload_failures", 0)),
-                     "last_error": meta.get("last_error", "")})
+        rows.append(
+            {
+                "batch_id": bid,
+                "topic": meta.get("topic", ""),
+                "dead_ms": int(meta.get("dead_ms", 0)),
+                "upload_failures": int(meta.get("upload_failures", 0)),
+                "last_error": meta.get("last_error", ""),
+            }
+        )
     return rows
 
 
@@ -116,9 +125,12 @@ def _entry(raw: dict[str, bytes]) -> dict[str, Any]:
     value = raw.get("value", b"")
     return {
         "id": raw["id"].decode() if "id" in raw else "",
-        "topic": raw.get("topic", b"").decode(), "partition": int(raw.get("partition", b"0")),
-        "offset": int(raw.get("offset", b"0")), "reason": raw.get("reason", b"").decode(),
-        "size": int(raw.get("size", b"0")), "quarantined_ms": int(raw.get("quarantined_ms", b"0")),
+        "topic": raw.get("topic", b"").decode(),
+        "partition": int(raw.get("partition", b"0")),
+        "offset": int(raw.get("offset", b"0")),
+        "reason": raw.get("reason", b"").decode(),
+        "size": int(raw.get("size", b"0")),
+        "quarantined_ms": int(raw.get("quarantined_ms", b"0")),
         "value": value.decode("utf-8", errors="replace")[:500],
         "redispatched": raw.get("redispatched", b"").decode() or None,
     }

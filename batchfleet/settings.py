@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=1_048_576, ge=64)
     max_open_batches: int = Field(default=1000, ge=1)
 
-    processor: str = "workers.demo:process_station"
+    processor: str = "batchfleet.workers.demo:process_station"
     station_timeout_s: float | None = Field(default=None, gt=0)
     max_result_bytes: int = Field(default=1_048_576, ge=16)
     worker_max_jobs: int = Field(default=50, ge=1)
@@ -139,8 +139,9 @@ class Settings(BaseSettings):
         if self.station_timeout_s is not None:
             return self.station_timeout_s
         topics = [self.topic(name) for name in self.topic_overrides] + [self.topic("")]
-        return max(t.timeout_s if not t.priorities else max(t.timeout_s, *(p.timeout_s for p in t.priorities.values()))
-                   for t in topics)
+        return max(
+            t.timeout_s if not t.priorities else max(t.timeout_s, *(p.timeout_s for p in t.priorities.values())) for t in topics
+        )
 
     def as_env(self) -> dict[str, str]:
         """These settings as ``BATCHFLEET_*`` variables (for starting role processes with them);
@@ -160,7 +161,6 @@ class Settings(BaseSettings):
         return env
 
 
-
 def _read_topic_tables(path: Path) -> dict[str, dict[str, Any]]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -170,7 +170,7 @@ def _read_topic_tables(path: Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     unknown = set(data) - {"topics"}
     if unknown:
-        raise ConfigError(f"config file {path}: unknown top-level key(s) {sorted(unknown)}; expected [topics.\"NAME\"]")
+        raise ConfigError(f'config file {path}: unknown top-level key(s) {sorted(unknown)}; expected [topics."NAME"]')
     tables = data.get("topics", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"config file {path}: 'topics' must be a table of tables")

@@ -69,15 +69,18 @@ def make_client(url: str, *, name: str = "batchfleet", tls_ca_file: str | None =
     the services' own loops retry with backoff (redis-py's Retry would also retry authentication
     errors, which hangs a misconfigured client instead of failing loudly)."""
     tls: dict[str, Any] = {"ssl_ca_certs": tls_ca_file} if tls_ca_file and url.startswith("rediss://") else {}
-    return cast(aioredis.Redis, aioredis.Redis.from_url(
-        url,
-        **tls,
-        decode_responses=False,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-        health_check_interval=15,
-        client_name=name,
-    ))
+    return cast(
+        aioredis.Redis,
+        aioredis.Redis.from_url(
+            url,
+            **tls,
+            decode_responses=False,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+            health_check_interval=15,
+            client_name=name,
+        ),
+    )
 
 
 class BatchStore:
@@ -98,22 +101,26 @@ class BatchStore:
         self._claim_jobs = client.register_script(_lua("claim_jobs"))
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "bf", queue_name: str = "bf:queue", name: str = "batchfleet",
-                 tls_ca_file: str | None = None) -> Self:
+    def from_url(
+        cls, url: str, *, prefix: str = "bf", queue_name: str = "bf:queue", name: str = "batchfleet", tls_ca_file: str | None = None
+    ) -> Self:
         return cls(make_client(url, name=name, tls_ca_file=tls_ca_file), prefix=prefix, queue_name=queue_name)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, name: str = "batchfleet") -> Self:
         ca = str(settings.redis_tls_ca_file) if settings.redis_tls_ca_file else None
-        return cls.from_url(settings.redis_url.get_secret_value(), prefix=settings.key_prefix,
-                            queue_name=settings.queue_name, name=name, tls_ca_file=ca)
+        return cls.from_url(
+            settings.redis_url.get_secret_value(),
+            prefix=settings.key_prefix,
+            queue_name=settings.queue_name,
+            name=name,
+            tls_ca_file=ca,
+        )
 
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -185,13 +192,28 @@ class BatchStore:
         """Keep a bad message with its reason.  True when newly quarantined (False: already there)."""
         mid = message_id_for(entry.topic, entry.partition, entry.offset)
         fields: list[bytes | str | int] = [
-            "reason", entry.reason, "topic", entry.topic, "partition", entry.partition,
-            "offset", entry.offset, "size", entry.size, "value", entry.value,
+            "reason",
+            entry.reason,
+            "topic",
+            entry.topic,
+            "partition",
+            entry.partition,
+            "offset",
+            entry.offset,
+            "size",
+            entry.size,
+            "value",
+            entry.value,
         ]
         keys = [self.keys.quarantined(mid), self.keys.quarantine, self.keys.offsets, self.keys.stats]
         args: list[bytes | str | int] = [
-            mid, offset_field(entry.topic, entry.partition), entry.offset,
-            "1" if entry.advance_offset else "0", retention_s, max_entries, *fields,
+            mid,
+            offset_field(entry.topic, entry.partition),
+            entry.offset,
+            "1" if entry.advance_offset else "0",
+            retention_s,
+            max_entries,
+            *fields,
         ]
         reply = await self._quarantine(keys=keys, args=args)
         kind = _s(reply[0])
@@ -209,9 +231,7 @@ class BatchStore:
         return int(due) + int(leased), int(queued)
 
     # -- workers -----------------------------------------------------------------------------
-    async def station_input(
-        self, batch_id: str, station_id: str
-    ) -> StationInput:
+    async def station_input(self, batch_id: str, station_id: str) -> StationInput:
         """The batch's state and timeout; the station's records only for a batch written before
         records travelled in the arq job (otherwise None, as for a station that is gone)."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -224,8 +244,7 @@ class BatchStore:
             timeout_ms=int(timeout_ms) if timeout_ms is not None else None,
         )
 
-    async def claim_jobs(self, job_ids: Sequence[str], *, now_ms: int, in_progress_ms: int,
-                         want: int) -> list[tuple[str, int]]:
+    async def claim_jobs(self, job_ids: Sequence[str], *, now_ms: int, in_progress_ms: int, want: int) -> list[tuple[str, int]]:
         """Claim up to ``want`` of these queued arq jobs for this worker, as arq's own claim would;
         returns (job id, score) of each job claimed."""
         if want <= 0 or not job_ids:
@@ -371,13 +390,22 @@ class BatchStore:
             for mid in ids:
                 pipe.hgetall(self.keys.quarantined(mid))
             raws = await pipe.execute() if ids else []
-        return [{_s(name): v for name, v in raw.items()} | {"id": mid.encode()}
-                for mid, raw in zip(ids, raws, strict=True) if raw]
+        return [{_s(name): v for name, v in raw.items()} | {"id": mid.encode()} for mid, raw in zip(ids, raws, strict=True) if raw]
 
     async def progress(self, batch_ids: list[str]) -> list[dict[str, Any]]:
         """Per batch: meta fields used by progress views, plus ``done`` (outcomes so far)."""
-        fields = ["topic", "state", "expected", "created_ms", "deadline_ms", "finalized_ms", "uploaded_ms",
-                  "reason", "late", "upload_failures"]
+        fields = [
+            "topic",
+            "state",
+            "expected",
+            "created_ms",
+            "deadline_ms",
+            "finalized_ms",
+            "uploaded_ms",
+            "reason",
+            "late",
+            "upload_failures",
+        ]
         async with self.redis.pipeline(transaction=False) as pipe:
             for bid in batch_ids:
                 pipe.hmget(self.keys.batch(bid), fields)
@@ -403,8 +431,13 @@ class BatchStore:
             for key in (self.keys.due, self.keys.leases, self.keys.dead, self.keys.quarantine, self.queue_name):
                 pipe.zcard(key)
             due, leased, dead, quarantined, queued = await pipe.execute()
-        return {"open": int(due) + int(leased), "leased": int(leased), "dead": int(dead),
-                "quarantined": int(quarantined), "queued": int(queued)}
+        return {
+            "open": int(due) + int(leased),
+            "leased": int(leased),
+            "dead": int(dead),
+            "quarantined": int(quarantined),
+            "queued": int(queued),
+        }
 
     async def prune_batch_index(self, limit: int = 500) -> int:
         """Drop the oldest index entries whose batch has expired; returns how many were dropped."""
@@ -433,4 +466,3 @@ class BatchStore:
 
     async def queue_depth(self) -> int:
         return int(await _aw(self.redis.zcard(self.queue_name)))
-

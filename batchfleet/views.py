@@ -11,9 +11,20 @@ from rich.text import Text
 
 __all__ = ["render_batch", "render_batches", "render_dead", "render_quarantine", "render_status"]
 
-_COUNTERS = ("batches_created", "batches_uploaded", "batches_complete", "batches_deadline", "batches_dead_lettered",
-             "stations_ok", "stations_failed", "stations_empty", "late_results", "duplicate_results",
-             "messages_quarantined", "upload_failures")
+_COUNTERS = (
+    "batches_created",
+    "batches_uploaded",
+    "batches_complete",
+    "batches_deadline",
+    "batches_dead_lettered",
+    "stations_ok",
+    "stations_failed",
+    "stations_empty",
+    "late_results",
+    "duplicate_results",
+    "messages_quarantined",
+    "upload_failures",
+)
 
 
 def _table(title: str, columns: list[str], rows: list[list[RenderableType]]) -> Table:
@@ -27,17 +38,28 @@ def _table(title: str, columns: list[str], rows: list[list[RenderableType]]) -> 
 
 def render_status(data: dict[str, Any]) -> RenderableType:
     c = data["counts"]
-    head = Text(f"open batches {c['open']} (uploading {c['leased']})   queue {c['queued']}   "
-                f"dead-letter {c['dead']}   quarantine {c['quarantined']}")
-    batches = _table("open batches", ["batch", "progress", "done", "age", "deadline in", "state"], [
-        [b["batch_id"], ProgressBar(total=max(b["expected"], 1), completed=b["done"], width=20),
-         f"{b['done']}/{b['expected']}", f"{b['age_s']:.1f}s",
-         f"{b['deadline_in_s']:.1f}s" if "deadline_in_s" in b else "-", b["state"]]
-        for b in data["open_batches"]
-    ])
-    procs = _table("live processes", ["role", "name", "doing"], [
-        [p["role"], p["name"], str(p.get("doing", ""))] for p in data["processes"]
-    ])
+    head = Text(
+        f"open batches {c['open']} (uploading {c['leased']})   queue {c['queued']}   "
+        f"dead-letter {c['dead']}   quarantine {c['quarantined']}"
+    )
+    batches = _table(
+        "open batches",
+        ["batch", "progress", "done", "age", "deadline in", "state"],
+        [
+            [
+                b["batch_id"],
+                ProgressBar(total=max(b["expected"], 1), completed=b["done"], width=20),
+                f"{b['done']}/{b['expected']}",
+                f"{b['age_s']:.1f}s",
+                f"{b['deadline_in_s']:.1f}s" if "deadline_in_s" in b else "-",
+                b["state"],
+            ]
+            for b in data["open_batches"]
+        ],
+    )
+    procs = _table(
+        "live processes", ["role", "name", "doing"], [[p["role"], p["name"], str(p.get("doing", ""))] for p in data["processes"]]
+    )
     lag = _table("kafka lag", ["partition", "lag"], [[k, str(v)] for k, v in data["kafka_lag"].items()])
     counters = data["counters"]
     stats = _table("counters", ["counter", "value"], [[k, str(counters.get(k, 0))] for k in _COUNTERS])
@@ -46,31 +68,49 @@ def render_status(data: dict[str, Any]) -> RenderableType:
 
 def render_batch(data: dict[str, Any]) -> RenderableType:
     meta = data["meta"]
-    head = Text(f"{data['batch_id']}  state={meta.get('state')}  reason={meta.get('reason', '-')}  "
-                f"expected={meta.get('expected')}  late={meta.get('late', 0)}  ttl={data['ttl_s']}s")
-    rows = [[s["station"], s["outcome"], f"{s.get('duration_ms', 0):.1f}ms" if "duration_ms" in s else "-",
-             str(s.get("attempt", "-")), s.get("worker", "-"), s.get("error", "")]
-            for s in data["stations"]]
+    head = Text(
+        f"{data['batch_id']}  state={meta.get('state')}  reason={meta.get('reason', '-')}  "
+        f"expected={meta.get('expected')}  late={meta.get('late', 0)}  ttl={data['ttl_s']}s"
+    )
+    rows = [
+        [
+            s["station"],
+            s["outcome"],
+            f"{s.get('duration_ms', 0):.1f}ms" if "duration_ms" in s else "-",
+            str(s.get("attempt", "-")),
+            s.get("worker", "-"),
+            s.get("error", ""),
+        ]
+        for s in data["stations"]
+    ]
     return Group(head, _table("stations", ["station", "outcome", "time", "attempt", "worker", "error"], rows))
 
 
 def render_batches(rows: list[dict[str, Any]]) -> RenderableType:
-    return _table("batches (newest first)", ["batch", "topic", "state", "reason", "done", "age"], [
-        [r["batch_id"], r["topic"], r["state"], r.get("reason", "-"), f"{r['done']}/{r['expected']}", f"{r['age_s']:.1f}s"]
-        for r in rows
-    ])
+    return _table(
+        "batches (newest first)",
+        ["batch", "topic", "state", "reason", "done", "age"],
+        [
+            [r["batch_id"], r["topic"], r["state"], r.get("reason", "-"), f"{r['done']}/{r['expected']}", f"{r['age_s']:.1f}s"]
+            for r in rows
+        ],
+    )
 
 
 def render_dead(rows: list[dict[str, Any]]) -> RenderableType:
-    return _table("dead-lettered batches", ["batch", "topic", "failures", "last error"], [
-        [r["batch_id"], r["topic"], str(r["upload_failures"]), r["last_error"]] for r in rows
-    ])
+    return _table(
+        "dead-lettered batches",
+        ["batch", "topic", "failures", "last error"],
+        [[r["batch_id"], r["topic"], str(r["upload_failures"]), r["last_error"]] for r in rows],
+    )
 
 
 def render_quarantine(rows: list[dict[str, Any]]) -> RenderableType:
-    return _table("quarantined messages (newest first)", ["id", "reason", "size", "re-dispatched"], [
-        [r["id"], r["reason"], str(r["size"]), r["redispatched"] or "-"] for r in rows
-    ])
+    return _table(
+        "quarantined messages (newest first)",
+        ["id", "reason", "size", "re-dispatched"],
+        [[r["id"], r["reason"], str(r["size"]), r["redispatched"] or "-"] for r in rows],
+    )
 
 
 def console(plain: bool) -> Console:

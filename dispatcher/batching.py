@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from batchfleet.dispatcher.parsing import BadMessage, ParsedMessage, parse_message
 from batchfleet.keys import batch_id_for
 from batchfleet.models import BatchSpec, PartitionRange, QuarantineEntry
 from batchfleet.settings import TopicConfig
-from dispatcher.parsing import BadMessage, ParsedMessage, parse_message
 
 __all__ = ["KafkaMessage", "Unit", "plan_dispatch"]
 
@@ -51,8 +51,13 @@ class KafkaMessage(Protocol):
 def _quarantine(msg: KafkaMessage, reason: str, advance: bool) -> QuarantineEntry:
     value = msg.value or b""
     return QuarantineEntry(
-        topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason,
-        value=value[:_KEEP_BYTES], size=len(value), advance_offset=advance,
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        reason=reason,
+        value=value[:_KEEP_BYTES],
+        size=len(value),
+        advance_offset=advance,
     )
 
 
@@ -156,9 +161,7 @@ def _plan_message(topic: str, msgs: list[KafkaMessage], cfg: TopicConfig, max_by
     return units
 
 
-def plan_dispatch(
-    messages: Iterable[KafkaMessage], topic_config: Callable[[str], TopicConfig], max_bytes: int
-) -> list[Unit]:
+def plan_dispatch(messages: Iterable[KafkaMessage], topic_config: Callable[[str], TopicConfig], max_bytes: int) -> list[Unit]:
     """The units to write, in an order that keeps every partition's offsets monotonic."""
     by_topic: dict[str, list[KafkaMessage]] = {}
     for msg in messages:

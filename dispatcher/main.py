@@ -6,10 +6,10 @@ import asyncio
 import os
 import socket
 
+from batchfleet.dispatcher.service import Dispatcher
 from batchfleet.metrics import serve_metrics
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
-from dispatcher.service import Dispatcher
 
 __all__ = ["serve"]
 

@@ -23,13 +23,13 @@ from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from batchfleet import metrics
+from batchfleet.dispatcher.batching import Unit, plan_dispatch
 from batchfleet.errors import StaleOffsetError
 from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.keys import offset_field
 from batchfleet.models import BatchSpec, QuarantineEntry
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
-from dispatcher.batching import Unit, plan_dispatch
 
 __all__ = ["Dispatcher"]
 
@@ -85,9 +85,7 @@ class Dispatcher:
     async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
         if self.consumer is None or not assigned:
             return
-        stored = await self._redis_retry(
-            lambda: self.store.load_offsets(offset_field(tp.topic, tp.partition) for tp in assigned)
-        )
+        stored = await self._redis_retry(lambda: self.store.load_offsets(offset_field(tp.topic, tp.partition) for tp in assigned))
         for tp in assigned:
             offset = stored.get(offset_field(tp.topic, tp.partition))
             if offset is not None:
@@ -108,8 +106,11 @@ class Dispatcher:
             return
         try:
             stored = await self.store.load_offsets(offset_field(tp.topic, tp.partition) for tp in partitions)
-            offsets = {tp: stored[offset_field(tp.topic, tp.partition)] for tp in partitions
-                       if offset_field(tp.topic, tp.partition) in stored}
+            offsets = {
+                tp: stored[offset_field(tp.topic, tp.partition)]
+                for tp in partitions
+                if offset_field(tp.topic, tp.partition) in stored
+            }
             if offsets:
                 await self.consumer.commit(offsets)
         except (KafkaError, *_REDIS_DOWN) as exc:
@@ -143,14 +144,22 @@ class Dispatcher:
             await self.consumer.stop()
             beating.set()
             await beat
-            log.info("%s stopped: %d batches created, %d messages quarantined",
-                     self.name, self.batches_created, self.messages_quarantined)
+            log.info(
+                "%s stopped: %d batches created, %d messages quarantined",
+                self.name,
+                self.batches_created,
+                self.messages_quarantined,
+            )
 
     def _info(self) -> dict[str, Any]:
         assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in (self.consumer.assignment() if self.consumer else ()))
-        return {"doing": "paused (backpressure)" if self.paused else "consuming", "assigned": assigned,
-                "batches_created": self.batches_created, "quarantined": self.messages_quarantined,
-                "lag": {k: v for k, v in self.lag.items() if k in assigned}}
+        return {
+            "doing": "paused (backpressure)" if self.paused else "consuming",
+            "assigned": assigned,
+            "batches_created": self.batches_created,
+            "quarantined": self.messages_quarantined,
+            "lag": {k: v for k, v in self.lag.items() if k in assigned},
+        }
 
     async def _step(self) -> None:
         if await self._backpressure():
@@ -158,9 +167,7 @@ class Dispatcher:
         consumer = self.consumer
         if consumer is None:
             raise RuntimeError("dispatcher not started")
-        polled = await consumer.getmany(
-            timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.poll_max_records
-        )
+        polled = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.poll_max_records)
         messages = [m for batch in polled.values() for m in batch]
         if messages:
             await self.dispatch(messages)
@@ -230,8 +237,9 @@ class Dispatcher:
         if new:
             self.messages_quarantined += 1
             metrics.MESSAGES_QUARANTINED.labels(entry.topic).inc()
-            log.warning("quarantined %s[%d]@%d: %s", entry.topic, entry.partition, entry.offset, entry.reason,
-                        extra={"topic": entry.topic})
+            log.warning(
+                "quarantined %s[%d]@%d: %s", entry.topic, entry.partition, entry.offset, entry.reason, extra={"topic": entry.topic}
+            )
 
     async def _write_batch(self, spec: BatchSpec) -> None:
         created, _ = await self.store.create_batch(spec)
@@ -239,9 +247,14 @@ class Dispatcher:
             self.batches_created += 1
             metrics.BATCHES_CREATED.labels(spec.topic).inc()
             metrics.STATIONS_DISPATCHED.labels(spec.topic).inc(len(spec.stations))
-            log.info("batch %s created: %d stations expected from %d message(s), deadline %.1fs",
-                     spec.batch_id, len(spec.stations), spec.messages, spec.timeout_s,
-                     extra={"batch_id": spec.batch_id, "topic": spec.topic})
+            log.info(
+                "batch %s created: %d stations expected from %d message(s), deadline %.1fs",
+                spec.batch_id,
+                len(spec.stations),
+                spec.messages,
+                spec.timeout_s,
+                extra={"batch_id": spec.batch_id, "topic": spec.topic},
+            )
 
     async def _commit(self, messages: list[Any]) -> None:
         consumer = self.consumer

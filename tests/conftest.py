@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 import hypothesis  # noqa: F401  (imported before any test runs: its late import trips a CPython 3.11 AST bug)
 import pytest
 
-from batchfleet.localstack import KafkaBroker, RedisServer, create_topics
 from batchfleet.store import BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics
 
 _topic_counter = itertools.count()
 

@@ -3,7 +3,7 @@
 arq claims each job it starts with four round trips (WATCH the in-progress key, EXISTS, ZSCORE, then
 MULTI/PSETEX/EXEC); at a few hundred no-op jobs per second that is most of a worker's CPU.
 ``claim_jobs.lua`` makes the same claim for up to CLAIM_CHUNK free job slots at once, with the same
-keys and TTLs, so batchfleet workers and plain arq workers (``arq workers.WorkerSettings``) can
+keys and TTLs, so batchfleet workers and plain arq workers (``arq batchfleet.workers.WorkerSettings``) can
 share a queue.
 Everything else — running, retries, timeouts, finishing, shutdown — is arq's own.  The override
 uses arq 0.28's worker state (``job_counter``, ``sem``, ``tasks``), hence the pin in pyproject.toml;
@@ -18,7 +18,7 @@ from typing import cast
 
 from arq.worker import Worker
 
-from workers.station import WorkerContext
+from batchfleet.workers.station import WorkerContext
 
 __all__ = ["CLAIM_CHUNK", "StationWorker"]
 
@@ -43,8 +43,7 @@ class StationWorker(Worker):
         while candidates and self.job_counter < self.max_jobs:
             want = min(self.max_jobs - self.job_counter, CLAIM_CHUNK)
             window = candidates[: want * CLAIM_WINDOW]
-            claimed = await state.store.claim_jobs(window, now_ms=int(time.time() * 1000),
-                                                   in_progress_ms=in_progress_ms, want=want)  # fmt: skip
+            claimed = await state.store.claim_jobs(window, now_ms=int(time.time() * 1000), in_progress_ms=in_progress_ms, want=want)
             for job_id, score in claimed:
                 await self.sem.acquire()  # never waits: the free slots were counted above
                 self.job_counter += 1

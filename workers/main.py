@@ -17,8 +17,8 @@ from redis.exceptions import RedisError
 
 from batchfleet.metrics import serve_metrics
 from batchfleet.settings import Settings
-from workers.fastclaim import StationWorker
-from workers.settings import worker_settings
+from batchfleet.workers.fastclaim import StationWorker
+from batchfleet.workers.settings import worker_settings
 
 __all__ = ["run_worker", "serve"]
 
@@ -46,8 +46,9 @@ async def _run_once(worker: Worker) -> bool:
     return False
 
 
-async def run_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True,
-                     started: list[Worker] | None = None) -> None:
+async def run_worker(
+    settings: Settings, *, burst: bool = False, handle_signals: bool = True, started: list[Worker] | None = None
+) -> None:
     """Run arq workers until a normal shutdown, replacing each one that Redis outages end."""
     delay = 0.5
     while True:

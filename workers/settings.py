@@ -10,7 +10,7 @@ from arq.worker import func
 
 from batchfleet.settings import Settings, load_settings
 from batchfleet.store import STATION_JOB
-from workers.station import MAX_ATTEMPTS, WorkerContext, run_station, shutdown, startup_with
+from batchfleet.workers.station import MAX_ATTEMPTS, WorkerContext, run_station, shutdown, startup_with
 
 __all__ = ["build_worker_settings_class", "json_dumps", "json_loads", "worker_settings"]
 
@@ -44,9 +44,15 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         await startup_with(ctx, settings)
 
     return {
-        "functions": [func(run_station,  # type: ignore[arg-type]
-                            name=STATION_JOB, max_tries=MAX_ATTEMPTS + 1,
-                            timeout=budget + JOB_TIMEOUT_EXTRA_S, keep_result=0)],
+        "functions": [
+            func(
+                run_station,  # type: ignore[arg-type]
+                name=STATION_JOB,
+                max_tries=MAX_ATTEMPTS + 1,
+                timeout=budget + JOB_TIMEOUT_EXTRA_S,
+                keep_result=0,
+            )
+        ],
         "redis_settings": _redis_settings(settings),
         "queue_name": settings.queue_name,
         "max_jobs": settings.worker_max_jobs,
@@ -63,5 +69,5 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
 
 def build_worker_settings_class() -> type:
-    """``arq workers.WorkerSettings``: a settings class read from the environment when first asked for."""
+    """``arq batchfleet.workers.WorkerSettings``: a settings class read from the environment when first asked for."""
     return type("WorkerSettings", (), worker_settings(load_settings()))

@@ -31,7 +31,7 @@ from batchfleet.keys import parse_job_id, topic_of_batch
 from batchfleet.models import Outcome, RecordResult
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
-from workers.processor import run_processor
+from batchfleet.workers.processor import run_processor
 
 __all__ = ["WorkerContext", "WorkerState", "run_station", "shutdown", "startup"]
 
@@ -148,8 +148,9 @@ async def _record(state: WorkerState, batch_id: str, station_id: str, outcome: O
 def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordResult, topic: str) -> None:
     extra = {"batch_id": batch_id, "station_id": station_id, "topic": topic}
     if rec.status in ("recorded", "complete", "quorum"):
-        log.info("batch %s: station %s %s, progress %d/%d", batch_id, station_id, outcome.status,
-                 rec.done, rec.expected, extra=extra)
+        log.info(
+            "batch %s: station %s %s, progress %d/%d", batch_id, station_id, outcome.status, rec.done, rec.expected, extra=extra
+        )
         if outcome.status == "failed":
             log.warning("batch %s: station %s failed: %s", batch_id, station_id, outcome.error, extra=extra)
         if rec.status == "complete":
@@ -157,14 +158,16 @@ def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordR
         elif rec.status == "quorum":
             log.info("batch %s: quorum reached with %d/%d stations", batch_id, rec.done, rec.expected, extra=extra)
     elif rec.status == "late":
-        log.warning("batch %s: station %s result arrived after finalization (late, not uploaded)",
-                    batch_id, station_id, extra=extra)
+        log.warning(
+            "batch %s: station %s result arrived after finalization (late, not uploaded)", batch_id, station_id, extra=extra
+        )
     else:
         log.info("batch %s: station %s outcome ignored (%s)", batch_id, station_id, rec.status, extra=extra)
 
 
-async def run_station(ctx: WorkerContext, records: list[dict[str, Any]] | None = None,
-                      budget_ms: int | None = None, deadline_ms: int | None = None) -> str:
+async def run_station(
+    ctx: WorkerContext, records: list[dict[str, Any]] | None = None, budget_ms: int | None = None, deadline_ms: int | None = None
+) -> str:
     """arq job: one station of one batch, named by the job id ``{BATCH}:STATION``; the arguments are
     written by create_batch.lua (a job without them reads the batch's input hash, as jobs did before
     records travelled in the job).  Returns what happened (kept by arq only if configured)."""
@@ -179,8 +182,13 @@ async def run_station(ctx: WorkerContext, records: list[dict[str, Any]] | None =
         if got.state != "open":
             state.saw_finalized(batch_id)
             metrics.STATIONS_SKIPPED.labels(topic).inc()
-            log.info("batch %s: station %s skipped, batch already %s", batch_id, station_id, got.state,
-                     extra={"batch_id": batch_id, "topic": topic})
+            log.info(
+                "batch %s: station %s skipped, batch already %s",
+                batch_id,
+                station_id,
+                got.state,
+                extra={"batch_id": batch_id, "topic": topic},
+            )
             return "skipped"
         if records is None:
             records, budget_ms = got.records, got.timeout_ms
@@ -217,12 +225,24 @@ async def _give_up(state: WorkerState, batch_id: str, station_id: str, attempt: 
     return rec.status
 
 
-async def _run(state: WorkerState, batch_id: str, station_id: str, records: list[dict[str, Any]],
-               budget_ms: int | None, topic: str, attempt: int) -> str:
+async def _run(
+    state: WorkerState,
+    batch_id: str,
+    station_id: str,
+    records: list[dict[str, Any]],
+    budget_ms: int | None,
+    topic: str,
+    attempt: int,
+) -> str:
     budget_s = state.settings.station_timeout_s or (budget_ms / 1000 if budget_ms else 5.0)
     outcome = await run_processor(
-        state.processor, station_id, records, budget_s=budget_s,
-        max_result_bytes=state.settings.max_result_bytes, worker=state.name, attempt=attempt,
+        state.processor,
+        station_id,
+        records,
+        budget_s=budget_s,
+        max_result_bytes=state.settings.max_result_bytes,
+        worker=state.name,
+        attempt=attempt,
     )
     rec = await _record(state, batch_id, station_id, outcome)
     _station_seconds(outcome.status).observe(outcome.duration_ms / 1000)

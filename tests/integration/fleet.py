@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,14 +13,14 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from arq.worker import Worker
 
-from aggregator.service import Aggregator
-from aggregator.uploaders import make_uploader
+from batchfleet.aggregator.service import Aggregator
+from batchfleet.aggregator.uploaders import make_uploader
+from batchfleet.dispatcher.service import Dispatcher
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
-from dispatcher.service import Dispatcher
-from workers.main import run_worker
-
-REPO = Path(__file__).resolve().parents[2]
+from batchfleet.workers.main import run_worker
+from batchfleet_dev import REPO as REPO  # re-exported: the tests run subprocesses from the checkout
+from batchfleet_dev.procs import RoleProcess, role_env
 
 
 def make_settings(redis_url: str, bootstrap: str, topics: list[str], uploader: str, **overrides: Any) -> Settings:
@@ -47,9 +43,7 @@ def make_settings(redis_url: str, bootstrap: str, topics: list[str], uploader: s
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The same settings as BATCHFLEET_* variables, for subprocess roles."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHFLEET_")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env | settings.as_env()
+    return role_env(settings)
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes | None], partition: int | None = None) -> None:
@@ -159,8 +153,9 @@ class InProcessFleet:
 
 
 @contextlib.asynccontextmanager
-async def fleet(settings: Settings, *, dispatchers: int = 1, workers: int = 1, aggregators: int = 1
-                ) -> AsyncIterator[InProcessFleet]:
+async def fleet(
+    settings: Settings, *, dispatchers: int = 1, workers: int = 1, aggregators: int = 1
+) -> AsyncIterator[InProcessFleet]:
     f = InProcessFleet(settings)
     try:
         for _ in range(aggregators):
@@ -174,31 +169,4 @@ async def fleet(settings: Settings, *, dispatchers: int = 1, workers: int = 1, a
         await f.close()
 
 
-class Proc:
-    """A role running as its own OS process (`python -m batchfleet ROLE`)."""
-
-    def __init__(self, role: str, env: dict[str, str], log_path: Path) -> None:
-        self.role = role
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "batchfleet", role], env=env, cwd=REPO,
-                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
-
-    def signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def stop(self, timeout_s: float = 20) -> int:
-        self.signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-        finally:
-            self._log.close()
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        self.proc.wait()
-        self._log.close()
+Proc = RoleProcess  # a role as its own OS process: batchfleet_dev.procs, shared with bench, chaos and demo

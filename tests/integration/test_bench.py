@@ -12,37 +12,80 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchfleet.bench import BenchConfig, Report, percentile, run_bench, sustained_rate
-from batchfleet.localstack import KafkaBroker
+from batchfleet_dev.bench import BenchConfig, Report, percentile, run_bench, sustained_rate
+from batchfleet_dev.localstack import KafkaBroker
 
 WORKERS = (1,)
 FIGURES = [
-    "e2e_w1_stations_per_s", "raw_arq_w1_jobs_per_s", "e2e_w1_vs_raw_arq",
-    "dispatch_stations_per_s", "raw_enqueue_jobs_per_s", "dispatch_vs_enqueue",
-    "commands_dispatcher_per_station", "commands_worker_per_station", "commands_aggregator_per_station",
-    "arq_worker_commands_per_job", "arq_enqueue_commands_per_job",
-    "sent_dispatcher_per_station", "sent_aggregator_per_station", "sent_arq_worker_per_job", "sent_worker_per_station",
-    "sent_worker_own_per_station", "sent_worker_arq_pool_per_station",
+    "e2e_w1_stations_per_s",
+    "raw_arq_w1_jobs_per_s",
+    "e2e_w1_vs_raw_arq",
+    "dispatch_stations_per_s",
+    "raw_enqueue_jobs_per_s",
+    "dispatch_vs_enqueue",
+    "commands_dispatcher_per_station",
+    "commands_worker_per_station",
+    "commands_aggregator_per_station",
+    "arq_worker_commands_per_job",
+    "arq_enqueue_commands_per_job",
+    "sent_dispatcher_per_station",
+    "sent_aggregator_per_station",
+    "sent_arq_worker_per_job",
+    "sent_worker_per_station",
+    "sent_worker_own_per_station",
+    "sent_worker_arq_pool_per_station",
     "latency_load_stations_per_s",
-    "produce_to_upload_p50_ms", "produce_to_upload_p99_ms", "complete_to_upload_p50_ms", "complete_to_upload_p99_ms",
-    "deadline_to_upload_p50_ms", "deadline_to_upload_p99_ms", "produce_to_created_p50_ms", "produce_to_created_p99_ms",
-    "created_to_complete_p50_ms", "created_to_complete_p99_ms", "raw_arq_burst_p50_ms", "raw_arq_burst_p99_ms",
-    "memory_open_station_bytes", "memory_recorded_station_bytes", "memory_input_bytes_per_station",
+    "produce_to_upload_p50_ms",
+    "produce_to_upload_p99_ms",
+    "complete_to_upload_p50_ms",
+    "complete_to_upload_p99_ms",
+    "deadline_to_upload_p50_ms",
+    "deadline_to_upload_p99_ms",
+    "produce_to_created_p50_ms",
+    "produce_to_created_p99_ms",
+    "created_to_complete_p50_ms",
+    "created_to_complete_p99_ms",
+    "raw_arq_burst_p50_ms",
+    "raw_arq_burst_p99_ms",
+    "memory_open_station_bytes",
+    "memory_recorded_station_bytes",
+    "memory_input_bytes_per_station",
     "memory_raw_arq_job_bytes",
     "memory_after_retention_bytes",
-    "big_dispatch_s", "big_upload_s", "big_peak_memory_bytes",
-    "cpu_dispatcher_per_1000", "cpu_worker_per_1000", "cpu_aggregator_per_1000", "cpu_redis_per_1000",
-]  # fmt: skip
+    "big_dispatch_s",
+    "big_upload_s",
+    "big_peak_memory_bytes",
+    "cpu_dispatcher_per_1000",
+    "cpu_worker_per_1000",
+    "cpu_aggregator_per_1000",
+    "cpu_redis_per_1000",
+]
 TARGETED = {
-    "e2e_w1_vs_raw_arq", "dispatch_vs_enqueue", "sent_worker_per_station", "produce_to_upload_p99_ms",
-    "complete_to_upload_p99_ms", "deadline_to_upload_p99_ms", "memory_open_station_bytes",
-    "memory_recorded_station_bytes", "memory_after_retention_bytes", "big_dispatch_s", "big_upload_s",
-}  # fmt: skip
+    "e2e_w1_vs_raw_arq",
+    "dispatch_vs_enqueue",
+    "sent_worker_per_station",
+    "produce_to_upload_p99_ms",
+    "complete_to_upload_p99_ms",
+    "deadline_to_upload_p99_ms",
+    "memory_open_station_bytes",
+    "memory_recorded_station_bytes",
+    "memory_after_retention_bytes",
+    "big_dispatch_s",
+    "big_upload_s",
+}
 
 
 def tiny() -> BenchConfig:
-    return BenchConfig(stations=300, worker_counts=WORKERS, roles_stations=300, command_stations=200, latency_s=2.0,
-                       latency_load=0.2, big_batch=400, bursts=2)  # fmt: skip
+    return BenchConfig(
+        stations=300,
+        worker_counts=WORKERS,
+        roles_stations=300,
+        command_stations=200,
+        latency_s=2.0,
+        latency_load=0.2,
+        big_batch=400,
+        bursts=2,
+    )
 
 
 def value(report: Report, key: str) -> float:
@@ -73,7 +116,8 @@ async def test_bench_reports_every_figure(broker: KafkaBroker, tmp_path: Path) -
     for key in ("e2e_w1_stations_per_s", "raw_arq_w1_jobs_per_s", "dispatch_stations_per_s", "raw_enqueue_jobs_per_s"):
         assert value(report, key) > 0, key
     assert value(report, "e2e_w1_vs_raw_arq") == pytest.approx(
-        value(report, "e2e_w1_stations_per_s") / value(report, "raw_arq_w1_jobs_per_s"))
+        value(report, "e2e_w1_stations_per_s") / value(report, "raw_arq_w1_jobs_per_s")
+    )
 
     # Redis commands: arq's own counts are exact.  A batchfleet worker sends arq's run and finish
     # commands, but claims with one claim_jobs call per poll instead of arq's six commands per job

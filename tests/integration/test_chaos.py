@@ -12,15 +12,24 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchfleet.chaos import ChaosConfig, Produced, Violations, account, batch_view, group_uploads, run_chaos
-from batchfleet.localstack import KafkaBroker
+from batchfleet_dev.chaos import ChaosConfig, Produced, Violations, account, batch_view, group_uploads, run_chaos
+from batchfleet_dev.localstack import KafkaBroker
 
 
 @pytest.mark.timeout(300)
 async def test_chaos_run_accounts_for_every_record(broker: KafkaBroker, tmp_path: Path) -> None:
     lines: list[str] = []
-    cfg = ChaosConfig(duration_s=50, seed=11, workdir=tmp_path / "chaos", bootstrap=broker.bootstrap,
-                      kill_every_s=(4.0, 8.0), redis_restarts=1, settle_timeout_s=90, log=lines.append, strict=True)
+    cfg = ChaosConfig(
+        duration_s=50,
+        seed=11,
+        workdir=tmp_path / "chaos",
+        bootstrap=broker.bootstrap,
+        kill_every_s=(4.0, 8.0),
+        redis_restarts=1,
+        settle_timeout_s=90,
+        log=lines.append,
+        strict=True,
+    )
     report = await run_chaos(cfg)
     summary = report.table()
     assert report.records_unaccounted == 0, summary
@@ -49,8 +58,15 @@ def _payload(batch_id: str, msgs: list[Produced], *, failed: tuple[str, ...] = (
         for sid, rid in m.records:
             by_station.setdefault(sid, []).append(rid)
     results = [{"stationId": s, "rids": r} for s, r in by_station.items() if s not in failed and s not in drop]
-    body = {"batch_id": batch_id, "topic": "T", "results": results, "failed": {s: "ValueError: x" for s in failed},
-            "empty": [], "missing": [], "summary": {"expected": len(results) + len(failed)}}  # fmt: skip
+    body = {
+        "batch_id": batch_id,
+        "topic": "T",
+        "results": results,
+        "failed": {s: "ValueError: x" for s in failed},
+        "empty": [],
+        "missing": [],
+        "summary": {"expected": len(results) + len(failed)},
+    }
     return orjson.dumps(body)
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from batchfleet.localstack import KafkaBroker, RedisServer
 from batchfleet.store import BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration import uploadsink
 from tests.integration.fleet import (
     REPO,
@@ -42,8 +42,9 @@ async def test_sigkilled_worker_station_is_rerun_and_recorded_once(
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=60.0,
-                             station_timeout_s=8.0)
+    settings = make_settings(
+        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=60.0, station_timeout_s=8.0
+    )
     env = settings_env(settings)
     first = Proc("worker", env, tmp_path / "worker-1.log")
     async with fleet(settings, workers=0):
@@ -61,7 +62,7 @@ async def test_sigkilled_worker_station_is_rerun_and_recorded_once(
             second.stop()
     [payload] = read_uploads(out)
     assert payload["reason"] == "complete" and payload["summary"]["ok"] == 2
-    assert outcomes["LONG-1"].attempt == 2 and outcomes["LONG-1"].worker.endswith(f":{second.proc.pid}")
+    assert outcomes["LONG-1"].attempt == 2 and outcomes["LONG-1"].worker.endswith(f":{second.pid}")
     # re-run bound: budget + job-timeout room + arq's in-progress margin, + the re-run itself (6 s)
     assert rerun_after_s < 8.0 + 5 + 10 + 6 + 3
 
@@ -71,8 +72,9 @@ async def test_station_that_crashes_the_worker_is_given_up(
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=60.0,
-                             station_timeout_s=1.0)
+    settings = make_settings(
+        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=60.0, station_timeout_s=1.0
+    )
     env = settings_env(settings)
     crashes = 0
     async with fleet(settings, workers=0):
@@ -81,9 +83,9 @@ async def test_station_that_crashes_the_worker_is_given_up(
         while not await batches_uploaded(store, 1):  # a supervisor: restart the worker whenever it dies
             assert time.monotonic() < deadline, "the crashing station was never given up"
             w = Proc("worker", env, tmp_path / f"worker-{crashes}.log")
-            while w.proc.poll() is None and not await batches_uploaded(store, 1):  # noqa: ASYNC110 (polls two conditions)
+            while w.alive() and not await batches_uploaded(store, 1):  # noqa: ASYNC110 (polls two conditions)
                 await asyncio.sleep(0.1)
-            crashes += w.proc.returncode == -signal.SIGKILL
+            crashes += w.returncode == -signal.SIGKILL
             w.stop()
     [payload] = read_uploads(out)
     assert payload["reason"] == "complete"
@@ -102,7 +104,7 @@ async def test_sigterm_worker_finishes_its_station_first(
         await produce(broker.bootstrap, topic, [message(["LONG-1"])])
         await wait_until(lambda: _running(store, "LONG-1"), 30, "LONG-1 to start")
         worker.signal(signal.SIGTERM)
-        code = await asyncio.to_thread(worker.proc.wait, 20)
+        code = await asyncio.to_thread(worker.popen.wait, 20)
         outcomes = await store.batch_outcomes(f"{topic}:0:0")
         await wait_until(lambda: batches_uploaded(store, 1), 20, "the upload")
     assert code == 0
@@ -116,8 +118,7 @@ async def test_killed_aggregator_is_replaced_and_upload_repeats_identically(
 ) -> None:
     topic = await make_topic()
     with uploadsink.HttpSink(hang_first_s=60) as sink:
-        settings = make_settings(redis_server.url, broker.bootstrap, [topic], sink.url, lease_s=2.0,
-                                 upload_timeout_s=30.0)
+        settings = make_settings(redis_server.url, broker.bootstrap, [topic], sink.url, lease_s=2.0, upload_timeout_s=30.0)
         first = Proc("aggregator", settings_env(settings), tmp_path / "aggregator-1.log")
         try:
             async with fleet(settings, workers=1, aggregators=0) as f:
@@ -139,8 +140,9 @@ async def test_killed_aggregator_is_replaced_and_upload_repeats_identically(
 
 
 async def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "batchfleet", *args], env=env, cwd=REPO,
-                                   capture_output=True, text=True, timeout=60)
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "batchfleet", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
 
 
 def _first_request(sink: uploadsink.HttpSink):  # type: ignore[no-untyped-def]
@@ -176,9 +178,7 @@ async def test_dead_lettered_batch_is_replayed_from_the_cli(
     assert len(bodies) == 3 and bodies[0] == bodies[2]  # same frozen body after the replay
 
 
-async def test_redis_kill_and_restart_with_aof_loses_nothing(
-    broker: KafkaBroker, make_topic, tmp_path: Path
-) -> None:
+async def test_redis_kill_and_restart_with_aof_loses_nothing(broker: KafkaBroker, make_topic, tmp_path: Path) -> None:
     redis = RedisServer(appendonly=True).start()
     topic = await make_topic(partitions=2)
     out = tmp_path / "u.jsonl"
@@ -217,8 +217,7 @@ async def test_dispatcher_killed_repeatedly_ingests_every_message_exactly_once(
 ) -> None:
     topic = await make_topic(partitions=2)
     out = tmp_path / "u.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message",
-                             poll_max_records=7)
+    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message", poll_max_records=7)
     env = settings_env(settings)
     rng = random.Random(3)
     total = 120
@@ -252,10 +251,8 @@ async def _produce_slowly(bootstrap: str, topic: str, total: int) -> None:
         await asyncio.sleep(0.3)
 
 
-async def test_acl_user_with_password(broker: KafkaBroker, make_topic, tmp_path: Path,
-                                      caplog: pytest.LogCaptureFixture) -> None:
-    redis = RedisServer(extra_args=["--user", "default", "off", "--user", "fleet", "on", ">s3cret-pw", "~*", "&*",
-                                    "+@all"]).start()
+async def test_acl_user_with_password(broker: KafkaBroker, make_topic, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    redis = RedisServer(extra_args=["--user", "default", "off", "--user", "fleet", "on", ">s3cret-pw", "~*", "&*", "+@all"]).start()
     url = f"redis://fleet:s3cret-pw@127.0.0.1:{redis.port}/0"
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
@@ -284,15 +281,20 @@ async def test_acl_user_with_password(broker: KafkaBroker, make_topic, tmp_path:
 
 
 async def test_skewed_host_clock_changes_no_decision(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path,
+    broker: KafkaBroker,
+    redis_server: RedisServer,
+    store: BatchStore,
+    make_topic,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every service in this process sees a wall clock 5 minutes behind Redis; deadlines, job pickup
     and leases follow Redis time, so the batch still finalizes at its deadline and uploads once."""
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=1.5,
-                             station_timeout_s=30.0)
+    settings = make_settings(
+        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=1.5, station_timeout_s=30.0
+    )
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() - 300)
     async with fleet(settings, workers=1):
@@ -313,8 +315,7 @@ def _make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     for args in (
         ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=test-ca"],
         ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
-        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2",
-         "-extfile", ext],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext],
     ):
         subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
     return cert, key, ca

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from batchfleet.localstack import KafkaBroker, RedisServer
 from batchfleet.store import BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration import uploadsink
 from tests.integration.fleet import (
     Proc,
@@ -30,11 +30,12 @@ async def test_two_worker_and_two_aggregator_processes_upload_each_batch_once(
 ) -> None:
     topic = await make_topic(partitions=2)
     out = tmp_path / "uploads.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message",
-                             batch_timeout_s=3.0)
+    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message", batch_timeout_s=3.0)
     env = settings_env(settings)
-    procs = [Proc(role, env, tmp_path / f"{role}-{i}.log")
-             for i, role in enumerate(["worker", "worker", "aggregator", "aggregator", "dispatcher"])]
+    procs = [
+        Proc(role, env, tmp_path / f"{role}-{i}.log")
+        for i, role in enumerate(["worker", "worker", "aggregator", "aggregator", "dispatcher"])
+    ]
     try:
         values = [message([f"S{i:03d}", f"S{i + 1:03d}", f"NONE-{i}"]) for i in range(0, 40, 2)]
         await produce(broker.bootstrap, topic, values[:10], partition=0)
@@ -109,8 +110,9 @@ async def test_http_uploader_posts_with_idempotency_key_and_retries(
 ) -> None:
     topic = await make_topic()
     with uploadsink.HttpSink(fail_first=2) as sink:
-        settings = make_settings(redis_server.url, broker.bootstrap, [topic], sink.url,
-                                 upload_auth_header="Authorization: Bearer s3cret")
+        settings = make_settings(
+            redis_server.url, broker.bootstrap, [topic], sink.url, upload_auth_header="Authorization: Bearer s3cret"
+        )
         await produce(broker.bootstrap, topic, [message(["S001", "S002"])])
         async with fleet(settings, workers=1):
             await wait_until(lambda: batches_uploaded(store, 1), 30, "the upload after two 503s")
@@ -152,8 +154,9 @@ async def test_kafka_uploader_produces_keyed_by_batch_id(
     await produce(broker.bootstrap, topic, [message(["S001", "S002"])])
     async with fleet(settings, workers=1):
         await wait_until(lambda: batches_uploaded(store, 1), 30, "upload")
-    consumer = AIOKafkaConsumer(output, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
-                                group_id=f"{output}-reader")
+    consumer = AIOKafkaConsumer(
+        output, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest", group_id=f"{output}-reader"
+    )
     await consumer.start()
     try:
         got = await asyncio.wait_for(consumer.getone(), timeout=30)
@@ -163,8 +166,7 @@ async def test_kafka_uploader_produces_keyed_by_batch_id(
     assert orjson.loads(got.value)["summary"]["ok"] == 2
 
 
-async def test_custom_callable_uploader(broker: KafkaBroker, redis_server: RedisServer, store: BatchStore,
-                                        make_topic) -> None:
+async def test_custom_callable_uploader(broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic) -> None:
     topic = await make_topic()
     uploadsink.received.clear()
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], "tests.integration.uploadsink:collect")
@@ -175,9 +177,10 @@ async def test_custom_callable_uploader(broker: KafkaBroker, redis_server: Redis
     assert payload["batch_id"] == f"{topic}:0:0" and payload["empty"] == ["NONE-1"]
 
 
-async def test_worker_started_the_arq_way(broker: KafkaBroker, redis_server: RedisServer, store: BatchStore,
-                                          make_topic, tmp_path: Path) -> None:
-    """`arq workers.WorkerSettings` (an unmodified arq CLI) runs station jobs like `batchfleet worker`."""
+async def test_worker_started_the_arq_way(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
+    """`arq batchfleet.workers.WorkerSettings` (an unmodified arq CLI) runs station jobs like `batchfleet worker`."""
     import subprocess
     import sys
 
@@ -188,7 +191,11 @@ async def test_worker_started_the_arq_way(broker: KafkaBroker, redis_server: Red
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
     log = (tmp_path / "arq.log").open("wb")
     arq = subprocess.Popen(  # noqa: ASYNC220 (started once, never waited on in the loop)
-        [sys.executable, "-m", "arq", "workers.WorkerSettings"], env=settings_env(settings), cwd=REPO, stdout=log, stderr=log
+        [sys.executable, "-m", "arq", "batchfleet.workers.WorkerSettings"],
+        env=settings_env(settings),
+        cwd=REPO,
+        stdout=log,
+        stderr=log,
     )
     try:
         async with fleet(settings, workers=0):

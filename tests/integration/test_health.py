@@ -7,18 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batchfleet.localstack import KafkaBroker, RedisServer
 from batchfleet.store import BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration.fleet import REPO, Proc, make_settings, settings_env, wait_until
 
 
 def _health(role: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "batchfleet", "health", role], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "batchfleet", "health", role], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
 
 
-async def test_health_follows_the_process_heartbeat(broker: KafkaBroker, redis_server: RedisServer,
-                                                    store: BatchStore, make_topic, tmp_path: Path) -> None:
+async def test_health_follows_the_process_heartbeat(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{tmp_path / 'u.jsonl'}")
     env = settings_env(settings)
@@ -26,6 +28,7 @@ async def test_health_follows_the_process_heartbeat(broker: KafkaBroker, redis_s
     worker = Proc("worker", env, tmp_path / "worker.log")
     aggregator = Proc("aggregator", env, tmp_path / "aggregator.log")
     try:
+
         async def both_beating() -> bool:
             live = await store.live_processes()
             return {m.split(":")[0] for m in live} >= {"worker", "aggregator"}
@@ -33,7 +36,7 @@ async def test_health_follows_the_process_heartbeat(broker: KafkaBroker, redis_s
         await wait_until(both_beating, 30, "heartbeats of worker and aggregator")
         ok = _health("worker", env)
         assert ok.returncode == 0, ok.stdout + ok.stderr
-        assert f"worker:{socket.gethostname()}:{worker.proc.pid}" in ok.stdout
+        assert f"worker:{socket.gethostname()}:{worker.pid}" in ok.stdout
         assert _health("dispatcher", env).returncode == 1
         worker.kill()  # SIGKILL: no clean-up, the heartbeat must lapse by its TTL
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from batchfleet.localstack import KafkaBroker, RedisServer, free_port
 from batchfleet.store import BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer, free_port
 from tests.integration.fleet import Proc, make_settings, message, produce, settings_env, wait_until
 
 
@@ -26,22 +26,34 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return sum(v for (n, lbl), v in samples.items() if n == name and want <= set(lbl))
 
 
-async def test_metrics_endpoints_count_what_the_test_produced(broker: KafkaBroker, redis_server: RedisServer,
-                                                              store: BatchStore, make_topic, tmp_path: Path) -> None:
+async def test_metrics_endpoints_count_what_the_test_produced(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{tmp_path / 'u.jsonl'}",
-                             batching="message", batch_timeout_s=1.5, station_timeout_s=30.0)
+    settings = make_settings(
+        redis_server.url,
+        broker.bootstrap,
+        [topic],
+        f"file://{tmp_path / 'u.jsonl'}",
+        batching="message",
+        batch_timeout_s=1.5,
+        station_timeout_s=30.0,
+    )
     ports = {role: free_port() for role in ("dispatcher", "worker", "aggregator")}
     procs = []
     for role, port in ports.items():
         env = settings_env(settings) | {"BATCHFLEET_METRICS_PORT": str(port)}
         procs.append(Proc(role, env, tmp_path / f"{role}.log"))
     try:
-        await produce(broker.bootstrap, topic, [
-            message(["S001", "S002", "NONE-1"]),            # complete: ok 2, empty 1
-            message(["S003", "RAISE-1", "HANG-1"]),         # deadline: ok 1, failed 1, missing 1
-            b"not json",                                    # quarantined
-        ])
+        await produce(
+            broker.bootstrap,
+            topic,
+            [
+                message(["S001", "S002", "NONE-1"]),  # complete: ok 2, empty 1
+                message(["S003", "RAISE-1", "HANG-1"]),  # deadline: ok 1, failed 1, missing 1
+                b"not json",  # quarantined
+            ],
+        )
 
         async def uploaded() -> bool:
             return (await store.stats()).get("batches_uploaded", 0) >= 2

@@ -10,38 +10,51 @@ from typing import Any
 
 import orjson
 
-from batchfleet.localstack import KafkaBroker, RedisServer
 from batchfleet.store import BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration import uploadsink
 from tests.integration.fleet import REPO, fleet, make_settings, message, produce, settings_env, wait_until
 
 
 async def cli(env: dict[str, str], *args: str) -> Any:
-    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "batchfleet", *args], env=env, cwd=REPO,
-                                   capture_output=True, text=True, timeout=60)
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "batchfleet", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return orjson.loads(done.stdout) if "--json" in args else done.stdout
 
 
-async def test_status_and_inspect_match_redis(broker: KafkaBroker, redis_server: RedisServer, store: BatchStore,
-                                             make_topic, tmp_path: Path) -> None:
+async def test_status_and_inspect_match_redis(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     with uploadsink.HttpSink(always_fail=True) as sink:
-        settings = make_settings(redis_server.url, broker.bootstrap, [topic], sink.url, batching="message",
-                                 upload_max_attempts=1, batch_timeout_s=60.0, station_timeout_s=120.0)
+        settings = make_settings(
+            redis_server.url,
+            broker.bootstrap,
+            [topic],
+            sink.url,
+            batching="message",
+            upload_max_attempts=1,
+            batch_timeout_s=60.0,
+            station_timeout_s=120.0,
+        )
         env = settings_env(settings)
         async with fleet(settings, workers=1):
-            await produce(broker.bootstrap, topic, [
-                message(["S001", "RAISE-1", "NONE-1"]),  # offset 0: complete -> upload fails -> dead
-                b'{"stationData": "nope"}',              # offset 1: quarantined
-                message(["S002", "HANG-1"]),             # offset 2: stays open (HANG never reports)
-            ])
+            await produce(
+                broker.bootstrap,
+                topic,
+                [
+                    message(["S001", "RAISE-1", "NONE-1"]),  # offset 0: complete -> upload fails -> dead
+                    b'{"stationData": "nope"}',  # offset 1: quarantined
+                    message(["S002", "HANG-1"]),  # offset 2: stays open (HANG never reports)
+                ],
+            )
             dead_id, open_id = f"{topic}:0:0", f"{topic}:0:2"
 
             async def settled() -> bool:
                 counts = await store.counts()
-                return counts["dead"] == 1 and counts["quarantined"] == 1 and len(
-                    await store.batch_outcomes(open_id)) == 1
+                return counts["dead"] == 1 and counts["quarantined"] == 1 and len(await store.batch_outcomes(open_id)) == 1
 
             await wait_until(settled, 30, "a dead batch, a quarantined message and a half-done open batch")
             status = await cli(env, "status", "--json")
@@ -74,8 +87,15 @@ async def test_status_and_inspect_match_redis(broker: KafkaBroker, redis_server:
     assert [r["batch_id"] for r in listed] == [open_id, dead_id]
     assert [r["batch_id"] for r in open_only] == [open_id]
     # dead-letter and quarantine lists carry their reasons
-    assert dead == [{"batch_id": dead_id, "topic": topic, "dead_ms": int(dead_meta["dead_ms"]),
-                     "upload_failures": 1, "last_error": dead_meta["last_error"]}]
+    assert dead == [
+        {
+            "batch_id": dead_id,
+            "topic": topic,
+            "dead_ms": int(dead_meta["dead_ms"]),
+            "upload_failures": 1,
+            "last_error": dead_meta["last_error"],
+        }
+    ]
     assert "503" in dead[0]["last_error"]
     [q] = quarantine
     assert q["id"] == f"{topic}:0:1" and q["offset"] == 1 and q["topic"] == topic
@@ -83,8 +103,9 @@ async def test_status_and_inspect_match_redis(broker: KafkaBroker, redis_server:
     assert len(sink.requests) == 1
 
 
-async def test_inspect_replays_dead_and_redispatches_quarantined(broker: KafkaBroker, redis_server: RedisServer,
-                                                                 store: BatchStore, make_topic, tmp_path: Path) -> None:
+async def test_inspect_replays_dead_and_redispatches_quarantined(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message")

@@ -6,16 +6,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from batchfleet.localstack import KafkaBroker, RedisServer
 from batchfleet.store import BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration import processors
 from tests.integration.fleet import fleet, lines_uploaded, make_settings, message, produce, read_uploads, wait_until
 
 FULL = {"expected", "ok", "failed", "empty", "missing", "late"}
 
 
-async def test_all_ok_one_upload_complete(broker: KafkaBroker, redis_server: RedisServer, store: BatchStore,
-                                          make_topic, tmp_path: Path) -> None:
+async def test_all_ok_one_upload_complete(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
@@ -35,12 +36,14 @@ async def test_all_ok_one_upload_complete(broker: KafkaBroker, redis_server: Red
     assert stats["batches_uploaded"] == 1 and stats["batches_complete"] == 1 and stats["stations_ok"] == 3
 
 
-async def test_failures_and_hang_upload_at_deadline(broker: KafkaBroker, redis_server: RedisServer,
-                                                   store: BatchStore, make_topic, tmp_path: Path) -> None:
+async def test_failures_and_hang_upload_at_deadline(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=2.0,
-                             station_timeout_s=30.0)
+    settings = make_settings(
+        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=2.0, station_timeout_s=30.0
+    )
     stations = ["S001", "RAISE-1", "NONE-1", "HANG-1", "S002"]
     await produce(broker.bootstrap, topic, [message(stations)])
     async with fleet(settings, workers=1):
@@ -58,12 +61,20 @@ async def test_failures_and_hang_upload_at_deadline(broker: KafkaBroker, redis_s
     assert payload["finalized_at"] - payload["created_at"] >= 2.0
 
 
-async def test_station_budget_timeout_is_recorded_as_failed(broker: KafkaBroker, redis_server: RedisServer,
-                                                            make_topic, tmp_path: Path) -> None:
+async def test_station_budget_timeout_is_recorded_as_failed(
+    broker: KafkaBroker, redis_server: RedisServer, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=5.0,
-                             station_timeout_s=0.5, processor="tests.integration.processors:sync_process")
+    settings = make_settings(
+        redis_server.url,
+        broker.bootstrap,
+        [topic],
+        f"file://{out}",
+        batch_timeout_s=5.0,
+        station_timeout_s=0.5,
+        processor="tests.integration.processors:sync_process",
+    )
     await produce(broker.bootstrap, topic, [message(["S001", "SPIN-1", "BLOCK-1", "RAISE-2"])])
     try:
         async with fleet(settings, workers=1):
@@ -81,8 +92,9 @@ async def test_station_budget_timeout_is_recorded_as_failed(broker: KafkaBroker,
     assert payload["failed"]["RAISE-2"].startswith("RuntimeError")
 
 
-async def test_bad_results_fail_only_their_station(broker: KafkaBroker, redis_server: RedisServer,
-                                                   make_topic, tmp_path: Path) -> None:
+async def test_bad_results_fail_only_their_station(
+    broker: KafkaBroker, redis_server: RedisServer, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
@@ -97,14 +109,14 @@ async def test_bad_results_fail_only_their_station(broker: KafkaBroker, redis_se
     assert "JSON" in payload["failed"]["NONJSON-1"]
 
 
-async def test_poll_batching_merges_messages_and_stations(broker: KafkaBroker, redis_server: RedisServer,
-                                                          store: BatchStore, make_topic, tmp_path: Path) -> None:
+async def test_poll_batching_merges_messages_and_stations(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
     # produced before the dispatcher starts, so one getmany returns all three
-    await produce(broker.bootstrap, topic, [message(["A-1", "B-1"], 1), message(["B-1", "C-1"], 2),
-                                            message(["A-1"], 3)])
+    await produce(broker.bootstrap, topic, [message(["A-1", "B-1"], 1), message(["B-1", "C-1"], 2), message(["A-1"], 3)])
     async with fleet(settings, workers=1):
         await wait_until(lines_uploaded(out, 1), 30, "upload")
         jobs = await store.queue_depth()
@@ -118,13 +130,13 @@ async def test_poll_batching_merges_messages_and_stations(broker: KafkaBroker, r
     assert jobs == 0
 
 
-async def test_message_batching_one_batch_per_message(broker: KafkaBroker, redis_server: RedisServer,
-                                                      make_topic, tmp_path: Path) -> None:
+async def test_message_batching_one_batch_per_message(
+    broker: KafkaBroker, redis_server: RedisServer, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message")
-    await produce(broker.bootstrap, topic, [message(["S001", "S002"]), message(["S001", "S003"]),
-                                            message(["S004"])])
+    await produce(broker.bootstrap, topic, [message(["S001", "S002"]), message(["S001", "S003"]), message(["S004"])])
     async with fleet(settings, workers=1):
         await wait_until(lines_uploaded(out, 3), 30, "three uploads")
     payloads = sorted(read_uploads(out), key=lambda p: p["batch_id"])
@@ -133,12 +145,14 @@ async def test_message_batching_one_batch_per_message(broker: KafkaBroker, redis
     assert all(p["reason"] == "complete" for p in payloads)
 
 
-async def test_late_result_is_counted_and_upload_unchanged(broker: KafkaBroker, redis_server: RedisServer,
-                                                           store: BatchStore, make_topic, tmp_path: Path) -> None:
+async def test_late_result_is_counted_and_upload_unchanged(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=0.6,
-                             station_timeout_s=10.0, late="record")
+    settings = make_settings(
+        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=0.6, station_timeout_s=10.0, late="record"
+    )
     await produce(broker.bootstrap, topic, [message(["S001", "SLOW-1"])])
     batch_id = f"{topic}:0:0"
     async with fleet(settings, workers=1):
@@ -159,9 +173,9 @@ async def test_late_result_is_counted_and_upload_unchanged(broker: KafkaBroker, 
     assert len(read_uploads(out)) == 1
 
 
-async def test_malformed_message_is_quarantined_and_partition_flows(broker: KafkaBroker, redis_server: RedisServer,
-                                                                     store: BatchStore, make_topic,
-                                                                     tmp_path: Path) -> None:
+async def test_malformed_message_is_quarantined_and_partition_flows(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message")
@@ -192,8 +206,7 @@ async def test_uploaded_batch_expires_after_retention_and_leaves_no_keys(
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", retention_s=1,
-                             batching="message")
+    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", retention_s=1, batching="message")
     await produce(broker.bootstrap, topic, [message(["S001", "NONE-1"]), message(["S002"])])
     async with fleet(settings, workers=1):
         await wait_until(lines_uploaded(out, 2), 30, "two uploads")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from batchfleet.localstack import KafkaBroker, RedisServer
 from batchfleet.settings import PriorityLevel
 from batchfleet.store import BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration.fleet import fleet, lines_uploaded, make_settings, message, produce, read_uploads, wait_until
 
 
@@ -17,8 +17,16 @@ async def test_quorum_uploads_at_quorum_plus_grace_and_counts_later_results_late
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=20.0,
-                             station_timeout_s=30.0, quorum=0.5, quorum_grace_s=0.3)
+    settings = make_settings(
+        redis_server.url,
+        broker.bootstrap,
+        [topic],
+        f"file://{out}",
+        batch_timeout_s=20.0,
+        station_timeout_s=30.0,
+        quorum=0.5,
+        quorum_grace_s=0.3,
+    )
     batch_id = f"{topic}:0:0"
     async with fleet(settings, workers=1):
         await produce(broker.bootstrap, topic, [message(["S001", "SLOW-1", "S002", "SLOW-2"])])
@@ -40,12 +48,14 @@ async def test_quorum_uploads_at_quorum_plus_grace_and_counts_later_results_late
     assert len(read_uploads(out)) == 1
 
 
-async def test_quorum_with_no_grace_finalizes_at_once(broker: KafkaBroker, redis_server: RedisServer,
-                                                      store: BatchStore, make_topic, tmp_path: Path) -> None:
+async def test_quorum_with_no_grace_finalizes_at_once(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=20.0,
-                             station_timeout_s=30.0, quorum=0.6)
+    settings = make_settings(
+        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=20.0, station_timeout_s=30.0, quorum=0.6
+    )
     async with fleet(settings, workers=1):
         await produce(broker.bootstrap, topic, [message(["S001", "S002", "HANG-1", "HANG-2", "S003"])])
         await wait_until(lines_uploaded(out, 1), 30, "the quorum upload")
@@ -62,8 +72,15 @@ async def test_high_priority_batch_meets_its_deadline_under_a_normal_flood(
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
     settings = make_settings(
-        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message", batch_timeout_s=60.0,
-        station_timeout_s=10.0, worker_max_jobs=4, priority_field="priority",
+        redis_server.url,
+        broker.bootstrap,
+        [topic],
+        f"file://{out}",
+        batching="message",
+        batch_timeout_s=60.0,
+        station_timeout_s=10.0,
+        worker_max_jobs=4,
+        priority_field="priority",
         priorities={"high": PriorityLevel(timeout_s=3.0, boost_s=60.0), "normal": PriorityLevel(timeout_s=60.0)},
     )
     flood = [message([f"W-{m}-{i}" for i in range(10)]) for m in range(40)]  # 400 stations x 50 ms / 4 slots = 5 s
@@ -77,8 +94,7 @@ async def test_high_priority_batch_meets_its_deadline_under_a_normal_flood(
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
         await producer.start()
         try:  # one high-priority message by Kafka header
-            await producer.send_and_wait(topic, message(["W-high-1", "W-high-2", "W-high-3"]),
-                                         headers=[("priority", b"high")])
+            await producer.send_and_wait(topic, message(["W-high-1", "W-high-2", "W-high-3"]), headers=[("priority", b"high")])
         finally:
             await producer.stop()
         high_id = f"{topic}:0:40"
@@ -98,12 +114,14 @@ async def test_high_priority_batch_meets_its_deadline_under_a_normal_flood(
     assert len(normal) == 40 and all(p["reason"] == "complete" for p in normal)  # normal work not starved
 
 
-async def test_late_drop_counts_without_keeping(broker: KafkaBroker, redis_server: RedisServer, store: BatchStore,
-                                                make_topic, tmp_path: Path) -> None:
+async def test_late_drop_counts_without_keeping(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=0.6,
-                             station_timeout_s=10.0, late="drop")
+    settings = make_settings(
+        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=0.6, station_timeout_s=10.0, late="drop"
+    )
     batch_id = f"{topic}:0:0"
     async with fleet(settings, workers=1):
         await produce(broker.bootstrap, topic, [message(["S001", "SLOW-1"])])

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import orjson
 
-from batchfleet.localstack import KafkaBroker, RedisServer
 from batchfleet.store import BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration import uploadsink
 from tests.integration.fleet import Proc, fleet, make_settings, message, produce, read_uploads, settings_env, wait_until
 
 
-async def test_sigterm_aggregator_mid_upload_finishes_it(broker: KafkaBroker, redis_server: RedisServer,
-                                                          store: BatchStore, make_topic, tmp_path: Path) -> None:
+async def test_sigterm_aggregator_mid_upload_finishes_it(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     with uploadsink.HttpSink() as sink:
         sink.delay_s = 2.0  # every upload takes 2 s
@@ -30,7 +31,7 @@ async def test_sigterm_aggregator_mid_upload_finishes_it(broker: KafkaBroker, re
 
             await wait_until(uploading, 30, "the upload to start")
             agg.signal(signal.SIGTERM)
-            code = await asyncio.to_thread(agg.proc.wait, 20)
+            code = await asyncio.to_thread(agg.popen.wait, 20)
             meta = await store.batch_meta(f"{topic}:0:0")
             counts = await store.counts()
     assert code == 0
@@ -38,12 +39,12 @@ async def test_sigterm_aggregator_mid_upload_finishes_it(broker: KafkaBroker, re
     assert counts["open"] == 0 and counts["leased"] == 0  # no claimed-but-abandoned batch
 
 
-async def test_sigterm_dispatcher_commits_and_loses_nothing(broker: KafkaBroker, redis_server: RedisServer,
-                                                            store: BatchStore, make_topic, tmp_path: Path) -> None:
+async def test_sigterm_dispatcher_commits_and_loses_nothing(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message",
-                             log_format="json")
+    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message", log_format="json")
     env = settings_env(settings)
     async with fleet(settings, workers=1, dispatchers=0):
         first = Proc("dispatcher", env, tmp_path / "dispatcher-1.log")
@@ -54,10 +55,11 @@ async def test_sigterm_dispatcher_commits_and_loses_nothing(broker: KafkaBroker,
 
         await wait_until(some, 30, "the first batches")
         first.signal(signal.SIGTERM)
-        code = await asyncio.to_thread(first.proc.wait, 20)
+        code = await asyncio.to_thread(first.popen.wait, 20)
         await producing
         second = Proc("dispatcher", env, tmp_path / "dispatcher-2.log")
         try:
+
             async def all_uploaded() -> bool:
                 return (await store.stats()).get("batches_uploaded", 0) >= 60
 

@@ -14,12 +14,12 @@ import orjson
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from batchfleet.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, Keys
-from batchfleet.localstack import RedisServer
 from batchfleet.models import BatchSpec, PartitionRange
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
+from batchfleet.workers.main import run_worker
+from batchfleet_dev.localstack import RedisServer
 from tests.integration.fleet import REPO, make_settings, settings_env, wait_until
-from workers.main import run_worker
 
 KEYS = Keys()
 
@@ -31,10 +31,13 @@ def _settings(redis_server: RedisServer, **overrides: Any) -> Settings:
 def _spec(batch_id: str, stations: list[str], *, timeout_s: float = 60.0) -> BatchSpec:
     topic, partition, offset = batch_id.rsplit(":", 2)
     return BatchSpec(
-        batch_id=batch_id, topic=topic, timeout_s=timeout_s, retention_s=60,
+        batch_id=batch_id,
+        topic=topic,
+        timeout_s=timeout_s,
+        retention_s=60,
         stations={s: [{"stationId": s, "v": i}] for i, s in enumerate(stations)},
         ranges=[PartitionRange(topic, int(partition), int(offset), int(offset) + 1)],
-    )  # fmt: skip
+    )
 
 
 async def _queue(store: BatchStore, job_ids: dict[str, float]) -> None:
@@ -50,8 +53,7 @@ async def test_claim_takes_only_queued_due_unclaimed_jobs(store: BatchStore) -> 
     now = int(time.time() * 1000)
     await _queue(store, {"due-1": now - 5, "future": now + 60_000, "running": now - 4, "due-2": now - 3})
     await store.redis.set(KEYS.in_progress("running"), b"1")
-    claimed = await store.claim_jobs(["due-1", "future", "running", "gone", "due-2"], now_ms=now,
-                                     in_progress_ms=30_000, want=10)  # fmt: skip
+    claimed = await store.claim_jobs(["due-1", "future", "running", "gone", "due-2"], now_ms=now, in_progress_ms=30_000, want=10)
     assert claimed == [("due-1", now - 5), ("due-2", now - 3)]
     ttl = await store.redis.pttl(KEYS.in_progress("due-1"))
     assert 29_000 < ttl <= 30_000
@@ -82,17 +84,21 @@ async def test_station_job_carries_its_records_budget_and_deadline(store: BatchS
     assert await store.redis.hgetall(KEYS.inputs("t:0:0")) == {b"S1": b"", b"S2": b""}
 
 
-async def test_a_batchfleet_worker_and_a_plain_arq_worker_share_a_queue(redis_server: RedisServer,
-                                                                      store: BatchStore, tmp_path: Path) -> None:
+async def test_a_batchfleet_worker_and_a_plain_arq_worker_share_a_queue(
+    redis_server: RedisServer, store: BatchStore, tmp_path: Path
+) -> None:
     """Both claim protocols guard the same in-progress keys: every station runs and is recorded once."""
     settings = _settings(redis_server, worker_max_jobs=5)
     stations = [f"W-{i:03d}" for i in range(400)]  # 50 ms each: long enough for both workers to take some
     await store.create_batch(_spec("t:0:0", stations))
     log = (tmp_path / "arq.log").open("wb")
     arq = subprocess.Popen(  # noqa: ASYNC220 (started once, never waited on in the loop)
-        [sys.executable, "-m", "arq", "workers.WorkerSettings"], env=settings_env(settings), cwd=REPO,
-        stdout=log, stderr=log,
-    )  # fmt: skip
+        [sys.executable, "-m", "arq", "batchfleet.workers.WorkerSettings"],
+        env=settings_env(settings),
+        cwd=REPO,
+        stdout=log,
+        stderr=log,
+    )
     ours = asyncio.create_task(run_worker(settings, handle_signals=False))
     try:
         await wait_until(lambda: _all_recorded(store, "t:0:0", len(stations)), 60, "every station recorded")
@@ -114,8 +120,7 @@ async def _all_recorded(store: BatchStore, batch_id: str, n: int) -> bool:
     return int(await store.redis.hlen(KEYS.outcomes(batch_id))) >= n
 
 
-async def test_job_without_records_reads_them_from_the_inputs_hash(redis_server: RedisServer,
-                                                                   store: BatchStore) -> None:
+async def test_job_without_records_reads_them_from_the_inputs_hash(redis_server: RedisServer, store: BatchStore) -> None:
     """A job queued by an earlier release (no kwargs, records in the inputs hash) still runs."""
     await store.create_batch(_spec("t:0:0", ["S1"]))
     job_key = KEYS.job("t:0:0", "S1")
@@ -128,8 +133,7 @@ async def test_job_without_records_reads_them_from_the_inputs_hash(redis_server:
     assert outcome.status == "ok" and outcome.result == {"stationId": "S1", "n": 2, "values": [41, 42]}
 
 
-async def test_stations_of_a_batch_past_its_finalized_deadline_are_skipped(redis_server: RedisServer,
-                                                                          store: BatchStore) -> None:
+async def test_stations_of_a_batch_past_its_finalized_deadline_are_skipped(redis_server: RedisServer, store: BatchStore) -> None:
     """The job's deadline tells the worker to read the batch state first; a finalized batch's stations
     are skipped, not run and recorded late."""
     await store.create_batch(_spec("t:0:0", [f"S{i}" for i in range(20)], timeout_s=0.2))

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from batchfleet.localstack import free_port
+from batchfleet_dev.localstack import free_port
 
 received: list[dict[str, Any]] = []
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from batchfleet.dispatcher.batching import Unit, plan_dispatch
 from batchfleet.models import BatchSpec, PartitionRange, QuarantineEntry
 from batchfleet.settings import TopicConfig
-from dispatcher.batching import Unit, plan_dispatch
 from tests.unit.messages import Msg
 
 MAX_BYTES = 1_048_576

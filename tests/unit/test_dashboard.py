@@ -86,9 +86,23 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 AGGREGATIONS = frozenset(
-    {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
-     "quantile", "limitk", "limit_ratio"}
-)  # fmt: skip
+    {
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    }
+)
 BINARY_MODIFIERS = frozenset({"on", "ignoring", "group_left", "group_right"})
 KEYWORDS = frozenset({"by", "without", "bool", "offset", "and", "or", "unless", "atan2", "inf", "nan"})
 _LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -266,8 +280,11 @@ def problems(expr: str, legend: str = "") -> list[str]:
         lo, hi = group.scope if group.scope else (-1, 1 << 30)
         scoped = [SERIES[s.name] for s in parsed.selectors if s.name in SERIES and lo < s.position < hi]
         for label in group.labels:
-            found += [f"{s.family}: {group.clause} ({label}) but the metric has no such label (in {expr!r})"
-                      for s in scoped if label not in s.labels]  # fmt: skip
+            found += [
+                f"{s.family}: {group.clause} ({label}) but the metric has no such label (in {expr!r})"
+                for s in scoped
+                if label not in s.labels
+            ]
     by_labels = {label for g in parsed.groupings if g.clause == "by" for label in g.labels}
     aggregated = any(g.clause in ("by", "without") for g in parsed.groupings) or re.search(
         r"\b(?:" + "|".join(sorted(AGGREGATIONS)) + r")\s*\(", expr

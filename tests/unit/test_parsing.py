@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
+from batchfleet.dispatcher.parsing import MAX_DEPTH, MAX_STATION_ID_LENGTH, BadMessage, parse_stations
 from batchfleet.settings import TopicConfig
-from dispatcher.parsing import MAX_DEPTH, MAX_STATION_ID_LENGTH, BadMessage, parse_stations
 
 CFG = TopicConfig()
 MAX_BYTES = 1_048_576

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from aggregator.payload import build_payload
+from batchfleet.aggregator.payload import build_payload
 from batchfleet.keys import Keys, batch_id_for, job_id_for, message_id_for
 from batchfleet.models import Claim, Outcome
-from workers.processor import abandoned_threads, run_processor
+from batchfleet.workers.processor import abandoned_threads, run_processor
 
 # -- build_payload -------------------------------------------------------------------------------
 
@@ -91,7 +91,16 @@ def test_payload_serialises_to_the_documented_fields() -> None:
     payload = build_payload(claim(["a"], {"a": Outcome("empty")}, reason="complete", finalized_ms="1700000001000"))
     data = payload.model_dump()
     assert set(data) == {
-        "batch_id", "topic", "created_at", "finalized_at", "reason", "results", "summary", "failed", "empty", "missing",
+        "batch_id",
+        "topic",
+        "created_at",
+        "finalized_at",
+        "reason",
+        "results",
+        "summary",
+        "failed",
+        "empty",
+        "missing",
     }
     assert data["empty"] == ["a"]
 

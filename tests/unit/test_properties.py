@@ -8,10 +8,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from batchfleet.dispatcher.batching import Unit, plan_dispatch
+from batchfleet.dispatcher.parsing import BadMessage, parse_stations
 from batchfleet.models import BatchSpec, QuarantineEntry
 from batchfleet.settings import TopicConfig
-from dispatcher.batching import Unit, plan_dispatch
-from dispatcher.parsing import BadMessage, parse_stations
 from tests.unit.messages import Msg
 
 MAX_BYTES = 1_048_576
@@ -190,10 +190,10 @@ def _check_plan(msgs: list[Msg], units: list[Unit], cfg: TopicConfig) -> None:  
         assert {r.topic for r in spec.ranges} == {spec.topic}
         assert 1 <= len(spec.stations) <= cfg.max_stations
         inside = sorted(
-            key for key, pairs in parsed.items()
-            if pairs is not None and any(
-                (r.topic, r.partition) == key[:2] and r.first_offset <= key[2] < r.next_offset for r in spec.ranges
-            )
+            key
+            for key, pairs in parsed.items()
+            if pairs is not None
+            and any((r.topic, r.partition) == key[:2] and r.first_offset <= key[2] < r.next_offset for r in spec.ranges)
         )
         assert inside and spec.messages == len(inside)
         assert spec.batch_id == "{}:{}:{}".format(*inside[0])

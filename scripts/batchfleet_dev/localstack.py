@@ -86,15 +86,42 @@ class RedisServer:
         if self.tls is None:
             return ["--port", str(self.port)]
         cert, key, ca = self.tls
-        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-                "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(ca),
+            "--tls-auth-clients",
+            "no",
+        ]
 
     def start(self) -> RedisServer:
         args = [
-            find_redis_server(), *self._listen_args(), "--bind", "127.0.0.1", "--save", "",
-            "--dir", str(self.directory), "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec", "--maxmemory-policy", "noeviction", "--daemonize", "no",
-            "--logfile", str(self.directory / "redis.log"), *self.extra_args,
+            find_redis_server(),
+            *self._listen_args(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.directory),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.directory / "redis.log"),
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, proc=self.proc)
@@ -154,7 +181,9 @@ class KafkaBroker:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
         wait_for_port(self.port, proc=self.proc)

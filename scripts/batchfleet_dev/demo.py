@@ -9,16 +9,15 @@ station data.  Some stations fail, some return None, some are slower than the de
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 import orjson
 from rich.console import Console, Group
 from rich.live import Live
@@ -26,9 +25,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from batchfleet.localstack import KafkaBroker, RedisServer, create_topics
-from batchfleet.sample import station_ids, station_message
 from batchfleet.store import BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics
+from batchfleet_dev.procs import RoleProcess, role_env, stop_all
+from batchfleet_dev.sample import station_ids, station_message
 
 __all__ = ["run_demo"]
 
@@ -40,25 +40,13 @@ POLL_TOPIC = "STATION-DATA"
 class Fleet:
     workdir: Path
     env: dict[str, str]
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    procs: list[RoleProcess] = field(default_factory=list)
 
     def spawn(self, role: str, index: int = 0) -> None:
-        log = open(self.workdir / f"{role}-{index}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "batchfleet", role], env=self.env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        self.procs.append((f"{role}-{index}", proc))
+        self.procs.append(RoleProcess(role, self.env, self.workdir / f"{role}-{index}.log"))
 
     def stop(self) -> None:
-        for _, proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _, proc in self.procs:
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs, timeout_s=15)
 
 
 def _write_config(workdir: Path) -> Path:
@@ -111,10 +99,12 @@ async def _snapshot(store: BatchStore) -> tuple[list[dict[str, Any]], list[dict[
     return open_rows, recent_rows, await store.stats(), await store.queue_depth()
 
 
-def _render(open_rows: list[dict[str, Any]], recent: list[dict[str, Any]], stats: dict[str, int],
-            depth: int, now_ms: int, started: float) -> Group:
+def _render(
+    open_rows: list[dict[str, Any]], recent: list[dict[str, Any]], stats: dict[str, int], depth: int, now_ms: int, started: float
+) -> Group:
     head = Text.assemble(
-        ("batchfleet demo", "bold"), f"  up {time.monotonic() - started:4.0f}s  queue {depth}  ",
+        ("batchfleet demo", "bold"),
+        f"  up {time.monotonic() - started:4.0f}s  queue {depth}  ",
         f"batches created {stats.get('batches_created', 0)} uploaded {stats.get('batches_uploaded', 0)} "
         f"(complete {stats.get('batches_complete', 0)}, deadline {stats.get('batches_deadline', 0)})  "
         f"stations ok {stats.get('stations_ok', 0)} failed {stats.get('stations_failed', 0)} "
@@ -128,16 +118,26 @@ def _render(open_rows: list[dict[str, Any]], recent: list[dict[str, Any]], stats
         done, expected = row["done"], int(row.get("expected", 0))
         age = (now_ms - int(row.get("created_ms", now_ms))) / 1000
         left = (int(row.get("deadline_ms", now_ms)) - now_ms) / 1000
-        table.add_row(row["batch_id"], _bar(done, expected), f"{done}/{expected}", f"{age:4.1f}s",
-                      f"{left:4.1f}s" if row.get("state") == "open" else row.get("state", ""))
+        table.add_row(
+            row["batch_id"],
+            _bar(done, expected),
+            f"{done}/{expected}",
+            f"{age:4.1f}s",
+            f"{left:4.1f}s" if row.get("state") == "open" else row.get("state", ""),
+        )
     done_table = Table(title="recently uploaded", expand=True)
     for col in ("batch", "reason", "ok", "failed", "empty", "missing", "late", "create→upload"):
         done_table.add_column(col)
     for row in recent:
         s = row.get("summary", {})
         latency = (int(row.get("uploaded_ms", 0)) - int(row.get("created_ms", 0))) / 1000
-        done_table.add_row(row["batch_id"], row.get("reason", ""), *(str(s.get(k, "")) for k in
-                           ("ok", "failed", "empty", "missing")), row.get("late", "0"), f"{latency:.2f}s")
+        done_table.add_row(
+            row["batch_id"],
+            row.get("reason", ""),
+            *(str(s.get(k, "")) for k in ("ok", "failed", "empty", "missing")),
+            row.get("late", "0"),
+            f"{latency:.2f}s",
+        )
     return Group(head, table, done_table)
 
 
@@ -158,8 +158,7 @@ async def _watch(store: BatchStore, stop: asyncio.Event, duration_s: float, plai
                 for row in reversed(recent):
                     if row["batch_id"] not in seen:
                         seen.add(row["batch_id"])
-                        print(f"uploaded {row['batch_id']} reason={row.get('reason')} summary={row.get('summary')}",
-                              flush=True)
+                        print(f"uploaded {row['batch_id']} reason={row.get('reason')} summary={row.get('summary')}", flush=True)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=0.25)
             except TimeoutError:
@@ -172,15 +171,16 @@ async def _watch(store: BatchStore, stop: asyncio.Event, duration_s: float, plai
 async def _demo(workdir: Path, redis: RedisServer, broker: KafkaBroker, args: dict[str, Any]) -> None:
     await create_topics(broker.bootstrap, [POLL_TOPIC], partitions=3)
     await create_topics(broker.bootstrap, [REALTIME_TOPIC], partitions=1)
-    env = {
-        **os.environ,
-        "BATCHFLEET_REDIS_URL": redis.url,
-        "BATCHFLEET_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-        "BATCHFLEET_TOPICS": f"{REALTIME_TOPIC},{POLL_TOPIC}",
-        "BATCHFLEET_CONFIG": str(_write_config(workdir)),
-        "BATCHFLEET_UPLOADER": f"file://{workdir / 'uploads.jsonl'}",
-        "BATCHFLEET_PROCESSOR": "workers.demo:process_station",
-    }
+    env = role_env(
+        extra={
+            "BATCHFLEET_REDIS_URL": redis.url,
+            "BATCHFLEET_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "BATCHFLEET_TOPICS": f"{REALTIME_TOPIC},{POLL_TOPIC}",
+            "BATCHFLEET_CONFIG": str(_write_config(workdir)),
+            "BATCHFLEET_UPLOADER": f"file://{workdir / 'uploads.jsonl'}",
+            "BATCHFLEET_PROCESSOR": "batchfleet.workers.demo:process_station",
+        }
+    )
     fleet = Fleet(workdir, env)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -208,8 +208,9 @@ def run_demo(*, duration_s: float, stations: int, workers: int, plain: bool) -> 
     redis = RedisServer(directory=workdir).start()
     broker = KafkaBroker(log_path=workdir / "broker.log").start()
     try:
-        asyncio.run(_demo(workdir, redis, broker, {"duration_s": duration_s, "stations": stations,
-                                                     "workers": workers, "plain": plain}))
+        asyncio.run(
+            _demo(workdir, redis, broker, {"duration_s": duration_s, "stations": stations, "workers": workers, "plain": plain})
+        )
     finally:
         broker.stop()
         redis.stop()
@@ -217,3 +218,20 @@ def run_demo(*, duration_s: float, stations: int, workers: int, plain: bool) -> 
     count = sum(1 for _ in uploads.open()) if uploads.exists() else 0
     print(f"stopped. {count} batch(es) uploaded to {uploads}")
     return 0
+
+
+@click.command()
+@click.option("--duration", type=float, default=0, help="seconds to run (0 = until Ctrl-C)")
+@click.option("--stations", type=int, default=24, help="stations per realtime message")
+@click.option("--workers", "worker_count", type=int, default=2, help="worker processes")
+@click.option("--plain", is_flag=True, help="print progress lines instead of the live view")
+def main(duration: float, stations: int, worker_count: int, plain: bool) -> None:
+    """Start a local stack (redis-server, Kafka-protocol broker, the fleet, a producer) and watch it."""
+    from batchfleet.logs import configure_logging
+
+    configure_logging("human", "WARNING", "demo")
+    sys.exit(run_demo(duration_s=duration, stations=stations, workers=worker_count, plain=plain))
+
+
+if __name__ == "__main__":
+    main()

@@ -62,8 +62,6 @@ import asyncio
 import inspect
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -77,13 +75,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from batchfleet.keys import Keys, batch_id_for, message_id_for, offset_field
-from batchfleet.localstack import KafkaBroker, RedisServer, create_topics
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics
+from batchfleet_dev.procs import RoleProcess, role_env, stop_all
 
-__all__ = ["ChaosConfig", "ChaosReport", "account", "chaos_processor", "main", "run_chaos", "settings_env"]
+__all__ = ["ChaosConfig", "ChaosReport", "account", "chaos_processor", "main", "run_chaos"]
 
-REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)  # BusyLoadingError is a ConnectionError
 _MAX_LISTED = 40  # violations listed per kind (all are counted)
@@ -108,7 +106,7 @@ def station_kind(station_id: str) -> str:
 
 
 async def chaos_processor(station_id: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """``BATCHFLEET_PROCESSOR=batchfleet.chaos:chaos_processor``: echoes the record ids it received."""
+    """``BATCHFLEET_PROCESSOR=batchfleet_dev.chaos:chaos_processor``: echoes the record ids it received."""
     kind = station_kind(station_id)
     if kind == "raise":
         raise ValueError(f"chaos: station {station_id} always fails")
@@ -164,13 +162,6 @@ class Produced:
         return message_id_for(self.topic, self.partition, self.offset)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as BATCHFLEET_* variables for a role subprocess (the same logic as the tests' fleet helper)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHFLEET_")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env | settings.as_env()
-
-
 def _write_topic_config(path: Path, rt_topic: str, poll_topic: str, cfg: ChaosConfig) -> None:
     path.write_text(
         f'[topics."{rt_topic}"]\nbatching = "message"\ntimeout_s = {cfg.batch_timeout_s}\n'
@@ -187,7 +178,7 @@ def chaos_settings(redis_url: str, bootstrap: str, topics: list[str], workdir: P
         kafka_bootstrap_servers=bootstrap,
         topics=topics,
         kafka_group_id=group,
-        processor="batchfleet.chaos:chaos_processor",
+        processor="batchfleet_dev.chaos:chaos_processor",
         uploader=f"file://{workdir / 'uploads.jsonl'}",
         config=workdir / "topics.toml",
         batch_timeout_s=cfg.batch_timeout_s,
@@ -328,7 +319,7 @@ class Slot:
     role: str
     index: int
     log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+    proc: RoleProcess | None = None
     down: bool = False  # killed on purpose, restart pending
 
     @property
@@ -344,40 +335,32 @@ class Fleet:
         self.kills: Counter[str] = Counter()
         self.unexpected_exits: list[str] = []
 
-    @staticmethod
-    def _note(slot: Slot, text: str) -> None:
-        with open(slot.log_path, "ab") as log:
-            log.write(f"--- chaos {time.strftime('%H:%M:%S')}: {text}\n".encode())
-
     def spawn(self, slot: Slot) -> None:
-        with open(slot.log_path, "ab") as log:
-            slot.proc = subprocess.Popen([sys.executable, "-m", "batchfleet", slot.role], env=self.env, cwd=REPO,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # fmt: skip
+        slot.proc = RoleProcess(slot.role, self.env, slot.log_path)
         slot.down = False
-        self._note(slot, f"started pid {slot.proc.pid}")
+        slot.proc.note(f"chaos: started pid {slot.proc.pid}")
 
     def start_all(self) -> None:
         for slot in self.slots:
             self.spawn(slot)
 
     def kill(self, slot: Slot) -> None:
-        if not slot.down and slot.proc is not None and slot.proc.poll() is not None:
+        if not slot.down and slot.proc is not None and not slot.proc.alive():
             self.reap()  # it died by itself just before: that is worth reporting
         slot.down = True
-        if slot.proc is not None and slot.proc.poll() is None:
+        if slot.proc is not None and slot.proc.alive():
             slot.proc.kill()
-            slot.proc.wait()
             self.kills[slot.role] += 1
-            self._note(slot, f"SIGKILL pid {slot.proc.pid}")
+            slot.proc.note(f"chaos: SIGKILL pid {slot.proc.pid}")
 
     def reap(self) -> None:
         """Restart processes that exited by themselves (and remember them: a role should not crash)."""
         for slot in self.slots:
-            if slot.down or slot.proc is None or slot.proc.poll() is None:
+            if slot.down or slot.proc is None or slot.proc.alive():
                 continue
             what = f"{slot.name} pid {slot.proc.pid} exited by itself with {slot.proc.returncode} (log {slot.log_path})"
             self.unexpected_exits.append(what)
-            self._note(slot, what)
+            slot.proc.note(f"chaos: {what}")
             self.spawn(slot)
 
     async def supervise(self) -> None:
@@ -386,20 +369,7 @@ class Fleet:
             await asyncio.sleep(0.5)
 
     def stop(self) -> None:
-        running = [s.proc for s in self.slots if s.proc is not None and s.proc.poll() is None]
-        for proc in running:
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in running:
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for slot in self.slots:
-            if slot.proc is not None and slot.proc.poll() is None:  # pragma: no cover
-                slot.proc.kill()
-                slot.proc.wait()
+        stop_all([s.proc for s in self.slots if s.proc is not None], timeout_s=20)
 
 
 def _redis_schedule(cfg: ChaosConfig, rng: random.Random) -> list[float]:
@@ -419,8 +389,9 @@ class Faults:
     redis_down_s: list[float] = field(default_factory=list)
 
 
-async def _bounce_redis(redis: RedisServer, cfg: ChaosConfig, rng: random.Random, faults: Faults,
-                        say: Callable[[str], None]) -> None:  # fmt: skip
+async def _bounce_redis(
+    redis: RedisServer, cfg: ChaosConfig, rng: random.Random, faults: Faults, say: Callable[[str], None]
+) -> None:
     down_s = rng.uniform(*cfg.redis_down_s)
     say(f"SIGKILL redis-server (down for {down_s:.1f}s)")
     started = time.monotonic()
@@ -431,8 +402,9 @@ async def _bounce_redis(redis: RedisServer, cfg: ChaosConfig, rng: random.Random
     faults.redis_down_s.append(round(time.monotonic() - started, 2))
 
 
-async def chaos_loop(fleet: Fleet, redis: RedisServer, cfg: ChaosConfig, end_at: float, faults: Faults,
-                     say: Callable[[str], None]) -> None:  # fmt: skip
+async def chaos_loop(
+    fleet: Fleet, redis: RedisServer, cfg: ChaosConfig, end_at: float, faults: Faults, say: Callable[[str], None]
+) -> None:
     rng = random.Random(cfg.seed + 1)
     start = time.monotonic()
     redis_at = [start + t for t in _redis_schedule(cfg, rng)]
@@ -528,8 +500,9 @@ async def _wait_for_fleet(store: BatchStore, cfg: ChaosConfig) -> bool:
     return await _until(all_beating, 90) is not None
 
 
-async def _progress(store: BatchStore, producer: Producer, fleet: Fleet, faults: Faults, end_at: float,
-                    cfg: ChaosConfig, say: Callable[[str], None]) -> None:  # fmt: skip
+async def _progress(
+    store: BatchStore, producer: Producer, fleet: Fleet, faults: Faults, end_at: float, cfg: ChaosConfig, say: Callable[[str], None]
+) -> None:
     start = time.monotonic()
     while time.monotonic() < end_at:
         await asyncio.sleep(min(cfg.progress_every_s, max(end_at - time.monotonic(), 0.01)))
@@ -537,10 +510,12 @@ async def _progress(store: BatchStore, producer: Producer, fleet: Fleet, faults:
             stats = await store.stats()
         except _REDIS_DOWN:
             stats = {}
-        say(f"t={time.monotonic() - start:4.0f}s produced={len(producer.messages)} "
+        say(
+            f"t={time.monotonic() - start:4.0f}s produced={len(producer.messages)} "
             f"created={stats.get('batches_created', '?')} uploaded={stats.get('batches_uploaded', '?')} "
             f"quarantined={stats.get('messages_quarantined', '?')} kills={sum(fleet.kills.values())} "
-            f"redis_restarts={faults.redis_restarts}")  # fmt: skip
+            f"redis_restarts={faults.redis_restarts}"
+        )
 
 
 @dataclass
@@ -675,8 +650,9 @@ def _marker_owners(batches: dict[str, BatchView], bad: Violations) -> dict[int, 
     return {seq: bids[0] for seq, bids in owners.items()}
 
 
-def _attribute(produced: list[Produced], owners: dict[int, str], quarantined: set[str], acc: Accounting,
-               bad: Violations) -> dict[str, list[Produced]]:  # fmt: skip
+def _attribute(
+    produced: list[Produced], owners: dict[int, str], quarantined: set[str], acc: Accounting, bad: Violations
+) -> dict[str, list[Produced]]:
     """Which batch holds each valid message; malformed messages are accounted for by the quarantine."""
     members: dict[str, list[Produced]] = {}
     for m in produced:
@@ -804,8 +780,11 @@ class ChaosReport:
     def table(self) -> str:
         rows: list[tuple[str, str]] = [
             ("seed / chaos window", f"{self.seed} / {self.duration_s:.0f}s"),
-            ("produced messages", f"{self.messages_valid + self.messages_malformed} "
-                                  f"({self.messages_valid} valid, {self.messages_malformed} malformed)"),
+            (
+                "produced messages",
+                f"{self.messages_valid + self.messages_malformed} "
+                f"({self.messages_valid} valid, {self.messages_malformed} malformed)",
+            ),
             ("produced station records", str(self.records_produced)),
             ("batches created / uploaded / dead", f"{self.batches_created} / {self.batches_uploaded} / {self.batches_dead}"),
             ("upload lines", str(self.upload_lines)),
@@ -817,15 +796,23 @@ class ChaosReport:
             ("records twice / never produced", f"{self.records_duplicated} / {self.records_phantom}  (must be 0)"),
             ("quarantined (expected / found)", f"{self.quarantined_expected} / {self.quarantined_found}"),
             ("kills", f"{sum(self.kills.values())}: {_pairs(self.kills)}"),
-            ("roles that exited by themselves", f"{len(self.unexpected_exits)}  (restarted; listed below; "
-                                                f"{'a violation' if self.strict else 'a finding, --strict fails on it'})"),
+            (
+                "roles that exited by themselves",
+                f"{len(self.unexpected_exits)}  (restarted; listed below; "
+                f"{'a violation' if self.strict else 'a finding, --strict fails on it'})",
+            ),
             ("redis restarts (down s)", f"{self.redis_restarts} {self.redis_down_s}"),
             ("ingest caught up / drained after", f"{self.ingest_caught_up_s}s / {self.drained_s}s"),
-            ("redis used_memory baseline / after", f"{_mib(self.memory_baseline.get('used_memory', 0))} / "
-                                                   f"{_mib(self.memory_after.get('used_memory', 0))}"),
-            ("  client buffers (connections)", f"{_mem_pair(self.memory_baseline, self.memory_after, 'mem_clients_normal')} "
-                                               f"({self.memory_baseline.get('connected_clients')} / "
-                                               f"{self.memory_after.get('connected_clients')})"),
+            (
+                "redis used_memory baseline / after",
+                f"{_mib(self.memory_baseline.get('used_memory', 0))} / {_mib(self.memory_after.get('used_memory', 0))}",
+            ),
+            (
+                "  client buffers (connections)",
+                f"{_mem_pair(self.memory_baseline, self.memory_after, 'mem_clients_normal')} "
+                f"({self.memory_baseline.get('connected_clients')} / "
+                f"{self.memory_after.get('connected_clients')})",
+            ),
             ("  retained indexes (bf:batches ...)", _mem_pair(self.memory_baseline, self.memory_after, "retained")),
             ("  growth beyond those / margin", f"{self.memory_growth:+,} B / {self.memory_margin:,} B"),
             ("leftover keys", _pairs(self.leftover_keys) or "none"),
@@ -888,8 +875,17 @@ async def _collect(store: BatchStore) -> Collected:
     return Collected(await _patiently(store.stats), dead, quarantined, leftover, memory_after)
 
 
-def build_report(cfg: ChaosConfig, workdir: Path, produced: list[Produced], uploads_raw: bytes, got: Collected,
-                 fleet: Fleet, faults: Faults, settled: Settled, baseline: dict[str, int]) -> ChaosReport:  # fmt: skip
+def build_report(
+    cfg: ChaosConfig,
+    workdir: Path,
+    produced: list[Produced],
+    uploads_raw: bytes,
+    got: Collected,
+    fleet: Fleet,
+    faults: Faults,
+    settled: Settled,
+    baseline: dict[str, int],
+) -> ChaosReport:
     bad = Violations()
     uploads = group_uploads(uploads_raw, bad)
     batches = {bid: batch_view(orjson.loads(body), bad) for bid, body in uploads.bodies.items()}
@@ -901,24 +897,46 @@ def build_report(cfg: ChaosConfig, workdir: Path, produced: list[Produced], uplo
     acc = account(produced, batches, got.quarantined, bad)
     _fleet_checks(cfg, got, fleet, settled, baseline, uploads, bad)
     return ChaosReport(
-        seed=cfg.seed, duration_s=cfg.duration_s, workdir=str(workdir), strict=cfg.strict,
-        messages_valid=sum(1 for m in produced if not m.malformed), messages_malformed=sum(1 for m in produced if m.malformed),
-        records_produced=acc.produced_records, batches_created=got.stats.get("batches_created", 0),
-        batches_uploaded=len(uploads.bodies), batches_dead=len(got.dead), upload_lines=uploads.lines,
-        repeats=uploads.repeats, conflicting_repeats=uploads.conflicting, stations=dict(acc.stations),
-        records_accounted=dict(acc.categories), records_unaccounted=acc.unaccounted, records_duplicated=acc.duplicated,
-        records_phantom=acc.phantom, quarantined_expected=sum(1 for m in produced if m.malformed),
-        quarantined_found=acc.quarantined_found, kills=dict(fleet.kills), unexpected_exits=list(fleet.unexpected_exits),
-        redis_restarts=faults.redis_restarts, redis_down_s=faults.redis_down_s, ingest_caught_up_s=settled.ingest_s,
-        drained_s=settled.drained_s, memory_baseline=baseline, memory_after=got.memory_after,
+        seed=cfg.seed,
+        duration_s=cfg.duration_s,
+        workdir=str(workdir),
+        strict=cfg.strict,
+        messages_valid=sum(1 for m in produced if not m.malformed),
+        messages_malformed=sum(1 for m in produced if m.malformed),
+        records_produced=acc.produced_records,
+        batches_created=got.stats.get("batches_created", 0),
+        batches_uploaded=len(uploads.bodies),
+        batches_dead=len(got.dead),
+        upload_lines=uploads.lines,
+        repeats=uploads.repeats,
+        conflicting_repeats=uploads.conflicting,
+        stations=dict(acc.stations),
+        records_accounted=dict(acc.categories),
+        records_unaccounted=acc.unaccounted,
+        records_duplicated=acc.duplicated,
+        records_phantom=acc.phantom,
+        quarantined_expected=sum(1 for m in produced if m.malformed),
+        quarantined_found=acc.quarantined_found,
+        kills=dict(fleet.kills),
+        unexpected_exits=list(fleet.unexpected_exits),
+        redis_restarts=faults.redis_restarts,
+        redis_down_s=faults.redis_down_s,
+        ingest_caught_up_s=settled.ingest_s,
+        drained_s=settled.drained_s,
+        memory_baseline=baseline,
+        memory_after=got.memory_after,
         memory_growth=unexplained_growth(baseline, got.memory_after),
-        memory_margin=cfg.memory_margin_bytes, leftover_keys=got.leftover, stats=got.stats,
-        violation_counts=dict(bad.counts), violations=bad.listed,
-    )  # fmt: skip
+        memory_margin=cfg.memory_margin_bytes,
+        leftover_keys=got.leftover,
+        stats=got.stats,
+        violation_counts=dict(bad.counts),
+        violations=bad.listed,
+    )
 
 
-def _fleet_checks(cfg: ChaosConfig, got: Collected, fleet: Fleet, settled: Settled, baseline: dict[str, int], uploads: Uploads,
-                  bad: Violations) -> None:  # fmt: skip
+def _fleet_checks(
+    cfg: ChaosConfig, got: Collected, fleet: Fleet, settled: Settled, baseline: dict[str, int], uploads: Uploads, bad: Violations
+) -> None:
     if settled.ingest_s is None or settled.drained_s is None:
         bad.add("did not settle", settled.remaining)
     created = got.stats.get("batches_created", 0)
@@ -926,8 +944,11 @@ def _fleet_checks(cfg: ChaosConfig, got: Collected, fleet: Fleet, settled: Settl
         bad.add("batches created vs uploaded", f"{created} created, {len(uploads.bodies)} uploaded, {len(got.dead)} dead")
     growth = unexplained_growth(baseline, got.memory_after)
     if growth > cfg.memory_margin_bytes:
-        bad.add("memory not back near baseline", f"{growth:+,} B beyond client buffers and retained indexes "
-                f"(used_memory {baseline.get('used_memory', 0):,} -> {got.memory_after.get('used_memory', 0):,} B)")
+        bad.add(
+            "memory not back near baseline",
+            f"{growth:+,} B beyond client buffers and retained indexes "
+            f"(used_memory {baseline.get('used_memory', 0):,} -> {got.memory_after.get('used_memory', 0):,} B)",
+        )
     for kind, n in got.leftover.items():
         bad.add("leftover keys", f"{n} {kind} key(s) after retention")
     if cfg.strict:
@@ -944,8 +965,15 @@ def _stderr(text: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-async def _chaos_window(store: BatchStore, fleet: Fleet, redis: RedisServer, producer: Producer, cfg: ChaosConfig,
-                        faults: Faults, say: Callable[[str], None]) -> None:  # fmt: skip
+async def _chaos_window(
+    store: BatchStore,
+    fleet: Fleet,
+    redis: RedisServer,
+    producer: Producer,
+    cfg: ChaosConfig,
+    faults: Faults,
+    say: Callable[[str], None],
+) -> None:
     end_at = time.monotonic() + cfg.duration_s
     await producer.start()
     try:
@@ -965,7 +993,7 @@ async def _run(cfg: ChaosConfig, workdir: Path, redis: RedisServer, bootstrap: s
     await create_topics(bootstrap, [poll_topic], partitions=3)
     _write_topic_config(workdir / "topics.toml", rt_topic, poll_topic, cfg)
     settings = chaos_settings(redis.url, bootstrap, [rt_topic, poll_topic], workdir, f"chaos-{tag}", cfg)
-    fleet = Fleet(settings_env(settings), workdir, cfg)
+    fleet = Fleet(role_env(settings), workdir, cfg)
     store = BatchStore.from_url(redis.url, prefix=settings.key_prefix, queue_name=settings.queue_name, name="batchfleet-chaos")
     supervisor: asyncio.Task[None] | None = None
     try:

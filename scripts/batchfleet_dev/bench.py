@@ -11,7 +11,7 @@ broker.  What is measured, and how:
   of uploaded stations between 10 % and 90 % of the run.  The **raw-arq baseline** of the same run:
   the same number of no-op jobs enqueued with arq's own ``enqueue_job`` (JSON serializer), released
   at once (``RENAME`` of a staging queue) to the same number of plain arq worker processes built from
-  the same worker settings (``workers.settings.worker_settings`` with the job function swapped for a
+  the same worker settings (``batchfleet.workers.settings.worker_settings`` with the job function swapped for a
   no-op and batchfleet's start-up hooks removed); the rate is the slope of finished jobs.
 - **dispatcher throughput**: dispatcher alone (no workers), stations dispatched per second from the
   batches' creation times; compared with sequential ``enqueue_job`` calls in the raw-arq runs.
@@ -44,7 +44,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,14 +54,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import click
 import orjson
 import redis.asyncio as aioredis
 
 from batchfleet.keys import Keys
-from batchfleet.localstack import KafkaBroker, RedisServer, create_topics
 from batchfleet.models import BatchSpec, PartitionRange
 from batchfleet.settings import Settings, load_settings
 from batchfleet.store import STATION_JOB, BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics
+from batchfleet_dev.procs import RoleProcess, role_env
 
 __all__ = [
     "BenchConfig",
@@ -109,7 +110,7 @@ _upload_fd: list[int] = []
 
 
 def record_upload(payload: dict[str, Any]) -> None:
-    """The benchmark's uploader (``BATCHFLEET_UPLOADER=batchfleet.bench:record_upload``): one JSON line
+    """The benchmark's uploader (``BATCHFLEET_UPLOADER=batchfleet_dev.bench:record_upload``): one JSON line
     per batch with the upload time and the time its last station finished."""
     now = time.time()
     if not _upload_fd:
@@ -117,10 +118,15 @@ def record_upload(payload: dict[str, Any]) -> None:
     finished = [r["t"] for r in payload.get("results", ()) if isinstance(r, dict) and isinstance(r.get("t"), float)]
     summary = payload.get("summary", {})
     line = {
-        "b": payload["batch_id"], "t": now, "reason": payload.get("reason"), "n": summary.get("expected", 0),
-        "ok": summary.get("ok", 0), "last": max(finished) if finished else None,
-        "created": payload.get("created_at"), "finalized": payload.get("finalized_at"),
-    }  # fmt: skip
+        "b": payload["batch_id"],
+        "t": now,
+        "reason": payload.get("reason"),
+        "n": summary.get("expected", 0),
+        "ok": summary.get("ok", 0),
+        "last": max(finished) if finished else None,
+        "created": payload.get("created_at"),
+        "finalized": payload.get("finalized_at"),
+    }
     os.write(_upload_fd[0], orjson.dumps(line) + b"\n")
 
 
@@ -128,7 +134,7 @@ def raw_worker_kwargs(settings: Settings, ready_file: str) -> dict[str, Any]:
     """batchfleet's arq worker settings with the job swapped for a no-op and no batchfleet hooks."""
     from arq.worker import func
 
-    from workers.settings import worker_settings
+    from batchfleet.workers.settings import worker_settings
 
     kwargs = worker_settings(settings)
     station_fn = kwargs["functions"][0]
@@ -136,8 +142,15 @@ def raw_worker_kwargs(settings: Settings, ready_file: str) -> dict[str, Any]:
     async def on_startup(ctx: dict[str, Any]) -> None:
         os.close(os.open(ready_file, os.O_WRONLY | os.O_CREAT, 0o644))
 
-    kwargs["functions"] = [func(raw_noop_job, name=station_fn.name, max_tries=station_fn.max_tries,
-                                timeout=station_fn.timeout_s, keep_result=station_fn.keep_result_s)]  # fmt: skip
+    kwargs["functions"] = [
+        func(
+            raw_noop_job,
+            name=station_fn.name,
+            max_tries=station_fn.max_tries,
+            timeout=station_fn.timeout_s,
+            keep_result=station_fn.keep_result_s,
+        )
+    ]
     kwargs["on_startup"] = on_startup
     kwargs["on_shutdown"] = None
     return kwargs
@@ -223,8 +236,10 @@ class Report:
         data = {
             "config": asdict(self.config),
             "elapsed_s": round(self.elapsed_s, 1),
-            "figures": {f.key: {"label": f.label, "value": _finite(f.value), "unit": f.unit, "target": f.target,
-                                "pass": f.passed} for f in self.figures},
+            "figures": {
+                f.key: {"label": f.label, "value": _finite(f.value), "unit": f.unit, "target": f.target, "pass": f.passed}
+                for f in self.figures
+            },
             "details": self.details,
         }
         return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
@@ -239,8 +254,10 @@ class Report:
         lines.insert(1, "  ".join("-" * w for w in widths))
         missed = [f.label for f in self.figures if f.passed is False]
         lines.append("")
-        lines.append(f"{sum(f.passed is True for f in self.figures)} targets met, {len(missed)} missed"
-                     f" ({self.elapsed_s:.0f} s)" + (": " + "; ".join(missed) if missed else ""))  # fmt: skip
+        lines.append(
+            f"{sum(f.passed is True for f in self.figures)} targets met, {len(missed)} missed"
+            f" ({self.elapsed_s:.0f} s)" + (": " + "; ".join(missed) if missed else "")
+        )
         return "\n".join(lines)
 
 
@@ -282,17 +299,12 @@ def cpu_seconds(pid: int) -> float:
 # =============================================================================================
 # Processes, Redis probes, Kafka helpers
 # =============================================================================================
-class Proc:
-    """One role process we started; stopped by its PID only."""
+class Proc(RoleProcess):
+    """A role process of the benchmark: its CPU time is read from /proc until it stops."""
 
-    def __init__(self, role: str, args: list[str], env: dict[str, str], log_path: Path,
-                 ready_file: Path | None = None) -> None:  # fmt: skip
-        self.role = role
-        self.log_path = log_path
+    def __init__(self, role: str, args: list[str], env: dict[str, str], log_path: Path, ready_file: Path | None = None) -> None:
+        super().__init__(role, env, log_path, args)
         self.ready_file = ready_file
-        with open(log_path, "ab") as log:
-            self.popen = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        self.pid = self.popen.pid
         self.cpu_at_stop = math.nan
         self.stopping = False
 
@@ -301,22 +313,14 @@ class Proc:
         return self.cpu_at_stop if math.isnan(value) else value
 
     def check_alive(self) -> None:
-        if not self.stopping and self.popen.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
-            raise RuntimeError(f"{self.role} (pid {self.pid}) exited with {self.popen.returncode}:\n{tail}")
+        if not self.stopping and not self.alive():
+            raise RuntimeError(f"{self.role} (pid {self.pid}) exited with {self.returncode}:\n{self.log_tail()}")
 
     def terminate(self) -> None:
         self.stopping = True
-        if self.popen.poll() is None:
+        if self.alive():
             self.cpu_at_stop = cpu_seconds(self.pid)
-            self.popen.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout_s: float) -> None:
-        try:
-            self.popen.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
+            self.signal(signal.SIGTERM)
 
 
 class Probe:
@@ -465,32 +469,32 @@ class Run:
         await create_topics(self.ctx.broker.bootstrap, [self.topic], partitions=1)
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop(self.procs)
         await self.probe.aclose()
         self.server.stop()
 
     def env(self) -> dict[str, str]:
         cfg = self.ctx.config
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHFLEET_")}
-        env.update({
-            "BATCHFLEET_REDIS_URL": self.url,
-            "BATCHFLEET_KAFKA_BOOTSTRAP_SERVERS": self.ctx.broker.bootstrap,
-            "BATCHFLEET_TOPICS": self.topic,
-            "BATCHFLEET_KAFKA_GROUP_ID": f"g-{self.topic}",
-            "BATCHFLEET_PROCESSOR": "batchfleet.bench:noop_processor",
-            "BATCHFLEET_UPLOADER": "batchfleet.bench:record_upload",
-            "BATCHFLEET_BATCHING": "message",
-            "BATCHFLEET_BATCH_TIMEOUT_S": "120",
-            "BATCHFLEET_RETENTION_S": str(cfg.retention_s),
-            "BATCHFLEET_WORKER_MAX_JOBS": str(cfg.max_jobs),
-            "BATCHFLEET_WORKER_POLL_DELAY_S": str(cfg.poll_delay_s),
-            "BATCHFLEET_LOG_LEVEL": cfg.log_level,
-            "BATCHFLEET_QUEUE_NAME": QUEUE,
-            UPLOAD_LOG_ENV: str(self.uploads),
-        })  # fmt: skip
+        env = role_env()
+        env.update(
+            {
+                "BATCHFLEET_REDIS_URL": self.url,
+                "BATCHFLEET_KAFKA_BOOTSTRAP_SERVERS": self.ctx.broker.bootstrap,
+                "BATCHFLEET_TOPICS": self.topic,
+                "BATCHFLEET_KAFKA_GROUP_ID": f"g-{self.topic}",
+                "BATCHFLEET_PROCESSOR": "batchfleet_dev.bench:noop_processor",
+                "BATCHFLEET_UPLOADER": "batchfleet_dev.bench:record_upload",
+                "BATCHFLEET_BATCHING": "message",
+                "BATCHFLEET_BATCH_TIMEOUT_S": "120",
+                "BATCHFLEET_RETENTION_S": str(cfg.retention_s),
+                "BATCHFLEET_WORKER_MAX_JOBS": str(cfg.max_jobs),
+                "BATCHFLEET_WORKER_POLL_DELAY_S": str(cfg.poll_delay_s),
+                "BATCHFLEET_LOG_LEVEL": cfg.log_level,
+                "BATCHFLEET_QUEUE_NAME": QUEUE,
+                UPLOAD_LOG_ENV: str(self.uploads),
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -502,7 +506,7 @@ class Run:
             ready = None
             if role == "raw-worker":
                 ready = self.dir / f"ready-{index}"
-                args = [sys.executable, "-m", "batchfleet.bench", "raw-worker", str(ready)]
+                args = [sys.executable, "-m", "batchfleet_dev.bench", "raw-worker", str(ready)]
             new.append(Proc(role, args, self.env() | (env or {}), self.dir / f"{role}-{index}.log", ready))
         self.procs += new
         return new
@@ -536,12 +540,12 @@ class Run:
             for p in procs or self.procs:
                 p.check_alive()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: {sum(int(x['n']) for x in lines)}/{stations} stations uploaded "
-                                   f"after {timeout_s}s")  # fmt: skip
+                raise TimeoutError(
+                    f"{self.name}: {sum(int(x['n']) for x in lines)}/{stations} stations uploaded after {timeout_s}s"
+                )
             await asyncio.sleep(0.02)
 
-    async def wait_until(self, check: Callable[[], Awaitable[bool]], timeout_s: float, what: str,
-                         every_s: float = 0.01) -> None:  # fmt: skip
+    async def wait_until(self, check: Callable[[], Awaitable[bool]], timeout_s: float, what: str, every_s: float = 0.01) -> None:
         deadline = time.monotonic() + timeout_s
         while not await check():
             for p in self.procs:
@@ -593,10 +597,14 @@ async def _enqueue_raw(url: str, jobs: int, queue: str, topic: str) -> float:
     from arq.connections import ArqRedis
     from redis.asyncio import ConnectionPool
 
-    from workers.settings import json_dumps, json_loads
+    from batchfleet.workers.settings import json_dumps, json_loads
 
-    pool = ArqRedis(ConnectionPool.from_url(url, client_name=ENQUEUE_CLIENT), job_serializer=json_dumps,
-                    job_deserializer=json_loads, default_queue_name=queue)  # fmt: skip
+    pool = ArqRedis(
+        ConnectionPool.from_url(url, client_name=ENQUEUE_CLIENT),
+        job_serializer=json_dumps,
+        job_deserializer=json_loads,
+        default_queue_name=queue,
+    )
     try:
         started = time.perf_counter()
         for i in range(jobs):
@@ -641,11 +649,17 @@ async def measure_raw_arq(ctx: BenchContext, jobs: int, workers: int) -> RawArqR
         worker_cmds = command_delta(cs2, await probe.commandstats(), probe.sent - sent1)
         bursts = [await _raw_burst(run) for _ in range(ctx.config.bursts)]
         return RawArqResult(
-            workers=workers, jobs=jobs, enqueue_per_s=jobs / enqueue_s,
-            enqueue_commands_per_job=sum(enqueue_cmds.values()) / jobs, queued_bytes_per_job=(mem1 - mem0) / jobs,
-            jobs_per_s=sustained_rate(samples, jobs), worker_commands_per_job=sum(worker_cmds.values()) / jobs,
-            worker_commands=worker_cmds, cpu_s=_cpu_delta(cpu0, cpu1), burst_ms=bursts,
-        )  # fmt: skip
+            workers=workers,
+            jobs=jobs,
+            enqueue_per_s=jobs / enqueue_s,
+            enqueue_commands_per_job=sum(enqueue_cmds.values()) / jobs,
+            queued_bytes_per_job=(mem1 - mem0) / jobs,
+            jobs_per_s=sustained_rate(samples, jobs),
+            worker_commands_per_job=sum(worker_cmds.values()) / jobs,
+            worker_commands=worker_cmds,
+            cpu_s=_cpu_delta(cpu0, cpu1),
+            burst_ms=bursts,
+        )
 
 
 async def _raw_burst(run: Run) -> float:
@@ -685,8 +699,9 @@ async def measure_e2e(ctx: BenchContext, stations: int, workers: int) -> E2EResu
             done += int(line["n"])
             samples.append((float(line["t"]), float(done)))
         reasons = Counter(str(line["reason"]) for line in lines)
-        return E2EResult(workers, stations, sustained_rate(samples, stations), lines[-1]["t"] - started,
-                         _cpu_delta(cpu0, cpu1), dict(reasons))  # fmt: skip
+        return E2EResult(
+            workers, stations, sustained_rate(samples, stations), lines[-1]["t"] - started, _cpu_delta(cpu0, cpu1), dict(reasons)
+        )
 
 
 @dataclass
@@ -709,9 +724,15 @@ class Phased:
 STAGING = QUEUE + ":staging"
 
 
-async def _role_phase(run: Run, role: str, done: Callable[[], Awaitable[bool]], timeout_s: float, *,
-                      release: Callable[[], Awaitable[None]] | None = None, env: dict[str, str] | None = None,
-                      ) -> Phase:  # fmt: skip
+async def _role_phase(
+    run: Run,
+    role: str,
+    done: Callable[[], Awaitable[bool]],
+    timeout_s: float,
+    *,
+    release: Callable[[], Awaitable[None]] | None = None,
+    env: dict[str, str] | None = None,
+) -> Phase:
     """Run ``role`` alone until ``done``.  With ``release``, the role first starts idle and ready, and the
     measurement covers only what ``release`` lets it do (its start-up stays out)."""
     probe = run.probe
@@ -756,8 +777,7 @@ async def _pipeline_phases(run: Run, stations: int, switch: Callable[[str], Awai
         await probe.cmd("RENAME", STAGING, QUEUE)
 
     await switch("dispatcher")
-    phases = {"dispatcher": await _role_phase(run, "dispatcher", dispatched, timeout,
-                                              env={"BATCHFLEET_QUEUE_NAME": STAGING})}  # fmt: skip
+    phases = {"dispatcher": await _role_phase(run, "dispatcher", dispatched, timeout, env={"BATCHFLEET_QUEUE_NAME": STAGING})}
     dispatch_rate = await _dispatch_rate(run, stations)
     memory["open"] = await probe.data_memory()
     phases["worker"] = await _role_phase(run, "worker", recorded, timeout, release=release)
@@ -827,17 +847,21 @@ async def measure_roles(ctx: BenchContext, stations: int) -> RolesResult:
         p = phased.phases
         cpu = {role: ph.cpu_s for role, ph in p.items()} | {"redis": sum(ph.redis_cpu_s for ph in p.values())}
         return RolesResult(
-            stations=stations, dispatch_per_s=phased.dispatch_per_s,
+            stations=stations,
+            dispatch_per_s=phased.dispatch_per_s,
             commands_per_station={role: sum(ph.commands.values()) / stations for role, ph in p.items()},
             commands={role: ph.commands for role, ph in p.items()},
             cpu_per_1000={role: s * 1000 / stations for role, s in cpu.items()},
             wall_s={role: ph.wall_s for role, ph in p.items()},
-            input_bytes_per_station=input_bytes / stations, result_bytes_per_station=result_bytes / stations,
+            input_bytes_per_station=input_bytes / stations,
+            result_bytes_per_station=result_bytes / stations,
             open_bytes_per_station=(mem["open"] - mem["baseline"] - input_bytes) / stations,
             recorded_bytes_per_station=(mem["recorded"] - mem["baseline"] - result_bytes) / stations,
-            open_breakdown=breakdown, baseline_bytes=mem["baseline"], after_retention_bytes=residual,
+            open_breakdown=breakdown,
+            baseline_bytes=mem["baseline"],
+            after_retention_bytes=residual,
             retention_wait_s=time.monotonic() - started,
-        )  # fmt: skip
+        )
 
 
 async def _open_breakdown(run: Run, stations: int) -> dict[str, float]:
@@ -888,6 +912,8 @@ class CommandsResult:
 
 _MONITOR_LINE = re.compile(rb'^\+?[\d.]+ \[\d+ ([^\]]+)\] "((?:[^"\\]|\\.)*)"(.*)$')
 _QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+
+
 def _housekeeping(command: str, rest: bytes) -> bool:
     """Time-driven commands, not per-job work: PINGs, batchfleet heartbeats (``bf:proc...``) and arq's
     health-check key.  Counted apart (per second), on both sides of the comparison."""
@@ -1008,10 +1034,16 @@ async def measure_commands(ctx: BenchContext, stations: int) -> CommandsResult:
         finally:
             await tap.close()
     arq_names = {ENQUEUE_CLIENT: "arq", "": "arq"}  # arq's own pools are unnamed
-    bf_names = {"batchfleet-dispatcher": "batchfleet", "batchfleet-worker": "batchfleet",
-                "batchfleet-aggregator": "batchfleet", "": "batchfleet"}  # fmt: skip
-    counted = {phase: tap.tally(phase, arq_names if phase.startswith("arq") else bf_names)
-               for phase in ("arq-enqueue", "arq-worker", "dispatcher", "worker", "aggregator")}  # fmt: skip
+    bf_names = {
+        "batchfleet-dispatcher": "batchfleet",
+        "batchfleet-worker": "batchfleet",
+        "batchfleet-aggregator": "batchfleet",
+        "": "batchfleet",
+    }
+    counted = {
+        phase: tap.tally(phase, arq_names if phase.startswith("arq") else bf_names)
+        for phase in ("arq-enqueue", "arq-worker", "dispatcher", "worker", "aggregator")
+    }
 
     def total(phase: str, owner: str, kind: str) -> float:
         return sum(counted[phase].get((owner, kind), Counter()).values()) / stations
@@ -1022,14 +1054,22 @@ async def measure_commands(ctx: BenchContext, stations: int) -> CommandsResult:
     split = {who: sum(own.get((who, "sent"), Counter()).values()) / stations for who in ("own", "arq-pool")}
     order = sorted(tap.started, key=tap.started.__getitem__)
     seconds = {a: tap.started[b] - tap.started[a] for a, b in itertools.pairwise(order)}
-    housekeeping = {phase: total(phase, "arq" if phase.startswith("arq") else "batchfleet", "housekeeping") * stations
-                    / seconds[phase] for phase in counted if seconds.get(phase)}  # fmt: skip
+    housekeeping = {
+        phase: total(phase, "arq" if phase.startswith("arq") else "batchfleet", "housekeeping") * stations / seconds[phase]
+        for phase in counted
+        if seconds.get(phase)
+    }
     by_command = {f"{phase}:{kind}": dict(c) for phase, t in counted.items() for (owner, kind), c in t.items() if owner != "other"}
     return CommandsResult(
-        stations=stations, sent_per_station=sent, run_per_station={r: sent[r] + total(r, "batchfleet", "lua") for r in roles},
-        arq_enqueue_per_job=total("arq-enqueue", "arq", "sent"), arq_worker_per_job=total("arq-worker", "arq", "sent"),
-        worker_split=split, housekeeping_per_s=housekeeping, by_command=by_command,
-    )  # fmt: skip
+        stations=stations,
+        sent_per_station=sent,
+        run_per_station={r: sent[r] + total(r, "batchfleet", "lua") for r in roles},
+        arq_enqueue_per_job=total("arq-enqueue", "arq", "sent"),
+        arq_worker_per_job=total("arq-worker", "arq", "sent"),
+        worker_split=split,
+        housekeeping_per_s=housekeeping,
+        by_command=by_command,
+    )
 
 
 @dataclass
@@ -1044,8 +1084,7 @@ class LatencyResult:
     created_to_complete_ms: list[float]
 
 
-async def _produce_paced(bootstrap: str, topic: str, value: bytes, every_s: float, until: float,
-                         sent: dict[int, float]) -> None:  # fmt: skip
+async def _produce_paced(bootstrap: str, topic: str, value: bytes, every_s: float, until: float, sent: dict[int, float]) -> None:
     """One message every ``every_s`` seconds until ``until`` (monotonic); offset -> send time."""
     from aiokafka import AIOKafkaProducer
 
@@ -1071,10 +1110,15 @@ async def _deadline_batches(url: str, every_s: float, until: float, deadlines: d
         while next_at < until:
             await asyncio.sleep(max(next_at - time.monotonic(), 0))
             bid = f"BENCH-DEADLINE:0:{n}"
-            spec = BatchSpec(batch_id=bid, topic="BENCH-DEADLINE",
-                             stations={f"D{j:02d}": [{"stationId": f"D{j:02d}"}] for j in range(10)},
-                             ranges=[PartitionRange("BENCH-DEADLINE", 0, n, n + 1)], timeout_s=1.0, retention_s=2,
-                             messages=1)  # fmt: skip
+            spec = BatchSpec(
+                batch_id=bid,
+                topic="BENCH-DEADLINE",
+                stations={f"D{j:02d}": [{"stationId": f"D{j:02d}"}] for j in range(10)},
+                ranges=[PartitionRange("BENCH-DEADLINE", 0, n, n + 1)],
+                timeout_s=1.0,
+                retention_s=2,
+                messages=1,
+            )
             _, created_ms = await store.create_batch(spec)
             deadlines[bid] = (created_ms + 1000) / 1000
             n += 1
@@ -1103,8 +1147,9 @@ async def measure_latency(ctx: BenchContext, max_rate: float, duration_s: float,
     return _latencies(run.topic, lines, sent, deadlines, LatencyResult(workers, rate, 0, [], [], [], [], []))
 
 
-def _latencies(topic: str, lines: list[dict[str, Any]], sent: dict[int, float], deadlines: dict[str, float],
-               result: LatencyResult) -> LatencyResult:  # fmt: skip
+def _latencies(
+    topic: str, lines: list[dict[str, Any]], sent: dict[int, float], deadlines: dict[str, float], result: LatencyResult
+) -> LatencyResult:
     for line in lines:
         bid, t = str(line["b"]), float(line["t"])
         if bid in deadlines:
@@ -1151,8 +1196,15 @@ async def measure_big_batch(ctx: BenchContext, stations: int, workers: int) -> B
         lines = await run.wait_uploads(1 + stations, _upload_timeout(stations))
         line = next(x for x in lines if x["b"] == bid)
         peak = (await probe.memory())["used_memory_peak"]
-        return BigBatchResult(stations, dispatched - acked, float(line["t"]) - dispatched, int(line["ok"]),
-                              str(line["reason"]), peak - baseline, baseline)  # fmt: skip
+        return BigBatchResult(
+            stations,
+            dispatched - acked,
+            float(line["t"]) - dispatched,
+            int(line["ok"]),
+            str(line["reason"]),
+            peak - baseline,
+            baseline,
+        )
 
 
 async def _exists(probe: Probe, key: str) -> bool:
@@ -1195,8 +1247,10 @@ async def collect(ctx: BenchContext) -> Results:
     ctx.progress(f"commands sent per role (MONITOR): {cfg.command_stations} stations")
     res.commands = await _timed(res, "commands", measure_commands(ctx, cfg.command_stations))
     best = max(res.e2e, key=lambda w: _finite(res.e2e[w].stations_per_s) or 0.0)  # the fleet at its fastest
-    ctx.progress(f"latency at {cfg.latency_load:.0%} of {res.e2e[best].stations_per_s:,.0f} stations/s, {best} worker(s),"
-                 f" {cfg.latency_s:g} s")  # fmt: skip
+    ctx.progress(
+        f"latency at {cfg.latency_load:.0%} of {res.e2e[best].stations_per_s:,.0f} stations/s, {best} worker(s),"
+        f" {cfg.latency_s:g} s"
+    )
     res.latency = await _timed(res, "latency", measure_latency(ctx, res.e2e[best].stations_per_s, cfg.latency_s, best))
     ctx.progress(f"one {cfg.big_batch:,}-station batch, {best} worker(s)")
     res.big = await _timed(res, "big_batch", measure_big_batch(ctx, cfg.big_batch, best))
@@ -1226,22 +1280,40 @@ def _command_figures(report: Report, res: Results) -> None:
     c, roles = res.commands, res.roles
     w1 = res.raw[min(res.raw)]
     for role in ("dispatcher", "worker", "aggregator"):
-        report.add(f"commands_{role}_per_station", f"Redis commands/station, {role} (commandstats, incl. Lua)",
-                   roles.commands_per_station[role], "cmds")  # fmt: skip
-    report.add("arq_worker_commands_per_job", "Redis commands/job, raw arq worker (commandstats)",
-               w1.worker_commands_per_job, "cmds")  # fmt: skip
-    report.add("arq_enqueue_commands_per_job", "Redis commands/job, raw arq enqueue_job (commandstats)",
-               w1.enqueue_commands_per_job, "cmds")  # fmt: skip
+        report.add(
+            f"commands_{role}_per_station",
+            f"Redis commands/station, {role} (commandstats, incl. Lua)",
+            roles.commands_per_station[role],
+            "cmds",
+        )
+    report.add(
+        "arq_worker_commands_per_job", "Redis commands/job, raw arq worker (commandstats)", w1.worker_commands_per_job, "cmds"
+    )
+    report.add(
+        "arq_enqueue_commands_per_job",
+        "Redis commands/job, raw arq enqueue_job (commandstats)",
+        w1.enqueue_commands_per_job,
+        "cmds",
+    )
     for role in ("dispatcher", "aggregator"):
-        report.add(f"sent_{role}_per_station", f"commands sent/station, {role} (script call = 1)",
-                   c.sent_per_station[role], "cmds")  # fmt: skip
+        report.add(f"sent_{role}_per_station", f"commands sent/station, {role} (script call = 1)", c.sent_per_station[role], "cmds")
     report.add("sent_arq_worker_per_job", "commands sent/job, raw arq worker (same tap)", c.arq_worker_per_job, "cmds")
     limit = c.arq_worker_per_job + 3
-    report.add("sent_worker_per_station", "commands sent/station, worker (script call = 1)", c.sent_per_station["worker"],
-               "cmds", f"<= arq + 3 = {limit:.3f}", c.sent_per_station["worker"] <= limit)  # fmt: skip
+    report.add(
+        "sent_worker_per_station",
+        "commands sent/station, worker (script call = 1)",
+        c.sent_per_station["worker"],
+        "cmds",
+        f"<= arq + 3 = {limit:.3f}",
+        c.sent_per_station["worker"] <= limit,
+    )
     report.add("sent_worker_own_per_station", "  of which on batchfleet's own connection", c.worker_split["own"], "cmds")
-    report.add("sent_worker_arq_pool_per_station", "  of which on arq's pool (arq's run and finish of the job)",
-               c.worker_split["arq-pool"], "cmds")  # fmt: skip
+    report.add(
+        "sent_worker_arq_pool_per_station",
+        "  of which on arq's pool (arq's run and finish of the job)",
+        c.worker_split["arq-pool"],
+        "cmds",
+    )
 
 
 def _latency_figures(report: Report, res: Results) -> None:
@@ -1252,49 +1324,79 @@ def _latency_figures(report: Report, res: Results) -> None:
         ("complete_to_upload", "last station recorded -> upload", lat.complete_to_upload_ms, 20.0),
         ("deadline_to_upload", "deadline -> upload", lat.deadline_to_upload_ms, 100.0),
     ]
-    report.add("latency_load_stations_per_s", f"latency run: load, 100-station batches, {lat.workers} worker(s)",
-               lat.load_stations_per_s, "stations/s")  # fmt: skip
+    report.add(
+        "latency_load_stations_per_s",
+        f"latency run: load, 100-station batches, {lat.workers} worker(s)",
+        lat.load_stations_per_s,
+        "stations/s",
+    )
     for key, label, values, limit in rows:
         p99 = percentile(values, 99)
         report.add(f"{key}_p50_ms", f"{label} p50 (n={len(values)})", percentile(values, 50), "ms")
         report.add(f"{key}_p99_ms", f"{label} p99", p99, "ms", f"<= {limit:g} ms", p99 <= limit)
-    parts = [("produce_to_created", "  of which Kafka produce -> batch created", lat.produce_to_created_ms),
-             ("created_to_complete", "  of which batch created -> last station done", lat.created_to_complete_ms)]
+    parts = [
+        ("produce_to_created", "  of which Kafka produce -> batch created", lat.produce_to_created_ms),
+        ("created_to_complete", "  of which batch created -> last station done", lat.created_to_complete_ms),
+    ]
     for key, label, values in parts:
         report.add(f"{key}_p50_ms", f"{label} p50", percentile(values, 50), "ms")
         report.add(f"{key}_p99_ms", f"{label} p99", percentile(values, 99), "ms")
     raw = res.raw.get(lat.workers)
     if raw is not None:
-        report.add("raw_arq_burst_p50_ms", f"  raw arq floor: 100 jobs to {lat.workers} idle worker(s) -> done p50",
-                   percentile(raw.burst_ms, 50), "ms")  # fmt: skip
-        report.add("raw_arq_burst_p99_ms", f"  raw arq floor: 100 jobs to {lat.workers} idle worker(s) -> done p99",
-                   percentile(raw.burst_ms, 99), "ms")  # fmt: skip
+        report.add(
+            "raw_arq_burst_p50_ms",
+            f"  raw arq floor: 100 jobs to {lat.workers} idle worker(s) -> done p50",
+            percentile(raw.burst_ms, 50),
+            "ms",
+        )
+        report.add(
+            "raw_arq_burst_p99_ms",
+            f"  raw arq floor: 100 jobs to {lat.workers} idle worker(s) -> done p99",
+            percentile(raw.burst_ms, 99),
+            "ms",
+        )
 
 
 def _memory_figures(report: Report, res: Results) -> None:
     roles = res.roles
     assert roles is not None
-    report.add("memory_open_station_bytes", "Redis memory/open station beyond input", roles.open_bytes_per_station,
-               "bytes", "<= 500", roles.open_bytes_per_station <= 500)  # fmt: skip
-    report.add("memory_recorded_station_bytes", "Redis memory/recorded station beyond result (input gone)",
-               roles.recorded_bytes_per_station, "bytes", "<= 500", roles.recorded_bytes_per_station <= 500)  # fmt: skip
+    report.add(
+        "memory_open_station_bytes",
+        "Redis memory/open station beyond input",
+        roles.open_bytes_per_station,
+        "bytes",
+        "<= 500",
+        roles.open_bytes_per_station <= 500,
+    )
+    report.add(
+        "memory_recorded_station_bytes",
+        "Redis memory/recorded station beyond result (input gone)",
+        roles.recorded_bytes_per_station,
+        "bytes",
+        "<= 500",
+        roles.recorded_bytes_per_station <= 500,
+    )
     report.add("memory_input_bytes_per_station", "input payload/station (as stored)", roles.input_bytes_per_station, "bytes")
     if res.raw:
         queued = min(r.queued_bytes_per_job for r in res.raw.values())
         report.add("memory_raw_arq_job_bytes", "  raw arq: memory/queued job (same job id shape)", queued, "bytes")
-    report.add("memory_after_retention_bytes", "Redis memory after retention, above baseline", roles.after_retention_bytes,
-               "bytes", "<= 64 KiB", roles.after_retention_bytes <= 64 * 1024)  # fmt: skip
+    report.add(
+        "memory_after_retention_bytes",
+        "Redis memory after retention, above baseline",
+        roles.after_retention_bytes,
+        "bytes",
+        "<= 64 KiB",
+        roles.after_retention_bytes <= 64 * 1024,
+    )
 
 
 def _big_figures(report: Report, res: Results) -> None:
     big = res.big
     assert big is not None
     n = f"{big.stations:,}"
-    report.add("big_dispatch_s", f"{n}-station batch: Kafka ack -> dispatched", big.dispatch_s, "s", "<= 2 s",
-               big.dispatch_s <= 2)  # fmt: skip
+    report.add("big_dispatch_s", f"{n}-station batch: Kafka ack -> dispatched", big.dispatch_s, "s", "<= 2 s", big.dispatch_s <= 2)
     complete = big.uploaded_ok == big.stations and big.reason == "complete"
-    report.add("big_upload_s", f"{n}-station batch: dispatched -> uploaded", big.upload_s, "s",
-               "uploads complete", complete)  # fmt: skip
+    report.add("big_upload_s", f"{n}-station batch: dispatched -> uploaded", big.upload_s, "s", "uploads complete", complete)
     report.add("big_peak_memory_bytes", f"{n}-station batch: peak Redis memory above baseline", big.peak_bytes, "bytes")
 
 
@@ -1330,17 +1432,28 @@ def _latency_details(lat: LatencyResult | None) -> dict[str, Any] | None:
     if lat is None:
         return None
     out: dict[str, Any] = {"load_stations_per_s": lat.load_stations_per_s, "batches": lat.batches}
-    for name in ("produce_to_upload_ms", "complete_to_upload_ms", "deadline_to_upload_ms", "produce_to_created_ms",
-                 "created_to_complete_ms"):  # fmt: skip
+    for name in (
+        "produce_to_upload_ms",
+        "complete_to_upload_ms",
+        "deadline_to_upload_ms",
+        "produce_to_created_ms",
+        "created_to_complete_ms",
+    ):
         values: list[float] = getattr(lat, name)
-        out[name] = {"n": len(values), "p50": _finite(percentile(values, 50)), "p90": _finite(percentile(values, 90)),
-                     "p99": _finite(percentile(values, 99)), "max": max(values) if values else None}  # fmt: skip
+        out[name] = {
+            "n": len(values),
+            "p50": _finite(percentile(values, 50)),
+            "p90": _finite(percentile(values, 90)),
+            "p99": _finite(percentile(values, 99)),
+            "max": max(values) if values else None,
+        }
     return out
 
 
 @contextlib.asynccontextmanager
-async def _context(config: BenchConfig, broker: KafkaBroker | None, workdir: Path | None,
-                   progress: Callable[[str], None]) -> AsyncIterator[BenchContext]:  # fmt: skip
+async def _context(
+    config: BenchConfig, broker: KafkaBroker | None, workdir: Path | None, progress: Callable[[str], None]
+) -> AsyncIterator[BenchContext]:
     own_dir = workdir is None
     root = Path(tempfile.mkdtemp(prefix="batchfleet-bench-")) if workdir is None else workdir
     own_broker = broker is None
@@ -1355,8 +1468,13 @@ async def _context(config: BenchConfig, broker: KafkaBroker | None, workdir: Pat
             shutil.rmtree(root, ignore_errors=True)
 
 
-async def run_bench(config: BenchConfig, *, broker: KafkaBroker | None = None, workdir: Path | None = None,
-                    progress: Callable[[str], None] = lambda message: None) -> Report:  # fmt: skip
+async def run_bench(
+    config: BenchConfig,
+    *,
+    broker: KafkaBroker | None = None,
+    workdir: Path | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> Report:
     """Start what is missing of the local stack, run every measurement, build the report."""
     started = time.monotonic()
     async with _context(config, broker, workdir, progress) as ctx:
@@ -1364,8 +1482,9 @@ async def run_bench(config: BenchConfig, *, broker: KafkaBroker | None = None, w
     return build_report(config, res, time.monotonic() - started)
 
 
-def cli_main(*, quick: bool, as_json: bool, workers: str, stations: int | None, latency_s: float | None,
-             keep: Path | None, strict: bool) -> int:  # fmt: skip
+def cli_main(
+    *, quick: bool, as_json: bool, workers: str, stations: int | None, latency_s: float | None, keep: Path | None, strict: bool
+) -> int:
     """``batchfleet bench``: prints the table (or JSON); exit 1 with ``strict`` when a target is missed."""
     config = BenchConfig.quick() if quick else BenchConfig()
     config.worker_counts = tuple(sorted({int(w) for w in workers.split(",") if w.strip()}))
@@ -1389,11 +1508,44 @@ def cli_main(*, quick: bool, as_json: bool, workers: str, stations: int | None, 
     return 1 if strict and any(f.passed is False for f in report.figures) else 0
 
 
-if __name__ == "__main__":  # the plain arq worker of the baseline: python -m batchfleet.bench raw-worker READY_FILE
+@click.command()
+@click.option("--quick", is_flag=True, help="CI-size run (smaller counts, shorter latency run)")
+@click.option("--json", "as_json", is_flag=True, help="print the figures as JSON instead of the table")
+@click.option("--workers", "worker_counts", default="1,2", show_default=True, help="worker process counts to measure")
+@click.option("--stations", type=int, help="stations per throughput run (default 10000, --quick 2000)")
+@click.option("--latency-seconds", "latency_s", type=float, help="length of the latency run (default 25, --quick 8)")
+@click.option("--keep", type=click.Path(file_okay=False), help="keep logs and data in this directory")
+@click.option("--strict", is_flag=True, help="exit 1 when a target is missed")
+def main(
+    quick: bool, as_json: bool, worker_counts: str, stations: int | None, latency_s: float | None, keep: str | None, strict: bool
+) -> None:
+    """Benchmark the whole pipeline on an embedded local stack against a raw-arq baseline (scripts/bench)."""
     from batchfleet.logs import configure_logging
 
-    if len(sys.argv) != 3 or sys.argv[1] != "raw-worker":
-        sys.exit("usage: python -m batchfleet.bench raw-worker READY_FILE")
-    _settings = load_settings()
-    configure_logging(_settings.log_format, _settings.log_level, "raw-worker")
-    asyncio.run(_serve_raw_worker(sys.argv[2]))
+    configure_logging("human", "WARNING", "bench")
+    code = cli_main(
+        quick=quick,
+        as_json=as_json,
+        workers=worker_counts,
+        stations=stations,
+        latency_s=latency_s,
+        keep=Path(keep) if keep else None,
+        strict=strict,
+    )
+    sys.exit(code)
+
+
+def _raw_worker_main(ready_file: str) -> None:
+    """The plain arq worker of the baseline: ``python -m batchfleet_dev.bench raw-worker READY_FILE``."""
+    from batchfleet.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level, "raw-worker")
+    asyncio.run(_serve_raw_worker(ready_file))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "raw-worker":
+        _raw_worker_main(sys.argv[2])
+    else:
+        main()
