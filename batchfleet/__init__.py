@@ -4,6 +4,8 @@ The three services (``dispatcher``, ``workers``, ``aggregator``) import this pac
 each other.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from batchfleet.errors import BatchfleetError, ConfigError
 from batchfleet.keys import Keys
 from batchfleet.models import Outcome, UploadPayload
@@ -21,4 +23,8 @@ __all__ = [
     "UploadPayload",
     "load_settings",
 ]
-__version__ = "0.1.0"
+
+try:
+    __version__ = version("batchfleet")
+except PackageNotFoundError:  # pragma: no cover - a checkout that was never installed
+    __version__ = "0+unknown"

@@ -1,7 +1,7 @@
 """Prometheus metrics of every role, served on ``BATCHFLEET_METRICS_PORT`` (0 = off).
 
 Labels are bounded: topic, reason, outcome, role, partition.  Never a batch or station id.
-The seed's four figures, one PromQL expression each (see README "Metrics"):
+The four headline figures of a batch pipeline, one PromQL expression each (see README "Metrics"):
 
 - batch completion rate:  sum(rate(batchfleet_batches_uploaded_total[5m])) / sum(rate(batchfleet_batches_created_total[5m]))
 - station success rate:   sum(rate(batchfleet_stations_uploaded_total{outcome="ok"}[5m]))

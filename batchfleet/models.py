@@ -92,7 +92,6 @@ class StationInput:
     """What a worker reads before running a station."""
 
     state: str | None
-    records: list[dict[str, Any]] | None
     timeout_ms: int | None
 
 

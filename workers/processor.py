@@ -22,10 +22,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from batchfleet.importing import load_callable
 from batchfleet.models import Outcome
 
-__all__ = ["Processor", "abandoned_threads", "load_callable", "run_processor"]
+__all__ = ["Processor", "abandoned_threads", "run_processor"]
 
 _ERROR_LIMIT = 2000
 

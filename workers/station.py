@@ -33,7 +33,7 @@ from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.workers.processor import run_processor
 
-__all__ = ["WorkerContext", "WorkerState", "run_station", "shutdown", "startup"]
+__all__ = ["WorkerContext", "WorkerState", "run_station", "shutdown", "startup_with"]
 
 log = logging.getLogger(__name__)
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -104,12 +104,6 @@ async def startup_with(ctx: WorkerContext, settings: Settings) -> None:
     log.info("worker %s ready: processor %s, queue %s", ctx["batchfleet"].name, settings.processor, settings.queue_name)
 
 
-async def startup(ctx: WorkerContext) -> None:
-    from batchfleet.settings import load_settings
-
-    await startup_with(ctx, load_settings())
-
-
 async def shutdown(ctx: WorkerContext) -> None:
     state = ctx.get("batchfleet")
     if state is not None:
@@ -165,18 +159,15 @@ def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordR
         log.info("batch %s: station %s outcome ignored (%s)", batch_id, station_id, rec.status, extra=extra)
 
 
-async def run_station(
-    ctx: WorkerContext, records: list[dict[str, Any]] | None = None, budget_ms: int | None = None, deadline_ms: int | None = None
-) -> str:
+async def run_station(ctx: WorkerContext, records: list[dict[str, Any]], budget_ms: int, deadline_ms: int) -> str:
     """arq job: one station of one batch, named by the job id ``{BATCH}:STATION``; the arguments are
-    written by create_batch.lua (a job without them reads the batch's input hash, as jobs did before
-    records travelled in the job).  Returns what happened (kept by arq only if configured)."""
+    written by create_batch.lua.  Returns what happened (kept by arq only if configured)."""
     batch_id, station_id = parse_job_id(ctx["job_id"])
     state = ctx["batchfleet"]
     topic = topic_of_batch(batch_id)
-    if records is None or state.maybe_finalized(batch_id, deadline_ms):
+    if state.maybe_finalized(batch_id, deadline_ms):
         got = await state.store.station_input(batch_id, station_id)
-        if got.state is None or (records is None and got.records is None):
+        if got.state is None:
             log.info("batch %s: station %s skipped, batch no longer exists", batch_id, station_id)
             return "gone"
         if got.state != "open":
@@ -190,15 +181,13 @@ async def run_station(
                 extra={"batch_id": batch_id, "topic": topic},
             )
             return "skipped"
-        if records is None:
-            records, budget_ms = got.records, got.timeout_ms
     attempt = int(ctx.get("job_try") or 1)
     if attempt > MAX_ATTEMPTS:
         return await _give_up(state, batch_id, station_id, attempt, topic)
     job = f"{batch_id}/{station_id}"
     state.running.add(job)
     try:
-        return await _run(state, batch_id, station_id, records or [], budget_ms, topic, attempt)
+        return await _run(state, batch_id, station_id, records, budget_ms, topic, attempt)
     finally:
         state.running.discard(job)
         state.done += 1

@@ -23,8 +23,7 @@ end
 if redis.call('HGET', KEYS[1], 'state') == 'uploaded' then
   return {'uploaded', tonumber(redis.call('HGET', KEYS[1], 'uploaded_ms'))}
 end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = redis_now_ms()
 local reason = redis.call('HGET', KEYS[1], 'reason') or 'deadline'
 redis.call('HSET', KEYS[1], 'state', 'uploaded', 'uploaded_ms', now_ms, 'upload_ms', ARGV[4])
 redis.call('ZREM', KEYS[6], ARGV[1])
@@ -32,7 +31,7 @@ for i = 1, 5 do
   redis.call('EXPIRE', KEYS[i], ARGV[3])
 end
 redis.call('LPUSH', KEYS[7], ARGV[1])
-redis.call('LTRIM', KEYS[7], 0, 99)
+redis.call('LTRIM', KEYS[7], 0, LIST_LAST_INDEX)
 redis.call('HINCRBY', KEYS[8], 'batches_uploaded', 1)
 redis.call('HINCRBY', KEYS[8], 'batches_' .. reason, 1)
 return {'uploaded', now_ms}

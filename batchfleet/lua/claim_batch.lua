@@ -20,8 +20,7 @@ Returns {"claimed", token, now_ms, meta (flat field/value list), outcomes (flat 
      or {"gone"}      the batch no longer exists or is already uploaded / dead (index cleaned)
 Invariant: at any time at most one unexpired lease; every claim gets a larger fencing token.
 ]]
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = redis_now_ms()
 local due = redis.call('ZSCORE', KEYS[4], ARGV[1])
 local lease = redis.call('ZSCORE', KEYS[5], ARGV[1])
 local claimable = (due and tonumber(due) <= now_ms) or (lease and tonumber(lease) <= now_ms)

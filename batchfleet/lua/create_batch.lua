@@ -53,8 +53,7 @@ if existing then
   return {'exists', existing}
 end
 
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = redis_now_ms()
 local deadline_ms = now_ms + timeout_ms
 local deadline_tail = string.format('%d', deadline_ms) .. ']}'
 local n = #KEYS - 7
@@ -72,9 +71,8 @@ for k = 0, n - 1 do
   local job_key = KEYS[8 + k]
   if redis.call('SET', job_key, ARGV[a + 1] .. deadline_tail, 'PX', job_expire_ms, 'NX') then
     -- the queue member is the job id: the job key without arq's "arq:job:" prefix.  The score is
-    -- Redis time minus 10 minutes: arq workers skip jobs scored after their own clock, so this
-    -- keeps a worker whose clock is up to 10 minutes behind from delaying stations; order is kept.
-    redis.call('ZADD', KEYS[5], now_ms - 600000 - boost_ms, string.sub(job_key, 9))
+    -- Redis time minus JOB_SCORE_SKEW_MS (see the prelude): order is kept, clock skew tolerated.
+    redis.call('ZADD', KEYS[5], now_ms - JOB_SCORE_SKEW_MS - boost_ms, string.sub(job_key, 9))
   end
 end
 
@@ -84,7 +82,7 @@ end
 
 redis.call('ZADD', KEYS[3], deadline_ms, batch_id)
 redis.call('ZADD', KEYS[7], now_ms, batch_id)
-if redis.call('ZCARD', KEYS[7]) > 100000 then redis.call('ZREMRANGEBYRANK', KEYS[7], 0, 0) end
+if redis.call('ZCARD', KEYS[7]) > BATCH_INDEX_MAX then redis.call('ZREMRANGEBYRANK', KEYS[7], 0, 0) end
 redis.call('HINCRBY', KEYS[6], 'batches_created', 1)
 redis.call('HINCRBY', KEYS[6], 'stations_dispatched', n)
 return {'created', now_ms, deadline_ms}

@@ -22,8 +22,7 @@ local owner = redis.call('HGET', KEYS[1], 'owner_token')
 if owner ~= ARGV[2] then
   return {'fenced', owner or ''}
 end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = redis_now_ms()
 local failures = redis.call('HINCRBY', KEYS[1], 'upload_failures', 1)
 redis.call('HSET', KEYS[1], 'last_error', ARGV[5])
 redis.call('ZREM', KEYS[3], ARGV[1])

@@ -21,8 +21,7 @@ local stored = redis.call('HGET', KEYS[3], ARGV[2])
 if stored and tonumber(stored) > tonumber(ARGV[3]) then
   return {'stale', stored}
 end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = redis_now_ms()
 local result = 'quarantined'
 if redis.call('EXISTS', KEYS[1]) == 1 then
   result = 'exists'

@@ -52,19 +52,18 @@ done = done + 1
 if done >= expected then
   redis.call('ZADD', KEYS[5], 'XX', 0, ARGV[1])
   redis.call('LPUSH', KEYS[6], ARGV[1])
-  redis.call('LTRIM', KEYS[6], 0, 99)  -- only a wake-up signal: the due zset is the truth
+  redis.call('LTRIM', KEYS[6], 0, LIST_LAST_INDEX)  -- only a wake-up signal: the due zset is the truth
   return {'complete', done, expected}
 end
 local needed = tonumber(redis.call('HGET', KEYS[1], 'quorum_needed') or '0')
 if needed > 0 and done >= needed then
-  local t = redis.call('TIME')
-  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now_ms = redis_now_ms()
   if redis.call('HSETNX', KEYS[1], 'quorum_ms', now_ms) == 1 then
     local grace = tonumber(redis.call('HGET', KEYS[1], 'quorum_grace_ms') or '0')
     redis.call('ZADD', KEYS[5], 'XX', 'LT', now_ms + grace, ARGV[1])
     if grace == 0 then
       redis.call('LPUSH', KEYS[6], ARGV[1])
-      redis.call('LTRIM', KEYS[6], 0, 99)
+      redis.call('LTRIM', KEYS[6], 0, LIST_LAST_INDEX)
     end
     return {'quorum', done, expected}
   end

@@ -802,10 +802,6 @@ async def _queue_empty(probe: Probe) -> bool:
     return int(await probe.cmd("ZCARD", QUEUE)) == 0
 
 
-async def _no_switch(name: str) -> None:
-    return None
-
-
 @dataclass
 class RolesResult:
     stations: int

@@ -120,19 +120,6 @@ async def _all_recorded(store: BatchStore, batch_id: str, n: int) -> bool:
     return int(await store.redis.hlen(KEYS.outcomes(batch_id))) >= n
 
 
-async def test_job_without_records_reads_them_from_the_inputs_hash(redis_server: RedisServer, store: BatchStore) -> None:
-    """A job queued by an earlier release (no kwargs, records in the inputs hash) still runs."""
-    await store.create_batch(_spec("t:0:0", ["S1"]))
-    job_key = KEYS.job("t:0:0", "S1")
-    old = orjson.loads(await store.redis.get(job_key))
-    old["a"] = []
-    await store.redis.set(job_key, orjson.dumps(old), px=60_000)
-    await store.redis.hset(KEYS.inputs("t:0:0"), "S1", orjson.dumps([{"v": 41}, {"v": 42}]))
-    await run_worker(_settings(redis_server), burst=True, handle_signals=False)
-    [outcome] = (await store.batch_outcomes("t:0:0")).values()
-    assert outcome.status == "ok" and outcome.result == {"stationId": "S1", "n": 2, "values": [41, 42]}
-
-
 async def test_stations_of_a_batch_past_its_finalized_deadline_are_skipped(redis_server: RedisServer, store: BatchStore) -> None:
     """The job's deadline tells the worker to read the batch state first; a finalized batch's stations
     are skipped, not run and recorded late."""

@@ -4,7 +4,7 @@ Grafana does not run here, so these tests read the dashboard JSON and compare ev
 expression in it with the metrics the code registers: each series name must be one Prometheus
 actually exposes (counters as ``_total``, histograms as ``_bucket``/``_sum``/``_count``, gauges
 plain), and each label a panel matches on, groups by or prints in a legend must be one its metric
-carries.  The four seed figures must appear verbatim, as documented in the metrics module.
+carries.  The four headline figures must appear verbatim, as documented in the metrics module.
 
 The PromQL reader below is deliberately small: it understands selectors, matchers, functions,
 aggregations with ``by``/``without``, ``on``/``ignoring``/``group_*`` and Grafana variables, and
@@ -326,7 +326,7 @@ def _variable_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _figures() -> dict[str, str]:
-    """The seed's figures as documented in the batchfleet.metrics docstring: name -> expression."""
+    """The headline figures as documented in the batchfleet.metrics docstring: name -> expression."""
     figures: dict[str, str] = {}
     current = ""
     for line in (metrics.__doc__ or "").splitlines():
@@ -392,7 +392,7 @@ def test_every_metric_and_label_in_the_dashboard_exists(dashboard: dict[str, Any
     assert not found, "\n".join(found)
 
 
-def test_the_seed_figures_appear_verbatim(dashboard: dict[str, Any]) -> None:
+def test_the_headline_figures_appear_verbatim(dashboard: dict[str, Any]) -> None:
     figures = _figures()
     assert set(figures) == set(SEED_FIGURES), f"batchfleet/metrics.py documents {sorted(figures)}"
     for name, expr in figures.items():

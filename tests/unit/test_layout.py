@@ -1,4 +1,5 @@
-"""The package boundaries the design card fixes, and the public surface, pinned."""
+"""The package boundaries (one import package, services that never import each other, one Redis
+client, one Kafka consumer) and the public surface, pinned."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def test_only_the_dispatcher_consumes_kafka() -> None:
 def test_only_the_store_issues_redis_commands() -> None:
     for package in (*SERVICES, "batchfleet"):
         for path in (REPO / package).rglob("*.py"):
-            if path.name == "store.py":
+            if "store" in path.relative_to(REPO).parts:
                 continue
             text = path.read_text(encoding="utf-8")
             assert "import redis.asyncio" not in text and ".redis." not in text.replace("store.redis.", ""), path

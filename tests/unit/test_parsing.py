@@ -1,4 +1,4 @@
-"""Every bad input from FAULTS.md ("Bad input") through ``dispatcher.parsing.parse_stations``.
+"""Every bad input the dispatcher must quarantine, through ``dispatcher.parsing.parse_stations``.
 
 Each bad message must raise ``BadMessage`` whose reason names the problem; valid messages come back
 as (station id, record) pairs in message order with the records unchanged.

@@ -1,0 +1,70 @@
+"""The Lua transitions: loaded from ``batchfleet/lua/*.lua`` with the shared prelude, registered once
+per client, and their replies checked in one way.
+
+Each script is one state transition with its KEYS/ARGV contract on top of its file.  Before
+registering, the store prepends the constants of :data:`LUA_CONSTANTS` (rendered as Lua locals) and
+``lua/lib/prelude.lua`` (``redis_now_ms()``), so no script repeats the Redis-time arithmetic or a
+magic number.  redis-py's script objects reload themselves after a Redis restart (NOSCRIPT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from batchfleet.errors import StoreError
+
+__all__ = ["LUA_CONSTANTS", "SCRIPT_NAMES", "Scripts", "reply_kind", "script_source"]
+
+LUA_CONSTANTS: dict[str, int] = {
+    "JOB_SCORE_SKEW_MS": 600_000,  # job scores are Redis time minus 10 minutes (clock-skew allowance)
+    "BATCH_INDEX_MAX": 100_000,  # ids kept in the batch index
+    "LIST_LAST_INDEX": 99,  # the wake-up and recent lists keep 100 entries
+}
+SCRIPT_NAMES = (
+    "create_batch",
+    "quarantine_message",
+    "claim_jobs",
+    "record_outcome",
+    "claim_batch",
+    "freeze_payload",
+    "ack_upload",
+    "fail_upload",
+    "replay_batch",
+)
+
+
+def _read(name: str) -> str:
+    return resources.files("batchfleet").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+@cache
+def script_source(name: str) -> str:
+    """The text registered for ``lua/NAME.lua``: constants, prelude, then the script itself."""
+    constants = "".join(f"local {key} = {value}\n" for key, value in LUA_CONSTANTS.items())
+    return constants + _read("lib/prelude.lua") + _read(f"{name}.lua")
+
+
+class Scripts:
+    """Every transition script, registered on one client."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+
+    async def run(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        script: AsyncScript = self._scripts[name]
+        return await script(keys=list(keys), args=list(args))
+
+
+def reply_kind(script: str, reply: Any, kinds: Collection[str]) -> str:
+    """The first element of a script's reply, checked against the kinds its contract documents."""
+    head = reply[0] if isinstance(reply, list) and reply else None
+    kind = head.decode() if isinstance(head, bytes) else head
+    if kind not in kinds:
+        raise StoreError(f"{script}.lua returned {reply!r} (expected one of {sorted(kinds)})")
+    return str(kind)
