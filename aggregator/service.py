@@ -173,10 +173,11 @@ class Aggregator:
             await self._failed(claim, f"{type(exc).__name__}: {exc}")
             return
         upload_ms = (time.perf_counter() - started) * 1000
-        acked_ms = await self._ack(claim, retention_s, upload_ms)
+        s = payload.summary
+        counts = {"ok": s.ok, "failed": s.failed, "empty": s.empty, "missing": s.missing}
+        acked_ms = await self._ack(claim, retention_s, upload_ms, counts)
         if acked_ms is not None:
             self.uploaded += 1
-            s = payload.summary
             self._observe_upload(claim, payload, upload_ms, acked_ms)
             log.info(
                 "batch %s uploaded (%s): ok=%d failed=%d empty=%d missing=%d in %.1fms",
@@ -192,7 +193,7 @@ class Aggregator:
         else:
             log.warning("batch %s: lease was taken over during upload; the new owner acks it", claim.batch_id, extra=extra)
 
-    async def _ack(self, claim: Claim, retention_s: int, upload_ms: float) -> int | None:
+    async def _ack(self, claim: Claim, retention_s: int, upload_ms: float, counts: dict[str, int]) -> int | None:
         """Ack with patience: the upload happened, so a Redis blip must not cause a repeat upload.
         Retries until the lease would have run out; after that another aggregator re-uploads
         (the same body, the same Idempotency-Key)."""
@@ -200,7 +201,9 @@ class Aggregator:
         delay = 0.1
         while True:
             try:
-                return await self.store.ack_upload(claim, retention_s=retention_s, upload_ms=upload_ms)
+                return await self.store.ack_upload(
+                    claim, retention_s=retention_s, upload_ms=upload_ms, uploaded_by=self.name, counts=counts
+                )
             except _REDIS_DOWN as exc:
                 if time.monotonic() + delay > give_up:
                     raise

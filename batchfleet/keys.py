@@ -21,6 +21,7 @@ Layout (prefix ``bf`` by default)::
     bf:fence                string fencing-token counter for upload leases
     bf:offsets              hash   "TOPIC:PARTITION" -> next Kafka offset to ingest
     bf:stats                hash   fleet-wide counters
+    bf:rates                hash   uploaded stations per 10-s slot of the last hour (a ring of 360 slots)
     bf:procs                zset   "ROLE:HOST:PID" -> ms of its last heartbeat (index for status/health)
     bf:proc:ROLE:HOST:PID   string one live process: JSON of what it is doing, short TTL
     bf:quarantine           zset   quarantined message id -> ms when quarantined
@@ -159,6 +160,11 @@ class Keys:
     @property
     def stats(self) -> str:
         return f"{self.prefix}:stats"
+
+    @property
+    def rates(self) -> str:
+        """Ring of 360 ten-second slots: ``POS:t`` -> slot number, ``POS:ok|failed|empty|missing|batches`` -> count."""
+        return f"{self.prefix}:rates"
 
     @property
     def procs(self) -> str:

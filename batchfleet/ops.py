@@ -10,17 +10,25 @@ from typing import Any
 
 import orjson
 
-from batchfleet.keys import message_id_for
+from batchfleet.keys import message_id_for, topic_of_batch
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
+from batchfleet.store.scripts import RATE_OUTCOMES, RATE_SLOT_MS, RATE_SLOTS
 
 __all__ = [
+    "BATCH_STATES",
     "batch_detail",
+    "batch_page",
     "check_health",
     "dead_batches",
+    "dead_page",
     "list_batches",
     "open_store",
+    "overview_data",
     "quarantine_entries",
+    "quarantine_entry",
+    "quarantine_page",
+    "rates",
     "redispatch",
     "replay",
     "status_data",
@@ -187,3 +195,141 @@ async def check_health(settings: Settings, role: str, name: str | None) -> tuple
     if not matches:
         return False, f"unhealthy: no live heartbeat for {want}*"
     return True, "healthy: " + ", ".join(f"{m} ({live[m].get('doing', '')})" for m in matches)
+
+
+# -- reads for the web console (batchfleet web): pages over indexes, bounded work per request ----
+BATCH_STATES = ("open", "finalized", "uploaded", "dead")
+_SCAN_CHUNK = 500
+
+
+async def rates(store: BatchStore) -> dict[str, Any]:
+    """Uploaded stations per 10-s slot of the last hour (oldest first), by outcome, from ``bf:rates``;
+    ``batches`` counts uploads.  Columnar: ``ok[i]`` is the count of the slot starting at
+    ``t0_ms + i * slot_ms``; the last slot is the current, partial one."""
+    now_ms = await store.server_time_ms()
+    ring = await store.rate_ring()
+    current = now_ms // RATE_SLOT_MS
+    slots = range(current - RATE_SLOTS + 1, current + 1)
+    names = (*RATE_OUTCOMES, "batches")
+    series: dict[str, list[int]] = {name: [] for name in names}
+    for slot in slots:
+        pos = slot % RATE_SLOTS
+        fresh = ring.get(f"{pos}:t") == slot
+        for name in names:
+            series[name].append(ring.get(f"{pos}:{name}", 0) if fresh else 0)
+    return {
+        "now_ms": now_ms,
+        "t0_ms": slots[0] * RATE_SLOT_MS,
+        "slot_ms": RATE_SLOT_MS,
+        **series,
+        "totals": {name: sum(values) for name, values in series.items()},
+    }
+
+
+async def overview_data(store: BatchStore, *, limit: int = 50) -> dict[str, Any]:
+    """`status --json` plus the last hour's rates: what the console's overview shows."""
+    return await status_data(store, limit=limit) | {"rates": await rates(store)}
+
+
+def _cursor(raw: str | None) -> tuple[int, str] | None:
+    """A page cursor ``SCORE:BATCH_ID`` (score: the index's ms of the last row shown)."""
+    if not raw:
+        return None
+    score, sep, bid = raw.partition(":")
+    if not sep or not score.isdigit() or not bid:
+        raise ValueError(f"bad cursor {raw!r}")
+    return int(score), bid
+
+
+def _wanted(bid: str, topic: str | None, q: str | None) -> bool:
+    return (not topic or topic_of_batch(bid) == topic) and (not q or q.lower() in bid.lower())
+
+
+async def batch_page(
+    store: BatchStore,
+    *,
+    state: str | None = None,
+    topic: str | None = None,
+    q: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+    scan_max: int = 5000,
+) -> dict[str, Any]:
+    """One page of batches, newest first, filtered by state, topic and a batch id substring.
+
+    Reads the batch index (``bf:batches``; ``bf:dead`` for state=dead) from the cursor on, in chunks,
+    and at most ``scan_max`` index entries per call: ``next_cursor`` continues where this page stopped
+    (None at the end of the index).  Rows are those of ``inspect batches --json``."""
+    source = store.dead_index_page if state == "dead" else store.batch_index_page
+    before = _cursor(cursor)
+    now_ms = await store.server_time_ms()
+    rows: list[dict[str, Any]] = []
+    scanned = 0
+    while len(rows) < limit and scanned < scan_max:
+        want = min(_SCAN_CHUNK, scan_max - scanned)
+        chunk = await source(before=before, count=want)
+        scanned += len(chunk)
+        full = await _fill(store, rows, chunk, (state, topic, q), limit, now_ms)
+        if full is not None:
+            before = full
+        elif len(chunk) < want:
+            return {"rows": rows, "next_cursor": None, "scanned": scanned}
+        else:
+            before = chunk[-1][1], chunk[-1][0]
+    return {"rows": rows, "next_cursor": f"{before[0]}:{before[1]}" if before else None, "scanned": scanned}
+
+
+async def _fill(
+    store: BatchStore,
+    rows: list[dict[str, Any]],
+    chunk: list[tuple[str, int]],
+    filters: tuple[str | None, str | None, str | None],
+    limit: int,
+    now_ms: int,
+) -> tuple[int, str] | None:
+    """Append the chunk's batches that pass the filters; the cursor of the row that filled the page."""
+    state, topic, q = filters
+    score = dict(chunk)
+    for row in await store.progress([bid for bid, _ in chunk if _wanted(bid, topic, q)]):
+        if state and row.get("state") != state:
+            continue
+        rows.append(_progress_row(row, now_ms))
+        if len(rows) >= limit:
+            return score[row["batch_id"]], row["batch_id"]
+    return None
+
+
+async def dead_page(store: BatchStore, *, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
+    """Dead-lettered batches, most recently given up first, as ``inspect dead --json`` rows."""
+    chunk = await store.dead_index_page(before=_cursor(cursor), count=limit)
+    metas = await store.batch_metas([bid for bid, _ in chunk], ["topic", "upload_failures", "last_error"])
+    rows = [
+        {
+            "batch_id": bid,
+            "topic": (meta or {}).get("topic", topic_of_batch(bid)),
+            "dead_ms": dead_ms,
+            "upload_failures": int((meta or {}).get("upload_failures", 0)),
+            "last_error": (meta or {}).get("last_error", ""),
+        }
+        for (bid, dead_ms), meta in zip(chunk, metas, strict=True)
+    ]
+    last = chunk[-1] if len(chunk) == limit else None
+    return {"rows": rows, "next_cursor": f"{last[1]}:{last[0]}" if last else None, "total": await store.dead_count()}
+
+
+async def quarantine_page(store: BatchStore, *, offset: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+    """Quarantined messages, newest first, from ``offset``: ``inspect quarantine --json`` rows."""
+    return [_entry(raw) for raw in await store.quarantined_page(offset=offset, count=limit)]
+
+
+async def quarantine_entry(store: BatchStore, message_id: str) -> dict[str, Any] | None:
+    """One quarantined message with all of its stored value (up to 64 KiB) as text."""
+    raw = await store.quarantined_entry(message_id)
+    if raw is None:
+        return None
+    entry = _entry(raw | {"id": message_id.encode()})
+    value = raw.get("value", b"")
+    entry["value"] = value.decode("utf-8", errors="replace")
+    entry["stored_bytes"] = len(value)
+    entry["truncated"] = entry["size"] > len(value)
+    return entry

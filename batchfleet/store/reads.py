@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from batchfleet.models import Outcome
@@ -117,3 +118,63 @@ class OperatorReads(StoreBase):
 
     async def queue_depth(self) -> int:
         return int(await aw(self.redis.zcard(self.queue_name)))
+
+    # -- the web console: bounded, index-driven reads, never KEYS --------------------------------
+    async def rate_ring(self) -> dict[str, int]:
+        """The raw ``bf:rates`` ring: ``POS:t`` / ``POS:OUTCOME`` -> int (see ack_upload.lua)."""
+        raw = await aw(self.redis.hgetall(self.keys.rates))
+        return {text(name): int(v) for name, v in raw.items()}
+
+    async def batch_index_page(self, *, before: tuple[int, str] | None, count: int) -> list[tuple[str, int]]:
+        """(batch id, created ms) from the batch index, newest first, strictly after the cursor
+        ``before`` = (created ms, batch id) of the last row of the previous page."""
+        return await self._zpage(self.keys.batches, before, count)
+
+    async def dead_index_page(self, *, before: tuple[int, str] | None, count: int) -> list[tuple[str, int]]:
+        """(batch id, dead ms) from the dead-letter set, newest first, after the cursor ``before``."""
+        return await self._zpage(self.keys.dead, before, count)
+
+    async def _zpage(self, key: str, before: tuple[int, str] | None, count: int) -> list[tuple[str, int]]:
+        top: int | str = "+inf" if before is None else before[0]
+
+        def past(row: tuple[str, int]) -> bool:  # equal scores come in reverse lexical order
+            return before is None or row[1] < before[0] or (row[1] == before[0] and row[0] < before[1])
+
+        num = count
+        while True:
+            got = await aw(self.redis.zrevrangebyscore(key, top, "-inf", start=0, num=num, withscores=True))
+            page = [(text(m), int(sc)) for m, sc in got]
+            fresh = [r for r in page if past(r)]
+            if len(fresh) >= count or len(page) < num:
+                return fresh[:count]
+            num += len(page) - len(fresh)  # rows tied with the cursor that sort before it
+
+    async def dead_count(self) -> int:
+        return int(await aw(self.redis.zcard(self.keys.dead)))
+
+    async def batch_metas(self, batch_ids: Sequence[str], fields: Sequence[str]) -> list[dict[str, str] | None]:
+        """Selected meta fields of many batches in one round trip (None: the batch has expired)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bid in batch_ids:
+                pipe.exists(self.keys.batch(bid))
+                pipe.hmget(self.keys.batch(bid), list(fields))
+            replies = await pipe.execute() if batch_ids else []
+        out: list[dict[str, str] | None] = []
+        for i in range(len(batch_ids)):
+            exists, values = replies[2 * i], replies[2 * i + 1]
+            out.append({f: text(v) for f, v in zip(fields, values, strict=True) if v is not None} if exists else None)
+        return out
+
+    async def quarantined_page(self, *, offset: int, count: int) -> list[dict[str, bytes]]:
+        """Quarantined messages, newest first, from position ``offset`` of the quarantine index."""
+        ids = [text(m) for m in await aw(self.redis.zrevrange(self.keys.quarantine, offset, offset + count - 1))]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for mid in ids:
+                pipe.hgetall(self.keys.quarantined(mid))
+            raws = await pipe.execute() if ids else []
+        return [
+            {text(name): v for name, v in raw.items()} | {"id": mid.encode()} for mid, raw in zip(ids, raws, strict=True) if raw
+        ]
+
+    async def ping(self) -> bool:
+        return bool(await aw(self.redis.ping()))

@@ -19,13 +19,18 @@ from redis.commands.core import AsyncScript
 
 from batchfleet.errors import StoreError
 
-__all__ = ["LUA_CONSTANTS", "SCRIPT_NAMES", "Scripts", "reply_kind", "script_source"]
+__all__ = ["LUA_CONSTANTS", "RATE_OUTCOMES", "RATE_SLOTS", "RATE_SLOT_MS", "SCRIPT_NAMES", "Scripts", "reply_kind", "script_source"]
 
 LUA_CONSTANTS: dict[str, int] = {
     "JOB_SCORE_SKEW_MS": 600_000,  # job scores are Redis time minus 10 minutes (clock-skew allowance)
     "BATCH_INDEX_MAX": 100_000,  # ids kept in the batch index
     "LIST_LAST_INDEX": 99,  # the wake-up and recent lists keep 100 entries
+    "RATE_SLOT_MS": 10_000,  # bf:rates (the console's last-hour charts): one slot per 10 s of Redis time ...
+    "RATE_SLOTS": 360,  # ... and 360 of them, one hour
 }
+RATE_SLOT_MS = LUA_CONSTANTS["RATE_SLOT_MS"]
+RATE_SLOTS = LUA_CONSTANTS["RATE_SLOTS"]
+RATE_OUTCOMES = ("ok", "failed", "empty", "missing")  # the station counts ack_upload adds to bf:rates
 SCRIPT_NAMES = (
     "create_batch",
     "quarantine_message",

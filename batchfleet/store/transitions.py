@@ -7,7 +7,7 @@ checked against the kinds its contract documents (:func:`~batchfleet.store.scrip
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -16,7 +16,7 @@ from batchfleet.errors import StaleOffsetError
 from batchfleet.keys import Keys, message_id_for, offset_field
 from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordResult, StationInput
 from batchfleet.store.base import StoreBase, aw, pairs, text
-from batchfleet.store.scripts import reply_kind
+from batchfleet.store.scripts import RATE_OUTCOMES, reply_kind
 
 __all__ = ["STATION_JOB", "Transitions", "station_job_prefix"]
 
@@ -193,11 +193,24 @@ class Transitions(StoreBase):
         reply = await self.scripts.run("freeze_payload", keys, [claim.token, payload])
         return bytes(reply[1]) if reply_kind("freeze_payload", reply, ("frozen", "fenced")) == "frozen" else None
 
-    async def ack_upload(self, claim: Claim, *, retention_s: int, upload_ms: float) -> int | None:
-        """Redis time (ms) at which the batch became uploaded; None when our lease was taken over."""
+    async def ack_upload(
+        self,
+        claim: Claim,
+        *,
+        retention_s: int,
+        upload_ms: float,
+        uploaded_by: str = "",
+        counts: Mapping[str, int] | None = None,
+    ) -> int | None:
+        """Redis time (ms) at which the batch became uploaded; None when our lease was taken over.
+        ``counts`` (the payload's ok/failed/empty/missing stations) feed the last-hour rate ring."""
         k = self.keys
         keys = [*k.batch_keys(claim.batch_id), k.leases, k.recent, k.stats]
-        reply = await self.scripts.run("ack_upload", keys, [claim.batch_id, claim.token, retention_s, round(upload_ms, 3)])
+        args: list[str | int | float] = [claim.batch_id, claim.token, retention_s, round(upload_ms, 3), uploaded_by]
+        if counts is not None:
+            keys.append(k.rates)
+            args += [int(counts.get(name, 0)) for name in RATE_OUTCOMES]
+        reply = await self.scripts.run("ack_upload", keys, args)
         return int(reply[1]) if reply_kind("ack_upload", reply, ("uploaded", "fenced")) == "uploaded" else None
 
     async def fail_upload(self, claim: Claim, *, retry_delay_ms: int, max_attempts: int, error: str) -> tuple[str, int]:
