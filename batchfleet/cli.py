@@ -269,5 +269,18 @@ def inspect_quarantine(
     _emit(_with_store(settings, lambda store: quarantine_entries(store, limit)), render_quarantine, as_json)
 
 
+@main.command()
+@click.option("--host", "web_host", help="address to bind [BATCHFLEET_WEB_HOST, default 127.0.0.1]")
+@click.option("--port", "web_port", type=int, help="port [BATCHFLEET_WEB_PORT, default 8080]")
+@click.option("--redis-url", help="Redis URL [BATCHFLEET_REDIS_URL]")
+@click.option("--bootstrap-servers", "kafka_bootstrap_servers", help="for re-dispatch [BATCHFLEET_KAFKA_BOOTSTRAP_SERVERS]")
+def web(**flags: Any) -> None:
+    """Serve the web console: overview, batches, dead letters, quarantine and the JSON API (/api).
+    Read-only unless BATCHFLEET_WEB_TOKEN is set; every action needs that token."""
+    from batchfleet.web import serve
+
+    _run("web", flags, serve)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

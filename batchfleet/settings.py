@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     config: Path | None = None
     topic_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
 
+    # web console (`batchfleet web`): read-only unless a token is set; every action needs the token
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8080, ge=1, le=65535)
+    web_token: SecretStr | None = None
+    web_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # Host names besides loopback
+
     metrics_port: int = Field(default=0, ge=0, le=65535)
     log_format: Literal["human", "json"] = "human"
     log_level: str = "INFO"
@@ -126,6 +132,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
+
+    @field_validator("web_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        return cls._split_topics(value)
+
+    @field_validator("web_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     def topic(self, name: str) -> TopicConfig:
         """The effective configuration of one topic: global defaults, then its TOML table."""
@@ -150,10 +166,10 @@ class Settings(BaseSettings):
         for name, value in self.model_dump(mode="json", exclude={"topic_overrides"}).items():
             if value is None:
                 continue
-            if name in ("redis_url", "upload_auth_header"):
+            if name in ("redis_url", "upload_auth_header", "web_token"):
                 secret = getattr(self, name)
                 value = secret.get_secret_value() if secret is not None else None
-            elif name == "topics":
+            elif name in ("topics", "web_allowed_hosts"):
                 value = ",".join(value)
             elif isinstance(value, dict | list):
                 value = json.dumps(value)

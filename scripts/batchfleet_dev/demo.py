@@ -1,7 +1,7 @@
 """``batchfleet demo``: the whole fleet on an embedded local stack, with a live progress view.
 
-Starts a redis-server and the Kafka-protocol broker on free ports, one dispatcher, N workers and
-one aggregator (as separate processes, exactly as in production), and a producer of sample
+Starts a redis-server and the Kafka-protocol broker on free ports, one dispatcher, N workers,
+one aggregator and the web console (as separate processes, as in production), and a producer of sample
 station data.  Some stations fail, some return None, some are slower than the deadline (see
 ``workers/demo.py``).  Ctrl-C stops everything it started, by PID.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 import signal
 import sys
 import time
@@ -26,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchfleet.store import BatchStore
-from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics
+from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics, free_port
 from batchfleet_dev.procs import RoleProcess, role_env, stop_all
 from batchfleet_dev.sample import station_ids, station_message
 
@@ -171,8 +172,11 @@ async def _watch(store: BatchStore, stop: asyncio.Event, duration_s: float, plai
 async def _demo(workdir: Path, redis: RedisServer, broker: KafkaBroker, args: dict[str, Any]) -> None:
     await create_topics(broker.bootstrap, [POLL_TOPIC], partitions=3)
     await create_topics(broker.bootstrap, [REALTIME_TOPIC], partitions=1)
+    web_port, web_token = free_port(), secrets.token_urlsafe(12)
     env = role_env(
         extra={
+            "BATCHFLEET_WEB_PORT": str(web_port),
+            "BATCHFLEET_WEB_TOKEN": web_token,
             "BATCHFLEET_REDIS_URL": redis.url,
             "BATCHFLEET_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
             "BATCHFLEET_TOPICS": f"{REALTIME_TOPIC},{POLL_TOPIC}",
@@ -191,6 +195,8 @@ async def _demo(workdir: Path, redis: RedisServer, broker: KafkaBroker, args: di
         for i in range(args["workers"]):
             fleet.spawn("worker", i)
         fleet.spawn("aggregator")
+        fleet.spawn("web")
+        print(f"console: http://127.0.0.1:{web_port}/  (token for actions: {web_token})", flush=True)
         print(f"local stack: redis {redis.url}, kafka {broker.bootstrap}; logs and uploads in {workdir}", flush=True)
         async with BatchStore.from_url(redis.url, name="batchfleet-demo") as store:
             producer = asyncio.create_task(_produce(broker.bootstrap, args["stations"], stop))

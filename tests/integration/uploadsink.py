@@ -24,6 +24,7 @@ class HttpSink:
     def __init__(self, fail_first: int = 0, always_fail: bool = False, hang_first_s: float = 0.0) -> None:
         self.port = free_port()
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.statuses: list[int] = []  # what the sink answered to each request
         self.fail_first = fail_first
         self.always_fail = always_fail
         self.hang_first_s = hang_first_s
@@ -41,6 +42,7 @@ class HttpSink:
                 if sink.hang_first_s and len(sink.requests) == 1:
                     sink.release.wait(sink.hang_first_s)  # an upload that never answers in time
                 failing = sink.always_fail or len(sink.requests) <= sink.fail_first
+                sink.statuses.append(503 if failing else 200)
                 self.send_response(503 if failing else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
