@@ -12,6 +12,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import Undefined
 
 from batchfleet import ops
 from batchfleet.settings import Settings
@@ -30,6 +31,8 @@ OUTCOMES = ("ok", "failed", "empty", "missing")
 
 def _fmt_ms(value: Any) -> str:
     """Redis-time milliseconds as a UTC timestamp."""
+    if isinstance(value, Undefined):
+        return "-"
     try:
         ms = int(value)
     except (TypeError, ValueError):
