@@ -30,6 +30,7 @@ ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 PYPROJECT = ROOT / "pyproject.toml"
 
 ROLES = {"dispatcher": "dispatcher", "worker": "worker", "aggregator-a": "aggregator", "aggregator-b": "aggregator"}
+CONSOLE = "web"  # the one batchfleet service that is not scaled: it publishes a fixed port
 PREFIX = str(Settings.model_config.get("env_prefix", ""))
 SETTING_NAMES = {f"{PREFIX}{name}".upper() for name in Settings.model_fields}
 
@@ -286,8 +287,28 @@ def test_depends_on_waits_until_healthy(services: dict[str, dict[str, Any]]) -> 
 def test_scaled_roles_have_no_fixed_names_or_ports(fleet: dict[str, dict[str, Any]]) -> None:
     assert "worker" in fleet
     for name, svc in fleet.items():
+        if name == CONSOLE:
+            continue
         assert "container_name" not in svc, f"{name}: container_name prevents --scale"
         assert not svc.get("ports"), f"{name}: published ports clash under --scale"
+
+
+def test_web_console_is_published_on_loopback_and_checked_over_http(fleet: dict[str, dict[str, Any]]) -> None:
+    web = fleet[CONSOLE]
+    argv = _argv(web.get("entrypoint")) + _argv(web.get("command"))
+    assert argv == ["batchfleet", "web"], f"{CONSOLE}: runs {argv}"
+    env = {k: _resolve(v) for k, v in _environment(web).items()}
+    port = env[f"{PREFIX}WEB_PORT"]
+    assert env[f"{PREFIX}WEB_HOST"] == "0.0.0.0", "inside its container the console must listen on every interface"
+    assert env.get(f"{PREFIX}WEB_TOKEN", "") == "", "without .env the console must be read-only"
+    assert Settings(web_token=env.get(f"{PREFIX}WEB_TOKEN", "")).web_token is None, "an empty token must mean read-only"
+    [published] = [_resolve(p) for p in web["ports"]]
+    bind, host_port, container_port = published.rsplit(":", 2)
+    assert bind == "127.0.0.1" and container_port == port and host_port == port, published
+    assert int((web.get("deploy") or {}).get("replicas", 1)) == 1
+    check = " ".join(_argv(web["healthcheck"]["test"]))
+    assert "/healthz" in check and f"{PREFIX}WEB_PORT" in check
+    assert "redis" in web["depends_on"]
 
 
 def test_stop_grace_period_covers_the_worker_drain(fleet: dict[str, dict[str, Any]]) -> None:
