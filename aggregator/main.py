@@ -9,18 +9,23 @@ import socket
 from batchfleet.aggregator.service import Aggregator
 from batchfleet.aggregator.uploaders import make_uploader
 from batchfleet.metrics import serve_metrics
+from batchfleet.runtime import bounded, wait_for_redis
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 
 __all__ = ["serve"]
 
+_CLOSE_UPLOADER_S = 5.0  # flushing a kafka:// producer during a Kafka outage would wait for the broker
+
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    uploader = make_uploader(settings)  # a bad BATCHFLEET_UPLOADER fails before anything starts
     serve_metrics(settings.metrics_port)
     name = f"aggregator@{socket.gethostname()}:{os.getpid()}"
-    uploader = make_uploader(settings)
-    async with (
-        BatchStore.from_settings(settings, name="batchfleet-aggregator") as store,
-        uploader,
-    ):
-        await Aggregator(settings, store, uploader, name=name).run(stop)
+    async with BatchStore.from_settings(settings, name="batchfleet-aggregator") as store:
+        await wait_for_redis(store, stop, settings.redis_location())
+        await uploader.start(stop)
+        try:
+            await Aggregator(settings, store, uploader, name=name).run(stop)
+        finally:
+            await bounded(uploader.close(), _CLOSE_UPLOADER_S, f"closing the uploader ({uploader.describe()})")

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from typing import Any
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from batchfleet import metrics
 from batchfleet.aggregator.payload import build_payload
 from batchfleet.aggregator.uploaders import Uploader
+from batchfleet.errors import StopRequested
 from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.models import Claim, UploadPayload
+from batchfleet.retry import REDIS_UNAVAILABLE, Backoff, describe, redis_problem, retry
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 
@@ -32,7 +30,7 @@ __all__ = ["Aggregator"]
 log = logging.getLogger(__name__)
 _MAX_WAIT_S = 0.5
 _PRUNE_EVERY_S = 5.0
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_ACK_BACKOFF = Backoff(0.1, 2.0)  # the upload happened: ack again soon, within the lease
 
 
 class Aggregator:
@@ -48,18 +46,13 @@ class Aggregator:
     # -- the loop ----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         log.info("%s watching completions and deadlines; uploading to %s", self.name, self.uploader.describe())
-        delay = 0.1
         beating = asyncio.Event()
         beat = asyncio.create_task(heartbeat(self.store, process_member("aggregator"), self._info, beating))
         try:
             while not stop.is_set():
-                try:
-                    await self._step()
-                    delay = 0.1
-                except _REDIS_DOWN as exc:
-                    log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 5.0)
+                await retry(self._step, what=self.name, stop=stop)
+        except StopRequested:
+            pass
         finally:
             await self._drain()
             beating.set()
@@ -75,10 +68,19 @@ class Aggregator:
         }
 
     async def _drain(self) -> None:
-        """Finish uploads in flight (their leases expire on their own if we are killed instead)."""
-        if self._inflight:
-            log.info("%s finishing %d upload(s) in flight", self.name, len(self._inflight))
-            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        """Finish uploads in flight within the grace period; the rest are cancelled, and their leases
+        expire so that another aggregator takes them over (same body, same Idempotency-Key)."""
+        if not self._inflight:
+            return
+        grace_s = self.settings.worker_grace_s
+        log.info("%s finishing %d upload(s) in flight (up to %gs)", self.name, len(self._inflight), grace_s)
+        tasks = list(self._inflight.values())
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        if pending:
+            log.warning("%s: %d upload(s) not finished within %gs; their leases will expire", self.name, len(pending), grace_s)
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _housekeeping(self) -> None:
         """Every so often, drop index entries of batches whose keys expired after retention."""
@@ -127,8 +129,9 @@ class Aggregator:
                 return
             self._log_finalized(claim)
             await self._upload(claim)
-        except _REDIS_DOWN as exc:
-            log.warning("batch %s: redis unavailable during upload handling (%s); lease will expire", batch_id, exc)
+        except REDIS_UNAVAILABLE as exc:
+            level = logging.WARNING if redis_problem(exc) == "unavailable" else logging.ERROR
+            log.log(level, "batch %s: redis failed during upload handling (%s); its lease will expire", batch_id, describe(exc))
         except Exception:
             log.exception("batch %s: unexpected error; its lease will expire and it will be retried", batch_id)
 
@@ -197,19 +200,14 @@ class Aggregator:
         """Ack with patience: the upload happened, so a Redis blip must not cause a repeat upload.
         Retries until the lease would have run out; after that another aggregator re-uploads
         (the same body, the same Idempotency-Key)."""
-        give_up = time.monotonic() + self.settings.lease_s
-        delay = 0.1
-        while True:
-            try:
-                return await self.store.ack_upload(
-                    claim, retention_s=retention_s, upload_ms=upload_ms, uploaded_by=self.name, counts=counts
-                )
-            except _REDIS_DOWN as exc:
-                if time.monotonic() + delay > give_up:
-                    raise
-                log.warning("batch %s: uploaded, but the ack failed (%s); retrying", claim.batch_id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        return await retry(
+            lambda: self.store.ack_upload(
+                claim, retention_s=retention_s, upload_ms=upload_ms, uploaded_by=self.name, counts=counts
+            ),
+            what=f"batch {claim.batch_id}: uploaded, but the ack failed",
+            backoff=_ACK_BACKOFF,
+            give_up_after_s=self.settings.lease_s,
+        )
 
     @staticmethod
     def _observe_upload(claim: Claim, payload: UploadPayload, upload_ms: float, acked_ms: int) -> None:
@@ -223,9 +221,9 @@ class Aggregator:
         metrics.FINALIZE_TO_UPLOAD.labels(topic, claim.reason).observe(max(acked_ms - finalized, 0) / 1000)
 
     def _backoff_ms(self, failures: int) -> int:
-        base = self.settings.upload_backoff_base_s * (2 ** max(failures - 1, 0))
-        capped = min(base, self.settings.upload_backoff_max_s)
-        return int(capped * (0.5 + random.random() / 2) * 1000)  # "equal jitter"
+        """The wait before the next upload attempt (kept in Redis, so it survives restarts)."""
+        backoff = Backoff(self.settings.upload_backoff_base_s, self.settings.upload_backoff_max_s)
+        return int(backoff.delay_s(failures) * 1000)
 
     async def _failed(self, claim: Claim, error: str) -> None:
         failures = int(claim.meta.get("upload_failures", "0")) + 1

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 
 from batchfleet.errors import ConfigError, UploadError
 from batchfleet.importing import load_callable
+from batchfleet.runtime import start_kafka
 from batchfleet.settings import Settings
 
 __all__ = ["CallableUploader", "FileUploader", "HttpUploader", "KafkaUploader", "Uploader", "make_uploader"]
@@ -34,7 +35,8 @@ __all__ = ["CallableUploader", "FileUploader", "HttpUploader", "KafkaUploader", 
 class Uploader:
     """Base: an async context manager with one method, ``upload``."""
 
-    async def start(self) -> None:
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        """Connect what needs connecting; waits for a target that is down at start-up until ``stop``."""
         return None
 
     async def close(self) -> None:
@@ -92,7 +94,7 @@ class HttpUploader(Uploader):
         self._headers = {"Content-Type": "application/json", **_auth_header(auth_header)}
         self._client: httpx.AsyncClient | None = None
 
-    async def start(self) -> None:
+    async def start(self, stop: asyncio.Event | None = None) -> None:
         timeout = httpx.Timeout(self.timeout_s, connect=min(5.0, self.timeout_s))
         self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
 
@@ -124,9 +126,12 @@ class KafkaUploader(Uploader):
         self.bootstrap_servers = bootstrap_servers
         self._producer: AIOKafkaProducer | None = None
 
-    async def start(self) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all")
-        await self._producer.start()
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        self._producer = await start_kafka(
+            lambda: AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all"),
+            what=f"uploader {self.describe()}: waiting for kafka at {self.bootstrap_servers}",
+            stop=stop,
+        )
 
     async def close(self) -> None:
         if self._producer is not None:

@@ -1,11 +1,12 @@
 """Errors raised by batchfleet.
 
     BatchfleetError
-    ├── ConfigError          bad settings or config file (fail fast at start-up)
+    ├── ConfigError          bad settings or config file (fail fast at start-up; the CLI exits 2)
+    │   └── ProcessorLoadError BATCHFLEET_PROCESSOR / BATCHFLEET_UPLOADER cannot be imported or called
     ├── StoreError           Redis said something we did not expect
     │   └── StaleOffsetError another dispatcher already ingested these offsets
-    ├── ProcessorLoadError   BATCHFLEET_PROCESSOR / BATCHFLEET_UPLOADER cannot be imported
-    └── UploadError          the upload target refused or could not be reached
+    ├── UploadError          the upload target refused or could not be reached
+    └── StopRequested        a wait (for Redis, Kafka) was cut short by SIGTERM/SIGINT: exit cleanly
 
 Third-party errors are translated at the boundary with ``raise X(...) from exc``.
 """
@@ -17,6 +18,7 @@ __all__ = [
     "ConfigError",
     "ProcessorLoadError",
     "StaleOffsetError",
+    "StopRequested",
     "StoreError",
     "UploadError",
 ]
@@ -43,9 +45,13 @@ class StaleOffsetError(StoreError):
         self.stored_offset = stored_offset
 
 
-class ProcessorLoadError(BatchfleetError):
-    """A ``module:function`` reference cannot be imported or is not callable."""
+class ProcessorLoadError(ConfigError):
+    """A ``module:function`` reference cannot be imported, is not callable, or has the wrong signature."""
 
 
 class UploadError(BatchfleetError):
     """An upload attempt failed; the aggregator retries it with backoff."""
+
+
+class StopRequested(BatchfleetError):
+    """The process was asked to stop while it waited for a service; unwinds to a clean exit."""

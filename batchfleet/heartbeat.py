@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from batchfleet.retry import REDIS_UNAVAILABLE, describe
 from batchfleet.store import BatchStore
 
 __all__ = ["HEARTBEAT_INTERVAL_S", "HEARTBEAT_TTL_S", "every", "heartbeat", "process_member"]
@@ -28,13 +29,17 @@ def process_member(role: str) -> str:
 
 
 async def every(interval_s: float, stop: asyncio.Event, step: Callable[[], Awaitable[None]], what: str) -> None:
-    """Run ``step`` now and then every ``interval_s`` until ``stop`` is set.  A step that fails (Redis
-    away) is logged at debug level and simply tried again next time."""
+    """Run ``step`` now and then every ``interval_s`` until ``stop`` is set.  A step that fails because
+    Redis is away is logged at debug level (the role's own loop reports the outage) and tried again
+    next time; any other failure is a bug, logged at error level with its traceback, and also tried
+    again (a heartbeat that silently stops would make a live process vanish from status and health)."""
     while not stop.is_set():
         try:
             await step()
-        except Exception as exc:
-            log.debug("%s failed: %s", what, exc)
+        except REDIS_UNAVAILABLE as exc:
+            log.debug("%s failed: %s", what, describe(exc))
+        except Exception:
+            log.exception("%s failed unexpectedly; trying again in %gs", what, interval_s)
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
         except TimeoutError:
@@ -51,5 +56,5 @@ async def heartbeat(store: BatchStore, member: str, info: Callable[[], dict[str,
     await every(HEARTBEAT_INTERVAL_S, stop, beat, "heartbeat")
     try:
         await store.forget_process(member)
-    except Exception as exc:
-        log.debug("could not remove heartbeat: %s", exc)
+    except REDIS_UNAVAILABLE as exc:  # it expires by itself within HEARTBEAT_TTL_S
+        log.debug("could not remove heartbeat: %s", describe(exc))

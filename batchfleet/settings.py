@@ -11,6 +11,7 @@ import json
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -142,6 +143,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    def redis_location(self) -> str:
+        """``host:port/db`` of the Redis URL, without credentials (for log lines and messages)."""
+        parts = urlsplit(self.redis_url.get_secret_value())
+        if parts.scheme == "unix":
+            return parts.path
+        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path}"
 
     def topic(self, name: str) -> TopicConfig:
         """The effective configuration of one topic: global defaults, then its TOML table."""

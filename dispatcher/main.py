@@ -7,7 +7,9 @@ import os
 import socket
 
 from batchfleet.dispatcher.service import Dispatcher
+from batchfleet.errors import ConfigError
 from batchfleet.metrics import serve_metrics
+from batchfleet.runtime import wait_for_redis
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 
@@ -16,10 +18,9 @@ __all__ = ["serve"]
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     if not settings.topics:
-        from batchfleet.errors import ConfigError
-
-        raise ConfigError("no topics to consume: set BATCHFLEET_TOPICS or pass --topics")
+        raise ConfigError("BATCHFLEET_TOPICS is not set: name the topics to consume, comma-separated (or pass --topics)")
     serve_metrics(settings.metrics_port)
     name = f"dispatcher@{socket.gethostname()}:{os.getpid()}"
     async with BatchStore.from_settings(settings, name="batchfleet-dispatcher") as store:
+        await wait_for_redis(store, stop, settings.redis_location())
         await Dispatcher(settings, store, name=name).run(stop)

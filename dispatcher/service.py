@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from batchfleet import metrics
 from batchfleet.dispatcher.batching import Unit, plan_dispatch
-from batchfleet.errors import StaleOffsetError
+from batchfleet.errors import StaleOffsetError, StopRequested
 from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.keys import offset_field
 from batchfleet.models import BatchSpec, QuarantineEntry
+from batchfleet.retry import REDIS_UNAVAILABLE, describe, retry
+from batchfleet.runtime import bounded, start_kafka
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 
@@ -35,9 +33,7 @@ __all__ = ["Dispatcher"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-# A full Redis (maxmemory + noeviction) refuses writes loudly: wait like for an outage, commit nothing.
-_REDIS_REFUSING = (*_REDIS_DOWN, OutOfMemoryError)
+_SHUTDOWN_STEP_S = 5.0  # at most this long for each Kafka step of a shutdown (commit, leave the group)
 _QUARANTINE_RETENTION_S = 7 * 86_400
 _QUARANTINE_MAX = 100_000
 
@@ -62,6 +58,7 @@ class Dispatcher:
         self.settings = settings
         self.store = store
         self.name = name
+        self.stop = asyncio.Event()  # replaced by run()'s: every wait for Redis ends when it is set
         self.consumer: AIOKafkaConsumer | None = None
         self.paused = False
         self.batches_created = 0
@@ -85,7 +82,12 @@ class Dispatcher:
     async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
         if self.consumer is None or not assigned:
             return
-        stored = await self._redis_retry(lambda: self.store.load_offsets(offset_field(tp.topic, tp.partition) for tp in assigned))
+        try:
+            stored = await self._redis_retry(
+                lambda: self.store.load_offsets(offset_field(tp.topic, tp.partition) for tp in assigned)
+            )
+        except StopRequested:  # stopping: nothing is consumed any more, the next owner seeks
+            return
         for tp in assigned:
             offset = stored.get(offset_field(tp.topic, tp.partition))
             if offset is not None:
@@ -113,35 +115,37 @@ class Dispatcher:
             }
             if offsets:
                 await self.consumer.commit(offsets)
-        except (KafkaError, *_REDIS_DOWN) as exc:
-            log.warning("could not mirror offsets to Kafka for %s: %s", partitions, exc)
+        except (KafkaError, *REDIS_UNAVAILABLE) as exc:
+            log.warning("could not mirror offsets to Kafka for %s: %s", partitions, describe(exc))
 
     # -- Redis with patience -----------------------------------------------------------------
     async def _redis_retry(self, op: Callable[[], Awaitable[T]]) -> T:
-        """Run op until Redis answers; while it is away nothing is consumed or committed."""
-        delay = 0.1
-        while True:
-            try:
-                return await op()
-            except _REDIS_REFUSING as exc:
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+        """Run op until Redis answers (a full Redis counts as away); meanwhile nothing is consumed or
+        committed.  Raises StopRequested once the dispatcher is asked to stop."""
+        return await retry(op, what=self.name, stop=self.stop)
 
     # -- the loop ----------------------------------------------------------------------------
+    def _subscribed_consumer(self) -> AIOKafkaConsumer:
+        consumer = self._consumer()
+        consumer.subscribe(self.settings.topics, listener=_Rebalance(self))
+        self.consumer = consumer
+        return consumer
+
     async def run(self, stop: asyncio.Event) -> None:
-        self.consumer = self._consumer()
-        self.consumer.subscribe(self.settings.topics, listener=_Rebalance(self))
-        await self.consumer.start()
+        self.stop = stop
+        where = self.settings.kafka_bootstrap_servers
+        consumer = await start_kafka(self._subscribed_consumer, what=f"{self.name}: waiting for kafka at {where}", stop=stop)
         beating = asyncio.Event()
         beat = asyncio.create_task(heartbeat(self.store, process_member("dispatcher"), self._info, beating))
         log.info("%s consuming %s as group %s", self.name, ",".join(self.settings.topics), self.settings.kafka_group_id)
         try:
             while not stop.is_set():
                 await self._step()
+        except StopRequested:
+            log.info("%s: stop requested while waiting for redis; nothing of the unwritten poll is committed", self.name)
         finally:
-            await self.commit_stored(list(self.consumer.assignment()))
-            await self.consumer.stop()
+            await bounded(self.commit_stored(list(consumer.assignment())), _SHUTDOWN_STEP_S, "mirroring offsets to kafka")
+            await bounded(consumer.stop(), _SHUTDOWN_STEP_S, "leaving the consumer group")
             beating.set()
             await beat
             log.info(

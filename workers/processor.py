@@ -22,15 +22,37 @@ from typing import Any, Protocol
 
 import orjson
 
+from batchfleet.errors import ProcessorLoadError
+from batchfleet.importing import check_call, load_callable
 from batchfleet.models import Outcome
 
-__all__ = ["Processor", "abandoned_threads", "run_processor"]
+__all__ = ["Processor", "abandoned_threads", "load_processor", "run_processor"]
 
 _ERROR_LIMIT = 2000
 
 
 class Processor(Protocol):
     def __call__(self, station_id: str, records: list[dict[str, Any]], /) -> Any: ...
+
+
+# The processor's arguments, as the Protocol above states them (without ``self``).
+_ARGUMENTS = [p.name for p in inspect.signature(Processor.__call__).parameters.values()][1:]
+
+
+def load_processor(ref: str) -> Processor:
+    """The station processor named by ``BATCHFLEET_PROCESSOR``, checked against :class:`Processor`
+    when it is loaded (a wrong signature would otherwise fail every station with a TypeError)."""
+    if not ref.strip():
+        raise ProcessorLoadError(
+            "BATCHFLEET_PROCESSOR is not set: name your station processor as module:function, "
+            "e.g. mypkg.stations:process (README, 'Station processors')"
+        )
+    try:
+        fn = load_callable(ref)
+        check_call(fn, ref, f"process({', '.join(_ARGUMENTS)})", len(_ARGUMENTS))
+    except ProcessorLoadError as exc:
+        raise ProcessorLoadError(f"BATCHFLEET_PROCESSOR={ref.strip()!r}: {exc}") from exc
+    return fn
 
 
 _abandoned = 0

@@ -14,29 +14,26 @@ import asyncio
 import functools
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from batchfleet import metrics
 from batchfleet.heartbeat import every, heartbeat, process_member
-from batchfleet.importing import load_callable
 from batchfleet.keys import parse_job_id, topic_of_batch
 from batchfleet.models import Outcome, RecordResult
+from batchfleet.retry import Backoff, retry
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
-from batchfleet.workers.processor import run_processor
+from batchfleet.workers.processor import load_processor, run_processor
 
 __all__ = ["WorkerContext", "WorkerState", "run_station", "shutdown", "startup_with"]
 
 log = logging.getLogger(__name__)
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+RECORD_BACKOFF = Backoff(0.05, 2.0)
+RECORD_ATTEMPTS = 13  # about 12 s of retrying (jittered waits of 0.05 s doubling to 2 s)
 MAX_ATTEMPTS = 2  # a station whose attempts killed the worker this often is recorded failed, not run again
 CLOCK_EVERY_S = 30.0  # how often a worker re-measures its offset to Redis time
 FINALIZED_CACHE = 4096  # batches this worker saw finalized (stations of them are checked before running)
@@ -96,7 +93,7 @@ async def startup_with(ctx: WorkerContext, settings: Settings) -> None:
     previous = _current.pop("state", None)
     if previous is not None:  # a restarted arq worker in the same process: retire the old state
         previous.stop.set()
-    state = WorkerState(settings, store, load_callable(settings.processor), worker_name())
+    state = WorkerState(settings, store, load_processor(settings.processor), worker_name())
     _current["state"] = state
     state.beat = asyncio.create_task(heartbeat(store, process_member("worker"), state.info, state.stop))
     state.clock = asyncio.create_task(_track_clock(state))
@@ -127,16 +124,14 @@ async def _track_clock(state: WorkerState) -> None:
 
 
 async def _record(state: WorkerState, batch_id: str, station_id: str, outcome: Outcome) -> RecordResult:
-    """Record with patience: a Redis blip must not lose a computed outcome."""
-    delay = 0.05
-    for _ in range(12):
-        try:
-            return await state.store.record_outcome(batch_id, station_id, outcome)
-        except _REDIS_DOWN as exc:
-            log.warning("recording %s/%s failed (%s); retrying", batch_id, station_id, exc)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 2.0)
-    return await state.store.record_outcome(batch_id, station_id, outcome)
+    """Record with patience: a Redis blip must not lose a computed outcome.  After RECORD_ATTEMPTS
+    the error ends the job (arq runs it again); a shutdown cancels the wait after its grace."""
+    return await retry(
+        lambda: state.store.record_outcome(batch_id, station_id, outcome),
+        what=f"recording {batch_id}/{station_id}",
+        backoff=RECORD_BACKOFF,
+        attempts=RECORD_ATTEMPTS,
+    )
 
 
 def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordResult, topic: str) -> None:

@@ -71,10 +71,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from batchfleet.keys import Keys, batch_id_for, message_id_for, offset_field
+from batchfleet.retry import REDIS_UNAVAILABLE, Backoff, retry
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics
@@ -83,7 +82,6 @@ from batchfleet_dev.procs import RoleProcess, role_env, stop_all
 __all__ = ["ChaosConfig", "ChaosReport", "account", "chaos_processor", "main", "run_chaos"]
 
 T = TypeVar("T")
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)  # BusyLoadingError is a ConnectionError
 _MAX_LISTED = 40  # violations listed per kind (all are counted)
 SLOW_S = 60.0  # "slow" stations: far past any chaos deadline; the station budget cancels them
 
@@ -201,14 +199,7 @@ async def _aw(value: Awaitable[T] | T) -> T:
 
 async def _patiently(op: Callable[[], Awaitable[T]], timeout_s: float = 60.0) -> T:
     """Run a Redis read, riding out a restart."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await op()
-        except _REDIS_DOWN:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+    return await retry(op, what="chaos: reading redis", backoff=Backoff(0.2, 1.0), give_up_after_s=timeout_s)
 
 
 # -- the producer -------------------------------------------------------------------------------
@@ -432,7 +423,7 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> floa
         try:
             if await check():
                 return round(time.monotonic() - started, 1)
-        except _REDIS_DOWN:
+        except REDIS_UNAVAILABLE:
             pass
         await asyncio.sleep(0.25)
     return None
@@ -508,7 +499,7 @@ async def _progress(
         await asyncio.sleep(min(cfg.progress_every_s, max(end_at - time.monotonic(), 0.01)))
         try:
             stats = await store.stats()
-        except _REDIS_DOWN:
+        except REDIS_UNAVAILABLE:
             stats = {}
         say(
             f"t={time.monotonic() - start:4.0f}s produced={len(producer.messages)} "

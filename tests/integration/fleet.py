@@ -130,7 +130,7 @@ class InProcessFleet:
         return a
 
     def start_worker(self) -> None:
-        task = asyncio.create_task(run_worker(self.settings, handle_signals=False, started=self.workers))
+        task = asyncio.create_task(run_worker(self.settings, started=self.workers))
         self.worker_tasks.append(task)
         self.tasks.append(task)
 

@@ -99,7 +99,7 @@ async def test_a_batchfleet_worker_and_a_plain_arq_worker_share_a_queue(
         stdout=log,
         stderr=log,
     )
-    ours = asyncio.create_task(run_worker(settings, handle_signals=False))
+    ours = asyncio.create_task(run_worker(settings))
     try:
         await wait_until(lambda: _all_recorded(store, "t:0:0", len(stations)), 60, "every station recorded")
     finally:
@@ -126,7 +126,7 @@ async def test_stations_of_a_batch_past_its_finalized_deadline_are_skipped(redis
     await store.create_batch(_spec("t:0:0", [f"S{i}" for i in range(20)], timeout_s=0.2))
     await asyncio.sleep(0.3)
     await store.redis.hset(KEYS.batch("t:0:0"), "state", "finalized")  # as the aggregator does at the deadline
-    await run_worker(_settings(redis_server), burst=True, handle_signals=False)
+    await run_worker(_settings(redis_server), burst=True)
     stats = await store.stats()
     assert stats.get("late_results", 0) == 0
     assert await store.redis.hlen(KEYS.outcomes("t:0:0")) == 0
@@ -138,7 +138,7 @@ async def test_after_one_late_result_a_worker_skips_the_batch(redis_server: Redi
     late; the worker then checks the state before each further station of that batch and skips them."""
     await store.create_batch(_spec("t:0:0", [f"S{i}" for i in range(10)], timeout_s=600))
     await store.redis.hset(KEYS.batch("t:0:0"), "state", "finalized")
-    await run_worker(_settings(redis_server, worker_max_jobs=1), burst=True, handle_signals=False)
+    await run_worker(_settings(redis_server, worker_max_jobs=1), burst=True)
     stats = await store.stats()
     assert stats["late_results"] == 1
     assert await store.queue_depth() == 0
