@@ -15,8 +15,6 @@ from batchfleet.store import BatchStore
 
 __all__ = ["serve"]
 
-_CLOSE_UPLOADER_S = 5.0  # flushing a kafka:// producer during a Kafka outage would wait for the broker
-
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     uploader = make_uploader(settings)  # a bad BATCHFLEET_UPLOADER fails before anything starts
@@ -28,4 +26,6 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         try:
             await Aggregator(settings, store, uploader, name=name).run(stop)
         finally:
-            await bounded(uploader.close(), _CLOSE_UPLOADER_S, f"closing the uploader ({uploader.describe()})")
+            # flushing a kafka:// producer during a Kafka outage would wait for the broker
+            close_s = max(settings.worker_grace_s / 2, 0.5)
+            await bounded(uploader.close(), close_s, f"closing the uploader ({uploader.describe()})")

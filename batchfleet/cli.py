@@ -2,23 +2,42 @@
 
 Thin entry points: parse settings (environment ``BATCHFLEET_*``, flags override), configure
 logging, run.  Service packages are imported inside their subcommand only.
+
+Exit codes, the same for every command:
+
+- 0  done (a role drained and stopped after SIGTERM/SIGINT; a read printed its answer, even an empty one)
+- 1  the operation failed: Redis or Kafka out of reach, a batch or message not found, a replay of a
+     batch that is not dead-lettered, an unhealthy process (``health``)
+- 2  usage or configuration error: a bad flag, setting or config file, an unknown ``BATCHFLEET_*``
+     variable, a processor or uploader that cannot be loaded, credentials or a TLS certificate that
+     Redis refuses
+- 128+N  a second signal N (e.g. 130 for Ctrl-C twice): exited at once, without draining
+
+Every error is one line on stderr, without a traceback.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
 
-from batchfleet.errors import BatchfleetError
+from batchfleet.errors import BatchfleetError, ConfigError
 from batchfleet.logs import configure_logging
 from batchfleet.settings import Settings, load_settings
 
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+class ConfigProblem(click.ClickException):
+    """A configuration error: one line, exit code 2 (like click's usage errors)."""
+
+    exit_code = 2
 
 
 def common_options(fn: F) -> F:
@@ -40,8 +59,8 @@ def common_options(fn: F) -> F:
 def _settings(role: str, **flags: Any) -> Settings:
     try:
         settings = load_settings(**flags)
-    except BatchfleetError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
     configure_logging(settings.log_format, settings.log_level, role)
     return settings
 
@@ -50,8 +69,32 @@ def _run(role: str, flags: dict[str, Any], serve: Callable[[Settings], None]) ->
     settings = _settings(role, **flags)
     try:
         serve(settings)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
     except BatchfleetError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _operate(settings: Settings, action: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run an operator action.  Redis or Kafka out of reach: one line, exit 1; credentials or a
+    certificate that Redis refuses: one line, exit 2."""
+    import asyncio
+    import logging
+
+    from batchfleet.retry import KAFKA_UNAVAILABLE, REDIS_UNAVAILABLE, describe
+    from batchfleet.runtime import redis_config_error
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors: reported below, once
+    try:
+        return asyncio.run(action())
+    except KAFKA_UNAVAILABLE as exc:
+        raise click.ClickException(f"cannot reach kafka at {settings.kafka_bootstrap_servers}: {describe(exc)}") from exc
+    except REDIS_UNAVAILABLE as exc:
+        where = settings.redis_location()
+        misconfigured = redis_config_error(exc, where)
+        if misconfigured is not None:
+            raise ConfigProblem(str(misconfigured)) from exc
+        raise click.ClickException(f"cannot reach redis at {where}: {describe(exc)}") from exc
 
 
 @click.group()
@@ -67,7 +110,7 @@ def dispatcher(**flags: Any) -> None:
     from batchfleet.dispatcher.main import serve
     from batchfleet.runtime import run_until_signal
 
-    _run("dispatcher", flags, lambda s: run_until_signal(lambda stop: serve(s, stop)))
+    _run("dispatcher", flags, lambda s: run_until_signal(lambda stop: serve(s, stop), grace_s=s.worker_grace_s))
 
 
 @main.command()
@@ -87,7 +130,7 @@ def aggregator(**flags: Any) -> None:
     from batchfleet.aggregator.main import serve
     from batchfleet.runtime import run_until_signal
 
-    _run("aggregator", flags, lambda s: run_until_signal(lambda stop: serve(s, stop)))
+    _run("aggregator", flags, lambda s: run_until_signal(lambda stop: serve(s, stop), grace_s=s.worker_grace_s))
 
 
 @main.command()
@@ -112,14 +155,16 @@ def health(role: str, redis_url: str | None, name: str | None) -> None:
 @click.option("--redis-url", help="Redis URL [BATCHFLEET_REDIS_URL]")
 def replay(batch_ids: tuple[str, ...], replay_all: bool, redis_url: str | None) -> None:
     """Re-upload dead-lettered batches (same body, same Idempotency-Key)."""
-    import asyncio
-
-    from batchfleet.ops import replay as replay_batches
-
     if not batch_ids and not replay_all:
         raise click.UsageError("name BATCH_ID(s) or pass --all")
-    settings = _settings("replay", redis_url=redis_url)
-    results = asyncio.run(replay_batches(settings, list(batch_ids), replay_all))
+    _replay(_settings("replay", redis_url=redis_url), list(batch_ids), replay_all)
+
+
+def _replay(settings: Settings, batch_ids: list[str], replay_all: bool) -> None:
+    """Replay and report, one line per batch; exit 1 when any named batch was not dead-lettered."""
+    from batchfleet.ops import replay
+
+    results = _operate(settings, lambda: replay(settings, batch_ids, replay_all))
     failed = False
     for bid, ok, state in results:
         click.echo(f"{bid}: {'queued for upload' if ok else f'not dead-lettered (state: {state})'}")
@@ -129,11 +174,15 @@ def replay(batch_ids: tuple[str, ...], replay_all: bool, redis_url: str | None) 
     sys.exit(1 if failed else 0)
 
 
-def _emit(data: Any, render: Callable[[Any], Any], as_json: bool) -> None:
+def _emit(data: Any, render: Callable[[Any], Any], as_json: bool, empty: str | None = None) -> None:
+    """Print data as JSON or rendered; an empty list is ``[]`` in JSON and the line ``empty`` otherwise."""
     if as_json:
         import orjson
 
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+        return
+    if empty is not None and not data:
+        click.echo(empty)
         return
     from batchfleet.views import console
 
@@ -141,15 +190,13 @@ def _emit(data: Any, render: Callable[[Any], Any], as_json: bool) -> None:
 
 
 def _with_store(settings: Settings, fn: Callable[[Any], Any]) -> Any:
-    import asyncio
-
     from batchfleet.ops import open_store
 
     async def go() -> Any:
         async with open_store(settings) as store:
             return await fn(store)
 
-    return asyncio.run(go())
+    return _operate(settings, go)
 
 
 @main.command()
@@ -168,16 +215,19 @@ def status(redis_url: str | None, as_json: bool, interval: float) -> None:
         _emit(_with_store(settings, status_data), render_status, as_json)
         return
     out = console(plain=not sys.stdout.isatty())
-    if out.is_terminal:
-        from rich.live import Live
+    try:
+        if out.is_terminal:
+            from rich.live import Live
 
-        with Live(console=out, refresh_per_second=4) as live:
-            while True:
-                live.update(render_status(_with_store(settings, status_data)))
-                time.sleep(interval)
-    while True:  # not a TTY: plain snapshots, one after another
-        out.print(render_status(_with_store(settings, status_data)))
-        time.sleep(interval)
+            with Live(console=out, refresh_per_second=4) as live:
+                while True:
+                    live.update(render_status(_with_store(settings, status_data)))
+                    time.sleep(interval)
+        while True:  # not a TTY: plain snapshots, one after another
+            out.print(render_status(_with_store(settings, status_data)))
+            time.sleep(interval)
+    except KeyboardInterrupt:  # Ctrl-C is how this view ends
+        return
 
 
 @main.group()
@@ -213,7 +263,9 @@ def inspect_batches(state: str | None, topic: str | None, limit: int, redis_url:
     from batchfleet.views import render_batches
 
     settings = _settings("inspect", redis_url=redis_url)
-    _emit(_with_store(settings, lambda store: list_batches(store, state=state, topic=topic, limit=limit)), render_batches, as_json)
+    rows = _with_store(settings, lambda store: list_batches(store, state=state, topic=topic, limit=limit))
+    filters = ", ".join(f"{name}={value}" for name, value in (("state", state), ("topic", topic)) if value)
+    _emit(rows, render_batches, as_json, empty=f"no batches{f' with {filters}' if filters else ''}")
 
 
 @inspect.command("dead")
@@ -222,18 +274,14 @@ def inspect_batches(state: str | None, topic: str | None, limit: int, redis_url:
 @click.option("--redis-url", help="Redis URL [BATCHFLEET_REDIS_URL]")
 @click.option("--json", "as_json", is_flag=True)
 def inspect_dead(replay_ids: tuple[str, ...], replay_all: bool, redis_url: str | None, as_json: bool) -> None:
-    """Dead-lettered batches with their last upload error; --replay re-uploads them."""
-    import asyncio
-
-    from batchfleet.ops import dead_batches, replay
+    """Dead-lettered batches with their last upload error; --replay re-uploads them (like `replay`)."""
+    from batchfleet.ops import dead_batches
     from batchfleet.views import render_dead
 
     settings = _settings("inspect", redis_url=redis_url)
     if replay_ids or replay_all:
-        for bid, ok, state in asyncio.run(replay(settings, list(replay_ids), replay_all)):
-            click.echo(f"{bid}: {'queued for upload' if ok else f'not dead-lettered (state: {state})'}")
-        return
-    _emit(_with_store(settings, dead_batches), render_dead, as_json)
+        _replay(settings, list(replay_ids), replay_all)
+    _emit(_with_store(settings, dead_batches), render_dead, as_json, empty="no dead-lettered batches")
 
 
 @inspect.command("quarantine")
@@ -252,8 +300,6 @@ def inspect_quarantine(
     as_json: bool,
 ) -> None:
     """Quarantined messages with their reasons; --redispatch sends one back through the pipeline."""
-    import asyncio
-
     from batchfleet.ops import quarantine_entries, redispatch
     from batchfleet.views import render_quarantine
 
@@ -261,12 +307,22 @@ def inspect_quarantine(
     if redispatch_id:
         value = value_file.read() if value_file is not None else None
         try:
-            where = asyncio.run(redispatch(settings, redispatch_id, value))
+            where = _operate(settings, lambda: redispatch(settings, redispatch_id, value))
         except (LookupError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
         click.echo(f"{redispatch_id}: re-dispatched as {where}")
         return
-    _emit(_with_store(settings, lambda store: quarantine_entries(store, limit)), render_quarantine, as_json)
+    rows = _with_store(settings, lambda store: quarantine_entries(store, limit))
+    _emit(rows, render_quarantine, as_json, empty="no quarantined messages")
+
+
+@main.command(hidden=True, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def demo() -> None:
+    """The demo is a development tool: run it from a checkout with scripts/demo."""
+    raise click.UsageError(
+        "the demo is not part of the installed command; from a checkout run scripts/demo "
+        "(it sets up .venv with the local extra: redis-server and a Kafka-protocol broker)"
+    )
 
 
 @main.command()

@@ -12,7 +12,7 @@ import time
 
 import orjson
 
-__all__ = ["configure_logging"]
+__all__ = ["Throttle", "configure_logging"]
 
 _EXTRA_FIELDS = ("batch_id", "topic", "station_id", "role")
 
@@ -55,9 +55,35 @@ class HumanFormatter(logging.Formatter):
         return line
 
 
+class Throttle(logging.Filter):
+    """Lets one record of a kind (logger + message template) through per ``every_s`` for the
+    ``loggers`` named; the next one that passes says how many were held back.  aiokafka logs every
+    failed reconnect, about ten lines a second while Kafka is away; batchfleet logs its own wait."""
+
+    def __init__(self, loggers: tuple[str, ...] = ("aiokafka", "kafka"), every_s: float = 10.0) -> None:
+        super().__init__()
+        self.loggers = loggers
+        self.every_s = every_s
+        self._seen: dict[tuple[str, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.loggers):
+            return True
+        key = (record.name, record.msg)
+        last = self._seen.get(key)
+        if last is not None and record.created - last[0] < self.every_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        self._seen[key] = (record.created, 0)
+        if last is not None and last[1]:
+            record.msg = f"{record.msg} [and {last[1]} more like it in {record.created - last[0]:.0f}s]"
+        return True
+
+
 def configure_logging(fmt: str = "human", level: str = "INFO", role: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter(role))
+    handler.addFilter(Throttle())
     # The records never show the caller's file/line, thread or process: skip collecting them.
     logging.logThreads = False
     logging.logProcesses = False

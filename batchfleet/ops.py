@@ -11,12 +11,14 @@ from typing import Any
 import orjson
 
 from batchfleet.keys import message_id_for, topic_of_batch
+from batchfleet.retry import describe
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.store.scripts import RATE_OUTCOMES, RATE_SLOT_MS, RATE_SLOTS
 
 __all__ = [
     "BATCH_STATES",
+    "STAT_COUNTERS",
     "batch_detail",
     "batch_page",
     "check_health",
@@ -33,6 +35,26 @@ __all__ = [
     "replay",
     "status_data",
 ]
+
+
+# Every fleet-wide counter the Lua scripts keep in the stats hash; `status` shows each, zero included.
+STAT_COUNTERS = (
+    "batches_created",
+    "batches_uploaded",
+    "batches_complete",
+    "batches_quorum",
+    "batches_deadline",
+    "batches_dead_lettered",
+    "batches_replayed",
+    "stations_dispatched",
+    "stations_ok",
+    "stations_failed",
+    "stations_empty",
+    "late_results",
+    "duplicate_results",
+    "messages_quarantined",
+    "upload_failures",
+)
 
 
 def open_store(settings: Settings, name: str = "batchfleet-cli") -> BatchStore:
@@ -72,7 +94,7 @@ async def status_data(store: BatchStore, *, limit: int = 20) -> dict[str, Any]:
         "counts": await store.counts(),
         "processes": [{"role": m.split(":", 1)[0], "name": m.split(":", 1)[1], **info} for m, info in sorted(processes.items())],
         "kafka_lag": dict(sorted(lag.items())),
-        "counters": await store.stats(),
+        "counters": dict.fromkeys(STAT_COUNTERS, 0) | await store.stats(),
     }
 
 
@@ -173,11 +195,11 @@ async def redispatch(settings: Settings, message_id: str, value: bytes | None) -
             raise ValueError(f"{message_id} was truncated in quarantine ({int(entry['size'])} bytes); pass --value-file")
         topic = entry["topic"].decode()
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-        await producer.start()
         try:
+            await producer.start()
             sent = await producer.send_and_wait(topic, body)
         finally:
-            await producer.stop()
+            await producer.stop()  # also after a failed start: no "Unclosed AIOKafkaProducer"
         where = message_id_for(topic, sent.partition, sent.offset)
         await store.mark_redispatched(message_id, where)
         return where
@@ -189,8 +211,8 @@ async def check_health(settings: Settings, role: str, name: str | None) -> tuple
     try:
         async with open_store(settings, "batchfleet-health") as store:
             live = await store.live_processes(role)
-    except Exception as exc:
-        return False, f"unhealthy: cannot read heartbeats from Redis: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # a probe answers, whatever went wrong
+        return False, f"unhealthy: cannot read heartbeats from redis at {settings.redis_location()}: {describe(exc)}"
     matches = [m for m in live if (m == want if name else m.startswith(want))]
     if not matches:
         return False, f"unhealthy: no live heartbeat for {want}*"

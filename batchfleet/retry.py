@@ -107,8 +107,9 @@ _PROBLEM_TEXT = {
 
 def describe(exc: BaseException) -> str:
     """``Type: message`` on one line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    name = type(exc).__name__
+    text = " ".join(str(exc).split()).removeprefix(f"{name}: ")
+    return f"{name}: {text}" if text else name
 
 
 def log_retry(what: str, exc: BaseException, delay_s: float, service: Service = "redis") -> None:

@@ -6,7 +6,7 @@
 - :func:`wait_for_redis`: the start-up check.  Redis that does not answer is waited for with backoff;
   refused credentials and a certificate that does not verify are configuration errors (exit 2).
 - :func:`start_kafka`: start an aiokafka client, waiting for Kafka with backoff; a client whose start
-  failed is closed before the next attempt (no "Unclosed AIOKafkaConsumer").
+  failed is closed before the next attempt (no "Unclosed" client warnings).
 - :func:`bounded`: run a shutdown step with a time limit (closing a Kafka client during an outage
   can otherwise wait for the broker).
 """
@@ -25,7 +25,7 @@ from batchfleet.errors import ConfigError, StopRequested
 from batchfleet.retry import REDIS_UNAVAILABLE, describe, redis_problem, retry
 from batchfleet.store import BatchStore
 
-__all__ = ["bounded", "run_until_signal", "start_kafka", "wait_for_redis"]
+__all__ = ["bounded", "redis_config_error", "run_until_signal", "start_kafka", "wait_for_redis"]
 
 log = logging.getLogger(__name__)
 GRACE_MARGIN_S = 2.0  # after grace_s: the drain is cancelled; this much later the process exits regardless
@@ -93,16 +93,23 @@ async def wait_for_redis(store: BatchStore, stop: asyncio.Event | None, where: s
         try:
             await store.server_time_ms()
         except REDIS_UNAVAILABLE as exc:
-            problem = redis_problem(exc)
-            if problem == "credentials":
-                raise ConfigError(f"BATCHFLEET_REDIS_URL: redis at {where} refused the credentials: {describe(exc)}") from exc
-            if problem == "tls":
-                raise ConfigError(
-                    f"BATCHFLEET_REDIS_URL / BATCHFLEET_REDIS_TLS_CA_FILE: TLS with redis at {where} failed: {describe(exc)}"
-                ) from exc
+            misconfigured = redis_config_error(exc, where)
+            if misconfigured is not None:
+                raise misconfigured from exc
             raise
 
     await retry(probe, what=f"waiting for redis at {where}", stop=stop)
+
+
+def redis_config_error(exc: BaseException, where: str) -> ConfigError | None:
+    """The configuration error a Redis failure reveals (refused credentials, a failed TLS handshake),
+    or None when Redis is merely unavailable."""
+    problem = redis_problem(exc)
+    if problem == "credentials":
+        return ConfigError(f"BATCHFLEET_REDIS_URL: redis at {where} refused the credentials: {describe(exc)}")
+    if problem == "tls":
+        return ConfigError(f"BATCHFLEET_REDIS_URL, BATCHFLEET_REDIS_TLS_CA_FILE: TLS with redis at {where} failed: {describe(exc)}")
+    return None
 
 
 async def start_kafka(make: Callable[[], C], *, what: str, stop: asyncio.Event | None) -> C:

@@ -7,18 +7,24 @@ topic names contain ``-``.  Nothing else in the code base reads ``os.environ``.
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from batchfleet.errors import ConfigError
 
-__all__ = ["PriorityLevel", "Settings", "TopicConfig", "load_settings"]
+__all__ = ["ENV_PREFIX", "PriorityLevel", "Settings", "TopicConfig", "load_settings", "setting_variables"]
+
+ENV_PREFIX = "BATCHFLEET_"
 
 Batching = Literal["poll", "message"]
 LatePolicy = Literal["drop", "record"]
@@ -68,7 +74,7 @@ _GLOBAL_NAME = {"timeout_s": "batch_timeout_s", "max_stations": "max_stations_pe
 class Settings(BaseSettings):
     """Fleet-wide settings.  Every field has an environment twin ``BATCHFLEET_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="BATCHFLEET_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     redis_tls_ca_file: Path | None = None  # CA bundle for rediss:// servers with a private CA
@@ -84,7 +90,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=1_048_576, ge=64)
     max_open_batches: int = Field(default=1000, ge=1)
 
-    processor: str = "batchfleet.workers.demo:process_station"
+    processor: str = ""  # required by the worker: module:function
     station_timeout_s: float | None = Field(default=None, gt=0)
     max_result_bytes: int = Field(default=1_048_576, ge=16)
     worker_max_jobs: int = Field(default=50, ge=1)
@@ -209,13 +215,67 @@ def _read_topic_tables(path: Path) -> dict[str, dict[str, Any]]:
     return tables
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build settings from the environment, CLI overrides (``None`` means "not given") and the TOML file."""
-    given = {k: v for k, v in overrides.items() if v is not None}
+_INTERNAL_FIELDS = {"topic_overrides"}  # filled from the TOML file, not a setting of its own
+_SECRET_FIELDS = {"redis_url", "upload_auth_header"}
+
+
+def setting_variables() -> dict[str, str]:
+    """``BATCHFLEET_<NAME>`` -> field name, for every setting."""
+    return {f"{ENV_PREFIX}{name.upper()}": name for name in Settings.model_fields if name not in _INTERNAL_FIELDS}
+
+
+def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
+    """A ``BATCHFLEET_*`` variable that is no setting is almost always a typo that would otherwise be
+    ignored without a word (and leave a default in force): refuse to start, naming the closest setting."""
+    known = setting_variables()
+    suffixes = [name[len(ENV_PREFIX) :] for name in known]
+    problems = []
+    for name in sorted(n for n in environ if n.upper().startswith(ENV_PREFIX) and n.upper() not in known):
+        close = difflib.get_close_matches(name.upper()[len(ENV_PREFIX) :], suffixes, n=1, cutoff=0.6)
+        hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+        problems.append(f"{name}{hint}")
+    if problems:
+        raise ConfigError(f"unknown setting {', '.join(problems)}; every setting is listed in compose/.env.example")
+
+
+def _variable(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _explain(exc: ValidationError) -> str:
+    """One line naming each bad variable, its value (unless secret) and the expected form."""
+    parts = []
+    for error in exc.errors():
+        field, *inner = [str(part) for part in error["loc"]] or ["?"]
+        where = _variable(field) + (f" ({'.'.join(inner)})" if inner else "")
+        value = "" if field in _SECRET_FIELDS or error["type"] == "missing" else f"={error.get('input')!r}"
+        parts.append(f"{where}{value}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _settings(given: dict[str, Any]) -> Settings:
     try:
-        settings = Settings(**given)
+        return Settings(**given)
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {exc}") from exc
+        raise ConfigError(_explain(exc)) from exc
+    except SettingsError as exc:  # a structured value (JSON) that does not parse
+        match = re.search(r'field "([^"]+)"', str(exc))
+        field = match.group(1) if match else "?"
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"{_variable(field)} is not valid JSON{cause} (expected e.g. {_JSON_EXAMPLE.get(field, '{}')})") from exc
+
+
+_JSON_EXAMPLE = {"priorities": '{"high": {"timeout_s": 3, "boost_s": 60}}'}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, CLI overrides (``None`` means "not given") and the TOML file.
+
+    Every problem is a ConfigError whose one-line message names the variable (or TOML key) and the
+    expected form; unknown ``BATCHFLEET_*`` variables are refused."""
+    _refuse_unknown_variables(os.environ)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    settings = _settings(given)
     if settings.config is not None:
         settings = settings.model_copy(update={"topic_overrides": _read_topic_tables(settings.config)})
         for name in settings.topic_overrides:

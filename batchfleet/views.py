@@ -11,21 +11,6 @@ from rich.text import Text
 
 __all__ = ["render_batch", "render_batches", "render_dead", "render_quarantine", "render_status"]
 
-_COUNTERS = (
-    "batches_created",
-    "batches_uploaded",
-    "batches_complete",
-    "batches_deadline",
-    "batches_dead_lettered",
-    "stations_ok",
-    "stations_failed",
-    "stations_empty",
-    "late_results",
-    "duplicate_results",
-    "messages_quarantined",
-    "upload_failures",
-)
-
 
 def _table(title: str, columns: list[str], rows: list[list[RenderableType]]) -> Table:
     table = Table(title=title, title_justify="left", expand=False)
@@ -62,7 +47,7 @@ def render_status(data: dict[str, Any]) -> RenderableType:
     )
     lag = _table("kafka lag", ["partition", "lag"], [[k, str(v)] for k, v in data["kafka_lag"].items()])
     counters = data["counters"]
-    stats = _table("counters", ["counter", "value"], [[k, str(counters.get(k, 0))] for k in _COUNTERS])
+    stats = _table("counters", ["counter", "value"], [[k, str(v)] for k, v in counters.items()])
     return Group(head, batches, procs, lag, stats)
 
 

@@ -33,7 +33,6 @@ __all__ = ["Dispatcher"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_SHUTDOWN_STEP_S = 5.0  # at most this long for each Kafka step of a shutdown (commit, leave the group)
 _QUARANTINE_RETENTION_S = 7 * 86_400
 _QUARANTINE_MAX = 100_000
 
@@ -144,8 +143,9 @@ class Dispatcher:
         except StopRequested:
             log.info("%s: stop requested while waiting for redis; nothing of the unwritten poll is committed", self.name)
         finally:
-            await bounded(self.commit_stored(list(consumer.assignment())), _SHUTDOWN_STEP_S, "mirroring offsets to kafka")
-            await bounded(consumer.stop(), _SHUTDOWN_STEP_S, "leaving the consumer group")
+            step_s = max(self.settings.worker_grace_s / 2, 0.5)  # a Kafka outage must not hold the exit
+            await bounded(self.commit_stored(list(consumer.assignment())), step_s, "mirroring offsets to kafka")
+            await bounded(consumer.stop(), step_s, "leaving the consumer group")
             beating.set()
             await beat
             log.info(

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from batchfleet.errors import StopRequested
 from batchfleet.metrics import serve_metrics
-from batchfleet.retry import Backoff, log_retry, sleep_unless_stopped
+from batchfleet.retry import Backoff, describe, log_retry, redis_problem, sleep_unless_stopped
 from batchfleet.runtime import run_until_signal, wait_for_redis
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
@@ -93,6 +93,9 @@ async def _run_once(worker: Worker, stop: asyncio.Event, grace_s: float) -> Base
         error = None if main.cancelled() else main.exception()
         if error is not None and not isinstance(error, RedisError | OSError):
             raise error
+        if error is not None:
+            level = logging.WARNING if redis_problem(error) == "unavailable" else logging.ERROR
+            log.log(level, "the arq worker ended: redis failed (%s); %d station(s) in flight", describe(error), len(worker.tasks))
         await _finish_jobs(worker, stop, grace_s)
         return error
     finally:
@@ -122,7 +125,7 @@ async def run_worker(
             return
         failures = 1 if time.monotonic() - began > _HEALTHY_RUN_S else failures + 1
         delay_s = RESTART_BACKOFF.delay_s(failures)
-        log_retry("worker: the arq worker ended", error, delay_s)
+        log_retry("worker: restarting the arq worker", error, delay_s)
         try:
             await sleep_unless_stopped(delay_s, stop)
         except StopRequested:

@@ -3,7 +3,7 @@
 Starts a redis-server and the Kafka-protocol broker on free ports, one dispatcher, N workers,
 one aggregator and the web console (as separate processes, as in production), and a producer of sample
 station data.  Some stations fail, some return None, some are slower than the deadline (see
-``workers/demo.py``).  Ctrl-C stops everything it started, by PID.
+``demo_processor.py``).  Ctrl-C stops everything it started, by PID.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ async def _demo(workdir: Path, redis: RedisServer, broker: KafkaBroker, args: di
             "BATCHFLEET_TOPICS": f"{REALTIME_TOPIC},{POLL_TOPIC}",
             "BATCHFLEET_CONFIG": str(_write_config(workdir)),
             "BATCHFLEET_UPLOADER": f"file://{workdir / 'uploads.jsonl'}",
-            "BATCHFLEET_PROCESSOR": "batchfleet.workers.demo:process_station",
+            "BATCHFLEET_PROCESSOR": "batchfleet_dev.demo_processor:process_station",
         }
     )
     fleet = Fleet(workdir, env)

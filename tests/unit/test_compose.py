@@ -501,3 +501,25 @@ def test_dockerfile_builds_from_every_package(stages: list[list[tuple[str, str]]
     packages |= {link.name for link in (ROOT / "batchfleet").iterdir() if link.is_symlink()}  # the role folders it maps in
     assert "pyproject.toml" in copied
     assert packages <= copied, f"packages not copied into the builder: {sorted(packages - copied)}"
+
+
+def test_workers_get_a_processor_that_loads(fleet: dict[str, dict[str, Any]], stages: list[list[tuple[str, str]]]) -> None:
+    """No default processor: compose names one explicitly and mounts the folder it lives in on the
+    image's PYTHONPATH; it must pass the worker's load-time check."""
+    import sys
+
+    from batchfleet.workers.processor import load_processor
+
+    active, _ = _env_example()
+    ref = _resolve(_environment(fleet["worker"])[f"{PREFIX}PROCESSOR"])
+    assert ref == active[f"{PREFIX}PROCESSOR"] and ref
+    pythonpath = " ".join(args for keyword, args in stages[-1] if keyword == "ENV" and "PYTHONPATH=" in args)
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in fleet["worker"].get("volumes", [])}
+    [(target, source)] = [(t, s) for t, s in mounts.items() if t in pythonpath]
+    folder = (COMPOSE_DIR / source).resolve()
+    assert (folder / f"{ref.split(':')[0]}.py").is_file(), f"{ref} is not in {folder} (mounted at {target})"
+    sys.path.insert(0, str(folder))
+    try:
+        assert callable(load_processor(ref))
+    finally:
+        sys.path.remove(str(folder))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from batchfleet.errors import ConfigError
-from batchfleet.settings import Settings, load_settings
+from batchfleet.settings import Settings, load_settings, setting_variables
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,17 +66,122 @@ def test_bad_config_fails_naming_the_key(tmp_path: Path, text: str, named: str) 
         load_settings(config=str(write(tmp_path, text)))
 
 
-def test_dispatcher_refuses_to_start_with_a_bad_config(tmp_path: Path) -> None:
-    cfg = write(tmp_path, '[topics."A-B"]\nbatchng = "poll"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "batchfleet", "dispatcher", "--config", str(cfg), "--topics", "A-B"],
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BATCHFLEET_")}
+    return subprocess.run(
+        [sys.executable, "-m", "batchfleet", *args],
         cwd=REPO,
+        env=clean | (env or {}),
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode != 0
-    assert "batchng" in done.stderr
+
+
+def _one_line_config_error(done: subprocess.CompletedProcess[str]) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return lines[0]
+
+
+def test_dispatcher_refuses_to_start_with_a_bad_config(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[topics."A-B"]\nbatchng = "poll"\n')
+    line = _one_line_config_error(_run("dispatcher", "--config", str(cfg), "--topics", "A-B"))
+    assert "batchng" in line
+
+
+def test_every_role_refuses_an_unknown_variable_naming_the_closest_setting() -> None:
+    for role in ("dispatcher", "worker", "aggregator", "status"):
+        line = _one_line_config_error(_run(role, env={"BATCHFLEET_PROCESOR": "x:y"}))
+        assert "unknown setting BATCHFLEET_PROCESOR (did you mean BATCHFLEET_PROCESSOR?)" in line, line
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("BATCHFLEET_BATCH_TIMEOUT_S", "abc", "BATCHFLEET_BATCH_TIMEOUT_S='abc': Input should be a valid number"),
+        ("BATCHFLEET_BATCHING", "sometimes", "BATCHFLEET_BATCHING='sometimes': Input should be 'poll' or 'message'"),
+        ("BATCHFLEET_WORKER_MAX_JOBS", "0", "BATCHFLEET_WORKER_MAX_JOBS='0': Input should be greater than or equal to 1"),
+        (
+            "BATCHFLEET_PRIORITIES",
+            "high",
+            'BATCHFLEET_PRIORITIES is not valid JSON: Expecting value: line 1 column 1 (char 0) (expected e.g. {"high"',
+        ),
+        ("BATCHFLEET_PRIORITIES", '{"high": {"timeout": 1}}', "BATCHFLEET_PRIORITIES (high.timeout_s): Field required"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, said: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert said in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_bad_value_through_the_cli_exits_2_without_a_traceback() -> None:
+    line = _one_line_config_error(_run("aggregator", env={"BATCHFLEET_UPLOAD_TIMEOUT_S": "-1", "BATCHFLEET_UPLOADER": "file:///x"}))
+    assert "BATCHFLEET_UPLOAD_TIMEOUT_S='-1': Input should be greater than 0" in line
+
+
+def test_a_secret_value_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHFLEET_UPLOAD_AUTH_HEADER", "")
+    monkeypatch.setenv("BATCHFLEET_REDIS_URL", "redis://u:hunter2@h:1/0")
+    monkeypatch.setenv("BATCHFLEET_KEY_PREFIX", "bad prefix")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value) and "BATCHFLEET_KEY_PREFIX" in str(caught.value)
+
+
+def test_the_processor_is_required_and_checked_when_loaded() -> None:
+    from batchfleet.errors import ProcessorLoadError
+    from batchfleet.workers.processor import load_processor
+
+    cases = {
+        "": "BATCHFLEET_PROCESSOR is not set",
+        "tests.integration.processors": "is a module: name the function too, as tests.integration.processors:FUNCTION",
+        "tests.integration.processors:nothing": "module 'tests.integration.processors' has no attribute 'nothing'",
+        "tests.integration.processors.nothing": "module 'tests.integration.processors' has no attribute 'nothing'",
+        "no_such_module_xyz:f": "cannot import 'no_such_module_xyz'",
+        "tests.integration.processors:release": "is a Event, not a function",
+        "batchfleet.settings:load_settings": "is called as process(station_id, records)",
+        "tests.integration.processors:_result": None,
+        "tests.integration.processors:async_process": None,
+        "tests.integration.processors.sync_process": None,
+    }
+    for ref, said in cases.items():
+        if said is None:
+            assert callable(load_processor(ref))
+            continue
+        with pytest.raises(ProcessorLoadError) as caught:
+            load_processor(ref)
+        message = str(caught.value)
+        assert message.startswith("BATCHFLEET_PROCESSOR") and said in message, (ref, message)
+
+
+def test_a_worker_without_a_usable_processor_exits_2_at_once() -> None:
+    line = _one_line_config_error(_run("worker", env={"BATCHFLEET_REDIS_URL": "redis://127.0.0.1:1/0"}))
+    assert "BATCHFLEET_PROCESSOR is not set" in line
+    line = _one_line_config_error(_run("worker", env={"BATCHFLEET_PROCESSOR": "batchfleet.settings:load_settings"}))
+    assert "process(station_id, records)" in line
+
+
+def _readme_settings_table() -> set[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("| variable | meaning | default |") :].split("\n\n", 1)[0]
+    return set(re.findall(r"`(BATCHFLEET_[A-Z0-9_]+)`", table))
+
+
+def _env_example_settings() -> set[str]:
+    text = (REPO / "compose" / ".env.example").read_text(encoding="utf-8")
+    return set(re.findall(r"^#?\s*(BATCHFLEET_[A-Z0-9_]+)=", text, flags=re.MULTILINE))
+
+
+def test_env_example_and_the_readme_list_every_setting_and_nothing_else() -> None:
+    settings = set(setting_variables())
+    assert len(settings) == len(Settings.model_fields) - 1  # all but topic_overrides, filled from the TOML file
+    for where, listed in (("compose/.env.example", _env_example_settings()), ("README settings table", _readme_settings_table())):
+        assert not settings - listed, f"{where} misses {sorted(settings - listed)}"
+        assert not listed - settings, f"{where} lists {sorted(listed - settings)}, which are no settings"
 
 
 def test_secret_redis_url_is_masked() -> None:

@@ -1,8 +1,9 @@
-"""The demo station processor (the default ``BATCHFLEET_PROCESSOR``).
+"""The demo's station processor (``BATCHFLEET_PROCESSOR=batchfleet_dev.demo_processor:process_station``,
+set by ``scripts/demo``; it is demo code and never a default).
 
 Deterministic by station number so the demo shows every outcome: ...7 raises, ...3 returns None
 ("no output"), every station whose number is 9 mod 17 is slower than the 5 s deadline, the rest
-return a small dict after 50-450 ms.
+return a made-up ``power_kw`` after 50-450 ms.
 """
 
 from __future__ import annotations
