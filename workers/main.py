@@ -34,6 +34,9 @@ __all__ = ["run_worker", "serve"]
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF = Backoff(0.5, 10.0)
+# What ends an arq worker and calls for a fresh one: REDIS_UNAVAILABLE (batchfleet.retry) and any other
+# Redis error arq lets escape after a Redis restart (e.g. a WatchError on a stale pooled connection).
+_ENDS_ARQ: tuple[type[BaseException], ...] = (RedisError, OSError)
 _HEALTHY_RUN_S = 60.0  # an arq worker that ran this long before Redis ended it restarts without the earlier backoff
 
 
@@ -68,13 +71,13 @@ async def _close(worker: Worker) -> None:
     shutdown hook (heartbeat, store) to run, and the pool is always closed."""
     if worker._pool is None:
         return
-    with contextlib.suppress(RedisError, OSError):
+    with contextlib.suppress(*_ENDS_ARQ):
         await worker.pool.delete(worker.health_check_key)
     try:
         if worker.on_shutdown is not None:
             await worker.on_shutdown(worker.ctx)
     finally:
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*_ENDS_ARQ):
             await worker.pool.close(close_connection_pool=True)
         worker._pool = None
 
@@ -91,7 +94,7 @@ async def _run_once(worker: Worker, stop: asyncio.Event, grace_s: float) -> Base
             main.cancel()
         await asyncio.wait({main})
         error = None if main.cancelled() else main.exception()
-        if error is not None and not isinstance(error, RedisError | OSError):
+        if error is not None and not isinstance(error, _ENDS_ARQ):
             raise error
         if error is not None:
             level = logging.WARNING if redis_problem(error) == "unavailable" else logging.ERROR
