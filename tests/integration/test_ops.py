@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from batchfleet.ops import STAT_COUNTERS
 from batchfleet.store import BatchStore
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration import uploadsink
@@ -69,7 +70,7 @@ async def test_status_and_inspect_match_redis(
             q_entry = (await store.quarantined())[0]
 
     # status
-    assert status["counts"] == counts and status["counters"] == stats
+    assert status["counts"] == counts and status["counters"] == dict.fromkeys(STAT_COUNTERS, 0) | stats  # zeros included
     assert counts["dead"] == 1 and counts["quarantined"] == 1 and counts["open"] == 1
     [open_row] = status["open_batches"]
     assert open_row["batch_id"] == open_id and open_row["done"] == 1 and open_row["expected"] == 2
