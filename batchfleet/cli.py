@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 
 class ConfigProblem(click.ClickException):
-    """A configuration error: one line, exit code 2 (like click's usage errors)."""
+    """A configuration (or usage) error: one line, exit code 2 (like click's usage errors)."""
 
     exit_code = 2
 
@@ -319,7 +319,7 @@ def inspect_quarantine(
 @main.command(hidden=True, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 def demo() -> None:
     """The demo is a development tool: run it from a checkout with scripts/demo."""
-    raise click.UsageError(
+    raise ConfigProblem(
         "the demo is not part of the installed command; from a checkout run scripts/demo "
         "(it sets up .venv with the local extra: redis-server and a Kafka-protocol broker)"
     )

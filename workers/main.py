@@ -119,7 +119,9 @@ async def run_worker(
     stop = stop or asyncio.Event()
     failures = 0
     while not stop.is_set():
-        worker = StationWorker(**(worker_settings(settings) | {"burst": burst, "handle_signals": False}))
+        options = worker_settings(settings) | {"burst": burst, "handle_signals": False}
+        options["redis_settings"].conn_retries = 0  # one retry policy: ours (arq's own would wait 5 x 1 s, deaf to stop)
+        worker = StationWorker(**options)
         if started is not None:
             started.append(worker)
         began = time.monotonic()

@@ -45,3 +45,14 @@ def test_old_runs_are_pruned_to_the_newest(tmp_path: Path) -> None:
     deleted = prune_runs(tmp_path, KEEP_RUNS)
     assert sorted(p.name for p in deleted) == names[:3]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names[3:], "not-a-demo"])
+
+
+def test_the_installed_command_has_no_demo_only_a_pointer_to_scripts_demo() -> None:
+    from click.testing import CliRunner
+
+    from batchfleet.cli import main
+
+    assert "demo" not in main.commands or main.commands["demo"].hidden
+    assert "bench" not in main.commands
+    result = CliRunner().invoke(main, ["demo", "--duration", "30"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "scripts/demo" in result.output, result.output

@@ -122,3 +122,21 @@ async def test_every_logs_an_unexpected_failure_with_its_traceback(caplog: pytes
         and "heartbeat failed unexpectedly" in levels["ERROR"].getMessage()
     )
     assert "DEBUG" in levels and "away" in levels["DEBUG"].getMessage()
+
+
+def test_aiokafka_reconnect_noise_is_throttled_with_a_count() -> None:
+    from batchfleet.logs import Throttle
+
+    throttle = Throttle(every_s=10)
+
+    def record(name: str, at: float, msg: str = 'Unable connect to "%s": %s') -> logging.LogRecord:
+        r = logging.LogRecord(name, logging.ERROR, __file__, 1, msg, ("127.0.0.1:1", "refused"), None)
+        r.created = at
+        return r
+
+    assert throttle.filter(record("aiokafka", 100.0))
+    assert not any(throttle.filter(record("aiokafka", 100.0 + i / 10)) for i in range(1, 40))  # ten a second
+    assert throttle.filter(record("aiokafka.consumer.fetcher", 100.5, "Failed fetch messages from %s: %s"))  # another kind
+    later = record("aiokafka", 111.0)
+    assert throttle.filter(later) and "[and 39 more like it in 11s]" in later.getMessage()
+    assert throttle.filter(record("batchfleet.retry", 111.1)) and throttle.filter(record("batchfleet.retry", 111.2))  # ours pass
