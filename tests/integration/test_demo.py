@@ -57,7 +57,7 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started_within_3s(tmp_path: Pat
             assert time.monotonic() < deadline and demo.poll() is None, "the demo uploaded nothing within 60 s"
             time.sleep(0.1)
         started = _children(demo.pid)
-        assert len(started) == 6, started  # redis-server, broker, dispatcher, 2 workers, aggregator
+        assert len(started) == 7, started  # redis-server, broker, dispatcher, 2 workers, aggregator, web console
         interrupted = time.monotonic()
         os.killpg(demo.pid, signal.SIGINT)
         output, _ = demo.communicate(timeout=30)
