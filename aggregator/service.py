@@ -1,8 +1,9 @@
 """The aggregator loop: wake on completion or at the next deadline, claim, upload, ack or retry.
 
-- Completion path: the last station's record script pushes the batch id onto ``bf:ready``; an
-  aggregator blocked in BLPOP wakes within milliseconds.
-- Deadline path: deadlines live in the ``bf:due`` zset (Redis server time); the loop sleeps exactly
+- Completion path: the last station's record script pushes the batch id onto its shard's ``ready``
+  list; every aggregator blocks in BLPOP on each shard's list (one task per shard) and wakes within
+  milliseconds.
+- Deadline path: deadlines live in each shard's ``due`` zset (Redis server time); the loop sleeps exactly
   until the earliest one (capped at ``_MAX_WAIT_S``), so a deadline that passed while no aggregator
   ran is handled as soon as one starts.
 - Claims are leases with fencing tokens; only the current holder may ack or schedule a retry.
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -21,7 +23,7 @@ from batchfleet.aggregator.uploaders import Uploader
 from batchfleet.errors import StopRequested
 from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.models import Claim, UploadPayload
-from batchfleet.retry import REDIS_UNAVAILABLE, Backoff, describe, redis_problem, retry
+from batchfleet.retry import REDIS_BACKOFF, REDIS_UNAVAILABLE, Backoff, describe, redis_problem, retry, sleep_unless_stopped
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 
@@ -42,18 +44,24 @@ class Aggregator:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self.uploaded = 0
         self._pruned_at = 0.0
+        self._ready = asyncio.Event()
+        self._layout_checked = False  # set by a shard's watcher when one of its batches completed
 
     # -- the loop ----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         log.info("%s watching completions and deadlines; uploading to %s", self.name, self.uploader.describe())
         beating = asyncio.Event()
         beat = asyncio.create_task(heartbeat(self.store, process_member("aggregator"), self._info, beating))
+        watchers = [asyncio.create_task(self._watch_ready(shard, stop), name=f"ready:{shard}") for shard in self.store.shards]
         try:
             while not stop.is_set():
                 await retry(self._step, what=self.name, stop=stop)
         except StopRequested:
             pass
         finally:
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
             await self._drain()
             beating.set()
             await beat
@@ -93,6 +101,9 @@ class Aggregator:
             log.debug("pruned %d expired batch(es) from the index", dropped)
 
     async def _step(self) -> None:
+        if not self._layout_checked:
+            await self.store.check_layout()  # LayoutError ends the aggregator: another shard count is stored
+            self._layout_checked = True
         await self._housekeeping()
         limit = self.settings.aggregator_concurrency
         now_ms = await self.store.server_time_ms()
@@ -113,11 +124,27 @@ class Aggregator:
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._inflight = {b: t for b, t in self._inflight.items() if t is not task}
 
+    async def _watch_ready(self, shard: int, stop: asyncio.Event) -> None:
+        """Block on one shard's wake-up list (a BLPOP over several shards would be cross-slot) and
+        wake the loop when a batch of that shard completes."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                if await self.store.wait_ready(shard, _MAX_WAIT_S) is not None:
+                    self._ready.set()
+                failures = 0
+            except REDIS_UNAVAILABLE:  # the main loop logs the outage
+                failures += 1
+                with contextlib.suppress(StopRequested):
+                    await sleep_unless_stopped(REDIS_BACKOFF.delay_s(failures), stop)
+
     async def _wait_for_work(self, now_ms: int) -> None:
         next_ms = await self.store.next_due_ms()
         wait_s = _MAX_WAIT_S if next_ms is None else min(max((next_ms - now_ms) / 1000, 0.0), _MAX_WAIT_S)
         if wait_s > 0.001:
-            await self.store.wait_ready(wait_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), wait_s)
+            self._ready.clear()
         elif self._inflight:
             await asyncio.sleep(0.002)  # what is due is being claimed by our own tasks
 

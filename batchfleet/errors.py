@@ -3,6 +3,7 @@
     BatchfleetError
     ├── ConfigError          bad settings or config file (fail fast at start-up; the CLI exits 2)
     │   └── ProcessorLoadError BATCHFLEET_PROCESSOR / BATCHFLEET_UPLOADER cannot be imported or called
+    │   └── LayoutError      Redis holds this prefix with another shard layout
     ├── StoreError           Redis said something we did not expect
     │   └── StaleOffsetError another dispatcher already ingested these offsets
     ├── UploadError          the upload target refused or could not be reached
@@ -16,6 +17,7 @@ from __future__ import annotations
 __all__ = [
     "BatchfleetError",
     "ConfigError",
+    "LayoutError",
     "ProcessorLoadError",
     "StaleOffsetError",
     "StopRequested",
@@ -30,6 +32,10 @@ class BatchfleetError(Exception):
 
 class ConfigError(BatchfleetError):
     """Settings or the per-topic config file are invalid."""
+
+
+class LayoutError(ConfigError):
+    """The shard count (or key scheme) stored in Redis differs from this process's settings."""
 
 
 class StoreError(BatchfleetError):

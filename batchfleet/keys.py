@@ -1,55 +1,67 @@
 """Every Redis key name batchfleet uses.  No other module formats a key.
 
-All of one batch's keys carry the batch id as a hash tag (``{...}``), so they share one Redis
-Cluster slot.  Global indexes (deadline set, lease set, queues, offsets) are separate keys that the
-create/claim/ack scripts touch together with the batch keys: batchfleet targets one Redis primary
-(with replicas and Sentinel for HA), not Redis Cluster; the hash tags keep that door open.
+The keyspace is split into ``N`` shards (``BATCHFLEET_SHARDS``).  Every Kafka partition belongs to
+one shard, and everything a Lua transition touches for a batch of that partition — the batch's own
+keys, its station jobs, its deadline entry, its wake-up, the partition's offsets and the counters —
+carries the shard's hash tag, so every transition runs in one Redis Cluster slot.  A single Redis
+runs the same layout.  Process heartbeats and the layout record are plain keys that no script
+touches.
 
-Layout (prefix ``bf`` by default)::
+Layout (prefix ``bf``; ``{T}`` is a shard's hash tag, e.g. ``{bf:s3.17}``)::
 
-    bf:b:{BATCH}            hash   batch metadata (state, topic, created_ms, deadline_ms, ...)
-    bf:b:{BATCH}:in         hash   station id -> JSON list of that station's input records
-    bf:b:{BATCH}:out        hash   station id -> JSON outcome (first one wins)
-    bf:b:{BATCH}:late       hash   station id -> JSON outcome that arrived after finalization
-    bf:b:{BATCH}:payload    string the frozen upload payload (retries send the same bytes)
-    bf:due                  zset   batch id -> ms (server time) when the aggregator must act
-    bf:leases               zset   batch id -> ms when the current upload lease runs out
-    bf:ready                list   wake-up signal: batch ids that just completed
-    bf:dead                 zset   dead-lettered batch id -> ms when it was given up
-    bf:recent               list   the most recently finished batch ids (newest first)
-    bf:batches              zset   every batch id -> created ms (index for `inspect batches`; capped)
-    bf:fence                string fencing-token counter for upload leases
-    bf:offsets              hash   "TOPIC:PARTITION" -> next Kafka offset to ingest
-    bf:stats                hash   fleet-wide counters
-    bf:rates                hash   uploaded stations per 10-s slot of the last hour (a ring of 360 slots)
-    bf:procs                zset   "ROLE:HOST:PID" -> ms of its last heartbeat (index for status/health)
-    bf:proc:ROLE:HOST:PID   string one live process: JSON of what it is doing, short TTL
-    bf:quarantine           zset   quarantined message id -> ms when quarantined
-    bf:q:{TOPIC:P:OFFSET}   hash   one quarantined message: reason, topic, partition, offset, raw value
-    arq:job:{BATCH}:STATION string arq job (JSON), one per station; queue ``bf:queue`` by default
+    {T}:b:BATCH              hash   batch metadata (state, topic, created_ms, deadline_ms, ...)
+    {T}:b:BATCH:in           hash   the expected stations (station id -> "")
+    {T}:b:BATCH:out          hash   station id -> JSON outcome (first one wins)
+    {T}:b:BATCH:late         hash   station id -> JSON outcome that arrived after finalization
+    {T}:b:BATCH:payload      string the frozen upload payload (retries send the same bytes)
+    {T}:due                  zset   batch id -> ms (server time) when an aggregator must act
+    {T}:leases               zset   batch id -> ms when the current upload lease runs out
+    {T}:ready                list   wake-up signal: batch ids that just completed
+    {T}:dead                 zset   dead-lettered batch id -> ms when it was given up
+    {T}:recent               list   the most recently finished batch ids (newest first)
+    {T}:batches              zset   every batch id -> created ms (index for `inspect batches`; capped)
+    {T}:fence                string fencing-token counter for upload leases
+    {T}:offsets              hash   "TOPIC:PARTITION" -> next Kafka offset to ingest
+    {T}:stats                hash   counters (``status`` sums the shards)
+    {T}:rates                hash   uploaded stations per 10-s slot of the last hour (a ring of 360 slots)
+    {T}:quarantine           zset   quarantined message id -> ms when quarantined
+    {T}:q:TOPIC:P:OFFSET     hash   one quarantined message: reason, topic, partition, offset, raw value
+    {T}:queue                zset   the shard's arq queue
+    arq:job:{T}:BATCH:STATION string arq job (JSON); arq:in-progress:/arq:retry: keys alike
+    bf:layout                hash   the shard count and tag scheme every process must agree with
+    bf:procs                 zset   "ROLE:HOST:PID" -> ms of its last heartbeat (index for status/health)
+    bf:proc:ROLE:HOST:PID    string one live process: JSON of what it is doing, short TTL
 
 A batch id is ``TOPIC:PARTITION:OFFSET`` of the batch's first message, e.g.
-``SCHEDULE-STATION-REALTIME-DATA:0:12345``.
+``SCHEDULE-STATION-REALTIME-DATA:0:12345``; its shard follows from its topic and partition, so no
+lookup is ever needed to find a batch's keys.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
+from functools import cache
+
+from redis.crc import key_slot
 
 __all__ = [
     "ARQ_IN_PROGRESS_PREFIX",
     "ARQ_JOB_PREFIX",
+    "SLOTS",
     "Keys",
     "batch_id_for",
-    "job_id_for",
     "message_id_for",
     "offset_field",
-    "parse_job_id",
+    "parse_batch_id",
+    "shard_of",
+    "shard_tag",
     "topic_of_batch",
 ]
 
-ARQ_JOB_PREFIX = "arq:job:"  # fixed by arq; job ids carry the batch hash tag
+ARQ_JOB_PREFIX = "arq:job:"  # fixed by arq; job ids carry the shard's hash tag
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"  # fixed by arq: set while a worker runs the job
+SLOTS = 16384  # Redis Cluster hash slots
 
 
 def batch_id_for(topic: str, partition: int, offset: int) -> str:
@@ -62,21 +74,13 @@ def message_id_for(topic: str, partition: int, offset: int) -> str:
     return f"{topic}:{partition}:{offset}"
 
 
-def job_id_for(batch_id: str, station_id: str) -> str:
-    """arq job id of one station: the batch id is the hash tag."""
-    return f"{{{batch_id}}}:{station_id}"
-
-
-def parse_job_id(job_id: str) -> tuple[str, str]:
-    """(batch id, station id) of a station job id ``{BATCH}:STATION`` (batch ids never contain braces)."""
-    close = job_id.find("}:")
-    if not job_id.startswith("{") or close < 0:
-        raise ValueError(f"not a station job id: {job_id!r}")
-    return job_id[1:close], job_id[close + 2 :]
+def parse_batch_id(batch_id: str) -> tuple[str, int, int]:
+    """(topic, partition, offset) of ``TOPIC:PARTITION:OFFSET`` (Kafka topic names never contain ':')."""
+    topic, partition, offset = batch_id.rsplit(":", 2)
+    return topic, int(partition), int(offset)
 
 
 def topic_of_batch(batch_id: str) -> str:
-    """The topic of a batch id ``TOPIC:PARTITION:OFFSET`` (Kafka topic names never contain ':')."""
     return batch_id.rsplit(":", 2)[0]
 
 
@@ -84,87 +88,145 @@ def offset_field(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
+def shard_of(topic: str, partition: int, shards: int) -> int:
+    """The shard of a Kafka partition: ``(crc32(topic) + partition) mod N``.
+
+    Stable (a pure function of the names and N) and even: a topic's consecutive partitions go to
+    consecutive shards, so P partitions spread over N shards as evenly as P/N allows."""
+    return (zlib.crc32(topic.encode()) + partition) % shards
+
+
+@cache
+def shard_tag(prefix: str, shard: int, shards: int) -> str:
+    """The hash tag of one shard, ``PREFIX:sK.SALT``.
+
+    SALT is the smallest number that puts the tag's slot in the K-th N-th of the slot space, so the
+    N shards sit at evenly spaced slots and spread evenly over primaries that own equal slot ranges
+    (what ``redis-cli --cluster create`` assigns)."""
+    low, high = shard * SLOTS // shards, (shard + 1) * SLOTS // shards
+    salt = 0
+    while not low <= key_slot(f"{prefix}:s{shard}.{salt}".encode()) < high:
+        salt += 1
+    return f"{prefix}:s{shard}.{salt}"
+
+
 @dataclass(frozen=True)
 class Keys:
-    """Key names under one prefix."""
+    """Key names of one fleet: its prefix and its shard count."""
 
     prefix: str = "bf"
+    shards: int = 1
+    _tags: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError("shards must be >= 1")
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError("the key prefix must not contain braces")
+        object.__setattr__(self, "_tags", tuple(f"{{{shard_tag(self.prefix, k, self.shards)}}}" for k in range(self.shards)))
+
+    # -- shards ------------------------------------------------------------------------------
+    def shard_of_partition(self, topic: str, partition: int) -> int:
+        return shard_of(topic, partition, self.shards)
+
+    def shard_of_batch(self, batch_id: str) -> int:
+        topic, partition, _ = parse_batch_id(batch_id)
+        return shard_of(topic, partition, self.shards)
+
+    def tag(self, shard: int) -> str:
+        """``{PREFIX:sK.SALT}``: the first part of every key of shard K."""
+        return self._tags[shard]
+
+    def shard_of_job(self, job_id: str) -> int:
+        """The shard of a station job id (``{TAG}:...``)."""
+        return self._tags.index(job_id[: job_id.index("}") + 1])
 
     # -- one batch ---------------------------------------------------------------------------
     def batch(self, batch_id: str) -> str:
-        return f"{self.prefix}:b:{{{batch_id}}}"
+        return f"{self.tag(self.shard_of_batch(batch_id))}:b:{batch_id}"
 
     def inputs(self, batch_id: str) -> str:
-        return f"{self.prefix}:b:{{{batch_id}}}:in"
+        return self.batch(batch_id) + ":in"
 
     def outcomes(self, batch_id: str) -> str:
-        return f"{self.prefix}:b:{{{batch_id}}}:out"
+        return self.batch(batch_id) + ":out"
 
     def late(self, batch_id: str) -> str:
-        return f"{self.prefix}:b:{{{batch_id}}}:late"
+        return self.batch(batch_id) + ":late"
 
     def payload(self, batch_id: str) -> str:
-        return f"{self.prefix}:b:{{{batch_id}}}:payload"
+        return self.batch(batch_id) + ":payload"
 
     def batch_keys(self, batch_id: str) -> list[str]:
         """Every per-batch key, in the order the ack script expects."""
-        return [
-            self.batch(batch_id),
-            self.inputs(batch_id),
-            self.outcomes(batch_id),
-            self.late(batch_id),
-            self.payload(batch_id),
-        ]
+        base = self.batch(batch_id)
+        return [base, base + ":in", base + ":out", base + ":late", base + ":payload"]
 
-    @staticmethod
-    def job(batch_id: str, station_id: str) -> str:
-        return ARQ_JOB_PREFIX + job_id_for(batch_id, station_id)
+    # -- station jobs (arq's key prefixes, the shard's tag in the job id) ---------------------
+    def job_id(self, batch_id: str, station_id: str) -> str:
+        return f"{self.tag(self.shard_of_batch(batch_id))}:{batch_id}:{station_id}"
+
+    def parse_job_id(self, job_id: str) -> tuple[str, str]:
+        """(batch id, station id) of a station job id ``{TAG}:TOPIC:PARTITION:OFFSET:STATION``."""
+        close = job_id.find("}:")
+        if not job_id.startswith("{") or close < 0:
+            raise ValueError(f"not a station job id: {job_id!r}")
+        topic, partition, offset, station = job_id[close + 2 :].split(":", 3)
+        return f"{topic}:{partition}:{offset}", station
+
+    def job(self, batch_id: str, station_id: str) -> str:
+        return ARQ_JOB_PREFIX + self.job_id(batch_id, station_id)
 
     @staticmethod
     def in_progress(job_id: str) -> str:
         return ARQ_IN_PROGRESS_PREFIX + job_id
 
-    # -- global indexes ----------------------------------------------------------------------
-    @property
-    def due(self) -> str:
-        return f"{self.prefix}:due"
+    def queue(self, shard: int) -> str:
+        return f"{self.tag(shard)}:queue"
 
-    @property
-    def leases(self) -> str:
-        return f"{self.prefix}:leases"
+    # -- per-shard indexes -------------------------------------------------------------------
+    def due(self, shard: int) -> str:
+        return f"{self.tag(shard)}:due"
 
-    @property
-    def ready(self) -> str:
-        return f"{self.prefix}:ready"
+    def leases(self, shard: int) -> str:
+        return f"{self.tag(shard)}:leases"
 
-    @property
-    def dead(self) -> str:
-        return f"{self.prefix}:dead"
+    def ready(self, shard: int) -> str:
+        return f"{self.tag(shard)}:ready"
 
-    @property
-    def recent(self) -> str:
-        return f"{self.prefix}:recent"
+    def dead(self, shard: int) -> str:
+        return f"{self.tag(shard)}:dead"
 
-    @property
-    def batches(self) -> str:
-        return f"{self.prefix}:batches"
+    def recent(self, shard: int) -> str:
+        return f"{self.tag(shard)}:recent"
 
-    @property
-    def fence(self) -> str:
-        return f"{self.prefix}:fence"
+    def batches(self, shard: int) -> str:
+        return f"{self.tag(shard)}:batches"
 
-    @property
-    def offsets(self) -> str:
-        return f"{self.prefix}:offsets"
+    def fence(self, shard: int) -> str:
+        return f"{self.tag(shard)}:fence"
 
-    @property
-    def stats(self) -> str:
-        return f"{self.prefix}:stats"
+    def offsets(self, shard: int) -> str:
+        return f"{self.tag(shard)}:offsets"
 
-    @property
-    def rates(self) -> str:
+    def stats(self, shard: int) -> str:
+        return f"{self.tag(shard)}:stats"
+
+    def rates(self, shard: int) -> str:
         """Ring of 360 ten-second slots: ``POS:t`` -> slot number, ``POS:ok|failed|empty|missing|batches`` -> count."""
-        return f"{self.prefix}:rates"
+        return f"{self.tag(shard)}:rates"
+
+    def quarantine(self, shard: int) -> str:
+        return f"{self.tag(shard)}:quarantine"
+
+    def quarantined(self, message_id: str) -> str:
+        """One quarantined message ``TOPIC:P:OFFSET``: in its partition's shard."""
+        return f"{self.tag(self.shard_of_batch(message_id))}:q:{message_id}"
+
+    # -- fleet-wide keys no script touches ---------------------------------------------------
+    @property
+    def layout(self) -> str:
+        return f"{self.prefix}:layout"
 
     @property
     def procs(self) -> str:
@@ -173,10 +235,3 @@ class Keys:
     def proc(self, member: str) -> str:
         """``member`` is ``ROLE:HOST:PID``."""
         return f"{self.prefix}:proc:{member}"
-
-    @property
-    def quarantine(self) -> str:
-        return f"{self.prefix}:quarantine"
-
-    def quarantined(self, message_id: str) -> str:
-        return f"{self.prefix}:q:{{{message_id}}}"

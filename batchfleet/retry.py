@@ -2,8 +2,8 @@
 before trying again, and which failures are a misconfiguration rather than an outage.
 
 - :data:`REDIS_UNAVAILABLE` is the one definition of "Redis cannot serve us right now": unreachable,
-  timing out, still loading its data, full (``maxmemory`` + ``noeviction``), read-only during a
-  failover, or refusing our credentials or permissions.  Every role waits these out.
+  timing out, still loading its data, full (``maxmemory`` + ``noeviction``), read-only or
+  CLUSTERDOWN during a failover, or refusing our credentials or permissions.  Every role waits these out.
 - :func:`redis_problem` says which kind a failure is, so that refused credentials and certificates
   that do not verify are logged as errors (someone must fix the configuration), and an outage as a
   warning.  At start-up those two are fatal instead (:func:`batchfleet.runtime.wait_for_redis`).
@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
-from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, ReadOnlyError
+from redis.exceptions import (
+    AuthenticationError,
+    ClusterDownError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -46,13 +54,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# BusyLoadingError (Redis loading its AOF) and AuthenticationError are ConnectionErrors.
+# BusyLoadingError (Redis loading its AOF) and AuthenticationError are ConnectionErrors.  On a Redis
+# Cluster a failover shows as CLUSTERDOWN/MASTERDOWN (ClusterDownError), a migrating slot as TRYAGAIN,
+# and no reachable node at all as RedisClusterException.
 REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     OutOfMemoryError,
     ReadOnlyError,
     NoPermissionError,
+    ClusterDownError,
+    TryAgainError,
+    RedisClusterException,
     OSError,
 )
 KAFKA_UNAVAILABLE: tuple[type[BaseException], ...] = (KafkaConnectionError, KafkaTimeoutError)

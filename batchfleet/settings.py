@@ -78,8 +78,9 @@ class Settings(BaseSettings):
 
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     redis_tls_ca_file: Path | None = None  # CA bundle for rediss:// servers with a private CA
+    redis_cluster: bool = False  # redis_url names any one node of a Redis Cluster
     key_prefix: str = Field(default="bf", pattern=r"^[A-Za-z0-9_.-]+$")
-    queue_name: str = "bf:queue"
+    shards: int = Field(default=1, ge=1, le=1024)  # hash-tagged shards of the keyspace (see README "Shards")
 
     kafka_bootstrap_servers: str = "localhost:9092"
     topics: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -1,9 +1,9 @@
 """Plan one poll's worth of Kafka messages into dispatch units: batches and quarantine entries.
 
 Rules (pure functions, no I/O):
-- A batch never mixes topics.  ``poll`` mode: all of one topic's messages in the poll form one
-  batch (split only when it would exceed the topic's ``max_stations``); ``message`` mode: each
-  message is its own batch.
+- A batch never mixes topics or shards.  ``poll`` mode: all of one topic's messages in the poll
+  whose partitions belong to one shard form one batch (split only when it would exceed the topic's
+  ``max_stations``); ``message`` mode: each message is its own batch.
 - A station seen in several messages of one batch gets one job; its records are merged in Kafka
   order (partition, then offset).
 - The batch id is ``TOPIC:PARTITION:OFFSET`` of the batch's first valid message.
@@ -161,14 +161,20 @@ def _plan_message(topic: str, msgs: list[KafkaMessage], cfg: TopicConfig, max_by
     return units
 
 
-def plan_dispatch(messages: Iterable[KafkaMessage], topic_config: Callable[[str], TopicConfig], max_bytes: int) -> list[Unit]:
-    """The units to write, in an order that keeps every partition's offsets monotonic."""
-    by_topic: dict[str, list[KafkaMessage]] = {}
+def plan_dispatch(
+    messages: Iterable[KafkaMessage],
+    topic_config: Callable[[str], TopicConfig],
+    max_bytes: int,
+    shard_of: Callable[[str, int], int] = lambda topic, partition: 0,
+) -> list[Unit]:
+    """The units to write, in an order that keeps every partition's offsets monotonic.  A batch
+    never spans shards: a poll batch holds one topic's messages of one shard's partitions."""
+    groups: dict[tuple[str, int], list[KafkaMessage]] = {}
     for msg in messages:
-        by_topic.setdefault(msg.topic, []).append(msg)
+        groups.setdefault((msg.topic, shard_of(msg.topic, msg.partition)), []).append(msg)
     units: list[Unit] = []
-    for topic in sorted(by_topic):
+    for topic, shard in sorted(groups):
         cfg = topic_config(topic)
         plan = _plan_poll if cfg.batching == "poll" else _plan_message
-        units += plan(topic, by_topic[topic], cfg, max_bytes)
+        units += plan(topic, groups[topic, shard], cfg, max_bytes)
     return units

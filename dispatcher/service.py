@@ -132,6 +132,7 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.stop = stop
+        await self._redis_retry(self.store.check_layout)  # LayoutError: another shard count is stored
         where = self.settings.kafka_bootstrap_servers
         consumer = await start_kafka(self._subscribed_consumer, what=f"{self.name}: waiting for kafka at {where}", stop=stop)
         beating = asyncio.Event()
@@ -219,7 +220,7 @@ class Dispatcher:
 
     async def dispatch(self, messages: list[Any]) -> None:
         """Write one poll's units to Redis, in order, then mirror the offsets to Kafka."""
-        units = plan_dispatch(messages, self.settings.topic, self.settings.max_message_bytes)
+        units = plan_dispatch(messages, self.settings.topic, self.settings.max_message_bytes, self.store.keys.shard_of_partition)
         try:
             for unit in units:
                 await self._redis_retry(lambda u=unit: self._write(u))  # type: ignore[misc]

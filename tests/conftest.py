@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Kafka-protocol broker per session, a real redis-server per test.
+"""Shared fixtures: a real Kafka-protocol broker per session, a real redis-server per test, and a
+real 3-primary Redis Cluster per session (tests on it are isolated by their own key prefix).
 
 Nothing here skips: a missing binary is a hard error, under CI and locally alike.
 """
@@ -13,9 +14,12 @@ import hypothesis  # noqa: F401  (imported before any test runs: its late import
 import pytest
 
 from batchfleet.store import BatchStore
+from batchfleet_dev.cluster import RedisCluster
 from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics
+from tests.integration.fleet import TEST_SHARDS, RedisTarget
 
 _topic_counter = itertools.count()
+_prefix_counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +36,36 @@ def redis_server(tmp_path: object) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """3 primaries, no replicas; shared by the session's cluster tests (each uses its own prefix)."""
+    cluster = RedisCluster(primaries=3).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def target(request: pytest.FixtureRequest) -> Iterator[RedisTarget]:
+    """The test runs twice: on its own redis-server, and on the session's Redis Cluster."""
+    if request.param == "single":
+        server = RedisServer().start()
+        yield RedisTarget(server.url, cluster=False, prefix="bf", server=server)
+        server.stop()
+    else:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        yield RedisTarget(cluster.url, cluster=True, prefix=f"t{os.getpid()}-{next(_prefix_counter)}")
+
+
+@pytest.fixture
+async def target_store(target: RedisTarget) -> AsyncIterator[BatchStore]:
+    s = target.store()
+    yield s
+    await s.aclose()
+
+
 @pytest.fixture
 async def store(redis_server: RedisServer) -> AsyncIterator[BatchStore]:
-    s = BatchStore.from_url(redis_server.url, name="test")
+    s = BatchStore.from_url(redis_server.url, name="test", shards=TEST_SHARDS)
     yield s
     await s.aclose()
 

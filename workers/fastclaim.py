@@ -1,23 +1,34 @@
-"""arq's Worker with one change: jobs are claimed several at a time, with one script call.
+"""arq's Worker, serving every shard's queue and claiming jobs several at a time.
 
-arq claims each job it starts with four round trips (WATCH the in-progress key, EXISTS, ZSCORE, then
-MULTI/PSETEX/EXEC); at a few hundred no-op jobs per second that is most of a worker's CPU.
-``claim_jobs.lua`` makes the same claim for up to CLAIM_CHUNK free job slots at once, with the same
-keys and TTLs, so batchfleet workers and plain arq workers (``arq batchfleet.workers.WorkerSettings``) can
-share a queue.
-Everything else — running, retries, timeouts, finishing, shutdown — is arq's own.  The override
-uses arq 0.28's worker state (``job_counter``, ``sem``, ``tasks``), hence the pin in pyproject.toml;
-tests/integration/test_worker_jobs.py runs it beside a plain arq worker on one queue.
+Two changes to arq 0.28's Worker, nothing else (running, retries, timeouts, shutdown are arq's):
+
+- **Shards.** Each shard of the keyspace has its own queue (``{TAG}:queue``).  A StationWorker
+  serves a list of shards: every poll reads each queue (one pipelined round trip), claims from each,
+  and finishes a job against the queue its job id names.  arq's ``arq:abort`` set is never touched
+  (station jobs are not abortable): arq writes it in the same MULTI as the job's own keys, which is
+  cross-slot on a Redis Cluster.
+- **Batched claims.** arq claims each job it starts with four round trips (WATCH the in-progress
+  key, EXISTS, ZSCORE, then MULTI/PSETEX/EXEC).  ``claim_jobs.lua`` makes the same claim for up to
+  CLAIM_CHUNK free job slots at once, with the same keys and TTLs, so batchfleet workers and a plain
+  arq worker (``arq batchfleet.workers.WorkerSettings``, one shard only) can share a queue.
+
+The overrides use arq 0.28's worker state (``job_counter``, ``sem``, ``tasks``), hence the pin in
+pyproject.toml; tests/integration/test_worker_jobs.py runs it beside a plain arq worker on one queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import cast
+from collections.abc import Sequence
+from typing import Any, cast
 
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.utils import to_ms
 from arq.worker import Worker
 
+from batchfleet.keys import Keys
 from batchfleet.workers.station import WorkerContext
 
 __all__ = ["CLAIM_CHUNK", "StationWorker"]
@@ -31,19 +42,62 @@ CLAIM_WINDOW = 4  # candidates passed per claim call, per job wanted (other work
 
 
 class StationWorker(Worker):
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        ctx = cast(WorkerContext, self.ctx)
-        state = ctx.get("batchfleet")
-        if state is None:  # not started up (cannot happen after on_startup): arq's own claim
-            await super().start_jobs(job_ids)
+    """An arq Worker over the queues of ``shards`` (its ``queue_name`` is the first one's, where arq
+    keeps its health-check key)."""
+
+    def __init__(self, *, keys: Keys, shards: Sequence[int], **kwargs: Any) -> None:
+        super().__init__(queue_name=keys.queue(shards[0]), **kwargs)
+        self.keys = keys
+        self.served = list(shards)
+        self._until_empty = False
+
+    async def main(self) -> None:
+        if not self.burst:
+            await super().main()
+            return
+        # burst: arq's loop ends once its one queue is empty; ours once every served queue is
+        self.burst, self._until_empty = False, True
+        with contextlib.suppress(_QueuesEmpty):
+            await super().main()
+        await asyncio.gather(*self.tasks.values())
+
+    async def _poll_iteration(self) -> None:
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            now_ms = int(time.time() * 1000)
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for shard in self.served:
+                    pipe.zrangebyscore(self.keys.queue(shard), "-inf", now_ms, start=0, num=self.queue_read_limit)
+                queued = await pipe.execute()
+            for shard, job_ids in zip(self.served, queued, strict=True):
+                if job_ids and self.job_counter < self.max_jobs:
+                    await self._claim(shard, [j.decode() for j in job_ids])
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # errors in run_job propagate, as in arq
+        await self.heart_beat()
+        if self._until_empty and not self.tasks and not await self._queued():
+            raise _QueuesEmpty
+
+    async def _queued(self) -> int:
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for shard in self.served:
+                pipe.zcard(self.keys.queue(shard))
+            return sum(int(n) for n in await pipe.execute())
+
+    async def _claim(self, shard: int, job_ids: list[str]) -> None:
+        state = cast(WorkerContext, self.ctx).get("batchfleet")
+        if state is None:  # not started up (cannot happen after on_startup)
             return
         in_progress_ms = int(self.in_progress_timeout_s * 1000)
-        # this worker's own running jobs are still queued (arq removes a job when it finishes)
-        candidates = [job_id for job_id in map(bytes.decode, job_ids) if job_id not in self.tasks]
+        # this worker's own running jobs are still queued (they leave the queue when they finish)
+        candidates = [job_id for job_id in job_ids if job_id not in self.tasks]
         while candidates and self.job_counter < self.max_jobs:
             want = min(self.max_jobs - self.job_counter, CLAIM_CHUNK)
             window = candidates[: want * CLAIM_WINDOW]
-            claimed = await state.store.claim_jobs(window, now_ms=int(time.time() * 1000), in_progress_ms=in_progress_ms, want=want)
+            claimed = await state.store.claim_jobs(
+                shard, window, now_ms=int(time.time() * 1000), in_progress_ms=in_progress_ms, want=want
+            )
             for job_id, score in claimed:
                 await self.sem.acquire()  # never waits: the free slots were counted above
                 self.job_counter += 1
@@ -54,3 +108,45 @@ class StationWorker(Worker):
                 candidates = candidates[len(window) :]
             else:
                 candidates = candidates[candidates.index(claimed[-1][0]) + 1 :]
+
+    def _queue_of(self, job_id: str) -> str:
+        return self.keys.queue(self.keys.shard_of_job(job_id))
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's finish, against the job's own shard queue and without ``arq:abort``: every key is in
+        the job's slot."""
+        async with self.pool.pipeline(transaction=True) as tr:
+            delete = [] if keep_in_progress is not None else [in_progress_key_prefix + job_id]
+            if keep_in_progress is not None:
+                tr.pexpire(in_progress_key_prefix + job_id, to_ms(keep_in_progress))
+            if finish:
+                if result_data:
+                    tr.set(result_key_prefix + job_id, result_data, px=to_ms(None if keep_result_forever else result_timeout_s))
+                delete += [retry_key_prefix + job_id, job_key_prefix + job_id]
+                tr.zrem(self._queue_of(job_id), job_id)
+            elif incr_score:
+                tr.zincrby(self._queue_of(job_id), incr_score, job_id)
+            if delete:
+                tr.delete(*delete)
+            await tr.execute()
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        async with self.pool.pipeline(transaction=True) as tr:
+            tr.delete(retry_key_prefix + job_id, in_progress_key_prefix + job_id, job_key_prefix + job_id)
+            tr.zrem(self._queue_of(job_id), job_id)
+            if result_data is not None and (self.keep_result_forever or self.keep_result_s > 0):
+                tr.set(result_key_prefix + job_id, result_data, px=to_ms(0 if self.keep_result_forever else self.keep_result_s))
+            await tr.execute()
+
+
+class _QueuesEmpty(Exception):
+    """Ends the poll loop of a burst worker once every served queue is empty."""

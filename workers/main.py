@@ -8,6 +8,12 @@ expires); a second signal exits at once.  This holds in a Redis outage too.
 arq's worker ends when Redis goes away.  ``run_worker`` lets the stations in flight finish (their
 record is retried), then starts a fresh arq worker with backoff, so a worker rides out a Redis
 restart by itself -- unless it was asked to stop meanwhile.
+
+Shards: on a single Redis one arq worker serves every shard's queue; on a Redis Cluster one arq
+worker per primary serves the shards that primary holds (``workers/nodes.py``).  When one of them
+ends (its node went away, or its slots moved in a failover) they all end and a fresh set is built
+from the new slot map.  Every arq worker of the process shares one state: store, processor,
+heartbeat.
 """
 
 from __future__ import annotations
@@ -16,19 +22,23 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from batchfleet.errors import StopRequested
 from batchfleet.metrics import serve_metrics
-from batchfleet.retry import Backoff, describe, log_retry, redis_problem, sleep_unless_stopped
+from batchfleet.retry import REDIS_UNAVAILABLE, Backoff, describe, log_retry, redis_problem, retry, sleep_unless_stopped
 from batchfleet.runtime import run_until_signal, wait_for_redis
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.workers.fastclaim import StationWorker
+from batchfleet.workers.nodes import node_groups
 from batchfleet.workers.processor import load_processor
 from batchfleet.workers.settings import worker_settings
+from batchfleet.workers.station import WorkerContext, WorkerState, close_state, open_state
 
 __all__ = ["run_worker", "serve"]
 
@@ -36,7 +46,7 @@ log = logging.getLogger(__name__)
 RESTART_BACKOFF = Backoff(0.5, 10.0)
 # What ends an arq worker and calls for a fresh one: REDIS_UNAVAILABLE (batchfleet.retry) and any other
 # Redis error arq lets escape after a Redis restart (e.g. a WatchError on a stale pooled connection).
-_ENDS_ARQ: tuple[type[BaseException], ...] = (RedisError, OSError)
+_ENDS_ARQ: tuple[type[BaseException], ...] = (RedisError, OSError, *REDIS_UNAVAILABLE)
 _HEALTHY_RUN_S = 60.0  # an arq worker that ran this long before Redis ended it restarts without the earlier backoff
 
 
@@ -82,50 +92,85 @@ async def _close(worker: Worker) -> None:
         worker._pool = None
 
 
-async def _run_once(worker: Worker, stop: asyncio.Event, grace_s: float) -> BaseException | None:
-    """Run one arq worker until it ends or ``stop`` is set; the Redis error that ended it, if any."""
-    main = asyncio.ensure_future(worker.async_run())
-    stopping = asyncio.ensure_future(stop.wait())
+async def _until_stop_or_failure(mains: Sequence[asyncio.Future[None]], stop: asyncio.Event) -> None:
+    """Until ``stop`` is set, an arq worker fails, or every one has ended by itself (burst)."""
+    stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    running: set[asyncio.Future[Any]] = set(mains)
     try:
-        await asyncio.wait({main, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not main.done():  # asked to stop: take no more jobs, drain, then end the poll loop
-            worker.allow_pick_jobs = False
-            await _finish_jobs(worker, stop, grace_s)
+        while running and not stopping.done():
+            done, running = await asyncio.wait({*running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            running.discard(stopping)
+            if any(not d.cancelled() and d.exception() is not None for d in done if d is not stopping):
+                return
+    finally:
+        stopping.cancel()
+
+
+async def _run_once(workers: list[Worker], stop: asyncio.Event, grace_s: float) -> BaseException | None:
+    """Run the arq workers until one ends or ``stop`` is set; the Redis error that ended one, if any
+    (the others are then stopped too, after their stations in flight)."""
+    mains = [asyncio.ensure_future(w.async_run()) for w in workers]
+    try:
+        await _until_stop_or_failure(mains, stop)
+        for w in workers:  # one ended, or we were asked to stop: take no more jobs anywhere
+            w.allow_pick_jobs = False
+        await asyncio.gather(*(_finish_jobs(w, stop, grace_s) for w in workers))
+        for main in mains:
             main.cancel()
-        await asyncio.wait({main})
-        error = None if main.cancelled() else main.exception()
+        await asyncio.wait(mains)
+        errors = [m.exception() for m in mains if not m.cancelled() and m.exception() is not None]
+        error = next((e for e in errors if e is not None), None)
         if error is not None and not isinstance(error, _ENDS_ARQ):
             raise error
         if error is not None:
             level = logging.WARNING if redis_problem(error) == "unavailable" else logging.ERROR
-            log.log(level, "the arq worker ended: redis failed (%s); %d station(s) in flight", describe(error), len(worker.tasks))
-        await _finish_jobs(worker, stop, grace_s)
+            log.log(level, "the arq worker ended: redis failed (%s)", describe(error))
         return error
     finally:
-        stopping.cancel()
-        main.cancel()
-        for task in worker.tasks.values():
-            task.cancel()
-        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-        worker.tasks.clear()
-        await _close(worker)
+        for main in mains:
+            main.cancel()
+        for w in workers:
+            for task in w.tasks.values():
+                task.cancel()
+            await asyncio.gather(*w.tasks.values(), return_exceptions=True)
+            w.tasks.clear()
+            await _close(w)
 
 
 async def run_worker(
     settings: Settings, *, burst: bool = False, stop: asyncio.Event | None = None, started: list[Worker] | None = None
 ) -> None:
-    """Run arq workers until ``stop`` is set (or, with ``burst``, the queue is empty), replacing each
-    one that a Redis outage ends."""
+    """Run arq workers until ``stop`` is set (or, with ``burst``, every queue is empty), replacing the
+    set that a Redis outage (or a cluster failover) ends."""
     stop = stop or asyncio.Event()
+    try:
+        state = await retry(lambda: open_state(settings), what="worker: starting", stop=stop)
+    except StopRequested:
+        return
+    try:
+        await _serve_shards(settings, state, stop, burst=burst, started=started)
+    finally:
+        await close_state(state)
+
+
+async def _serve_shards(
+    settings: Settings, state: WorkerState, stop: asyncio.Event, *, burst: bool, started: list[Worker] | None
+) -> None:
+    async def attach(ctx: WorkerContext) -> None:
+        ctx["batchfleet"] = state
+
     failures = 0
     while not stop.is_set():
-        options = worker_settings(settings) | {"burst": burst, "handle_signals": False}
-        options["redis_settings"].conn_retries = 0  # one retry policy: ours (arq's own would wait 5 x 1 s, deaf to stop)
-        worker = StationWorker(**options)
+        try:
+            workers = await retry(
+                lambda: _station_workers(settings, state, attach, burst), what="worker: mapping shards", stop=stop
+            )
+        except StopRequested:
+            return
         if started is not None:
-            started.append(worker)
+            started.extend(workers)
         began = time.monotonic()
-        error = await _run_once(worker, stop, settings.worker_grace_s)
+        error = await _run_once(workers, stop, settings.worker_grace_s)
         if error is None or stop.is_set():
             return
         failures = 1 if time.monotonic() - began > _HEALTHY_RUN_S else failures + 1
@@ -135,6 +180,18 @@ async def run_worker(
             await sleep_unless_stopped(delay_s, stop)
         except StopRequested:
             return
+
+
+async def _station_workers(
+    settings: Settings, state: WorkerState, attach: Callable[[WorkerContext], Awaitable[None]], burst: bool
+) -> list[Worker]:
+    """One StationWorker per group of shards (all of them on a single Redis; per primary on a cluster)."""
+    options = worker_settings(settings) | {"burst": burst, "handle_signals": False, "on_startup": attach, "on_shutdown": None}
+    del options["queue_name"]
+    base = options.pop("redis_settings")
+    base.conn_retries = 0  # one retry policy: ours (arq's own would wait 5 x 1 s, deaf to stop)
+    groups = await node_groups(state.store.redis, state.store.keys, base)
+    return [StationWorker(keys=state.store.keys, shards=shards, redis_settings=rs, **options) for rs, shards in groups]
 
 
 async def _serve(settings: Settings, stop: asyncio.Event, burst: bool) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import func
 
+from batchfleet.errors import ConfigError
+from batchfleet.keys import Keys
 from batchfleet.settings import Settings, load_settings
 from batchfleet.store import STATION_JOB
 from batchfleet.workers.station import MAX_ATTEMPTS, WorkerContext, run_station, shutdown, startup_with
@@ -54,7 +56,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
             )
         ],
         "redis_settings": _redis_settings(settings),
-        "queue_name": settings.queue_name,
+        "queue_name": Keys(settings.key_prefix, settings.shards).queue(0),
         "max_jobs": settings.worker_max_jobs,
         "poll_delay": settings.worker_poll_delay_s,
         "keep_result": 0,
@@ -69,5 +71,14 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
 
 def build_worker_settings_class() -> type:
-    """``arq batchfleet.workers.WorkerSettings``: a settings class read from the environment when first asked for."""
-    return type("WorkerSettings", (), worker_settings(load_settings()))
+    """``arq batchfleet.workers.WorkerSettings``: a settings class read from the environment when first
+    asked for.  An unmodified arq worker serves one queue on one plain connection, so it runs a fleet
+    of one shard on a single Redis only."""
+    settings = load_settings()
+    if settings.shards != 1 or settings.redis_cluster:
+        raise ConfigError(
+            "arq batchfleet.workers.WorkerSettings serves one shard on a single Redis (BATCHFLEET_SHARDS=1, "
+            f"BATCHFLEET_REDIS_CLUSTER=false); this fleet has {settings.shards} shard(s)"
+            f"{' on a cluster' if settings.redis_cluster else ''}: run `batchfleet worker` instead"
+        )
+    return type("WorkerSettings", (), worker_settings(settings))

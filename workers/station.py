@@ -1,6 +1,6 @@
 """The station job: run the processor on the station's records, record the outcome once.
 
-The job id ``{BATCH}:STATION`` names the station; the job's arguments carry its records, its time
+The job id ``{TAG}:BATCH:STATION`` names the station; the job's arguments carry its records, its time
 budget and the batch deadline (Redis time), so the common case runs without reading Redis first and
 records with one script call.  The batch state is read first only when the batch may already be
 finalized: its deadline has passed by the worker's estimate of Redis time, or another of its
@@ -22,14 +22,14 @@ from typing import Any, TypedDict
 
 from batchfleet import metrics
 from batchfleet.heartbeat import every, heartbeat, process_member
-from batchfleet.keys import parse_job_id, topic_of_batch
+from batchfleet.keys import topic_of_batch
 from batchfleet.models import Outcome, RecordResult
 from batchfleet.retry import Backoff, retry
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.workers.processor import load_processor, run_processor
 
-__all__ = ["WorkerContext", "WorkerState", "run_station", "shutdown", "startup_with"]
+__all__ = ["WorkerContext", "WorkerState", "close_state", "open_state", "run_station", "shutdown", "startup_with"]
 
 log = logging.getLogger(__name__)
 RECORD_BACKOFF = Backoff(0.05, 2.0)
@@ -81,34 +81,42 @@ class WorkerContext(TypedDict, total=False):
     batchfleet: WorkerState
 
 
-_current: dict[str, WorkerState] = {}
-
-
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def startup_with(ctx: WorkerContext, settings: Settings) -> None:
+async def open_state(settings: Settings) -> WorkerState:
+    """What every station job of this process shares: the store, the processor, the heartbeat."""
     store = BatchStore.from_settings(settings, name="batchfleet-worker")
-    previous = _current.pop("state", None)
-    if previous is not None:  # a restarted arq worker in the same process: retire the old state
-        previous.stop.set()
-    state = WorkerState(settings, store, load_processor(settings.processor), worker_name())
-    _current["state"] = state
+    try:
+        await store.check_layout()
+        state = WorkerState(settings, store, load_processor(settings.processor), worker_name())
+    except BaseException:
+        await store.aclose()
+        raise
     state.beat = asyncio.create_task(heartbeat(store, process_member("worker"), state.info, state.stop))
     state.clock = asyncio.create_task(_track_clock(state))
-    ctx["batchfleet"] = state
-    log.info("worker %s ready: processor %s, queue %s", ctx["batchfleet"].name, settings.processor, settings.queue_name)
+    log.info("worker %s ready: processor %s, %d shard(s)", state.name, settings.processor, settings.shards)
+    return state
+
+
+async def close_state(state: WorkerState) -> None:
+    state.stop.set()
+    for task in (state.beat, state.clock):
+        if task is not None:
+            await task
+    await state.store.aclose()
+
+
+async def startup_with(ctx: WorkerContext, settings: Settings) -> None:
+    """arq ``on_startup`` of a plain ``arq batchfleet.workers.WorkerSettings`` worker."""
+    ctx["batchfleet"] = await open_state(settings)
 
 
 async def shutdown(ctx: WorkerContext) -> None:
     state = ctx.get("batchfleet")
     if state is not None:
-        state.stop.set()
-        for task in (state.beat, state.clock):
-            if task is not None:
-                await task
-        await state.store.aclose()
+        await close_state(state)
 
 
 async def _track_clock(state: WorkerState) -> None:
@@ -155,10 +163,10 @@ def _log_recorded(batch_id: str, station_id: str, outcome: Outcome, rec: RecordR
 
 
 async def run_station(ctx: WorkerContext, records: list[dict[str, Any]], budget_ms: int, deadline_ms: int) -> str:
-    """arq job: one station of one batch, named by the job id ``{BATCH}:STATION``; the arguments are
+    """arq job: one station of one batch, named by the job id ``{TAG}:BATCH:STATION``; the arguments are
     written by create_batch.lua.  Returns what happened (kept by arq only if configured)."""
-    batch_id, station_id = parse_job_id(ctx["job_id"])
     state = ctx["batchfleet"]
+    batch_id, station_id = state.store.keys.parse_job_id(ctx["job_id"])
     topic = topic_of_batch(batch_id)
     if state.maybe_finalized(batch_id, deadline_ms):
         got = await state.store.station_input(batch_id, station_id)

@@ -1,10 +1,10 @@
 --[[ ack_upload: the upload succeeded; mark the batch uploaded and let its keys expire.
 
-KEYS[1..5]  the batch's keys: meta, inputs, outcomes, late, payload   (bf:b:{B}...)
-KEYS[6]     leases zset    bf:leases  (global)
-KEYS[7]     recent list    bf:recent  (global)
-KEYS[8]     stats hash     bf:stats   (global)
-KEYS[9]     rates hash     bf:rates   (global; optional: the web console's last-hour chart)
+KEYS[1..5]  the batch's keys: meta, inputs, outcomes, late, payload   ({T}:b:B...)
+KEYS[6]     leases zset    {T}:leases  (the shard's)
+KEYS[7]     recent list    {T}:recent  (the shard's)
+KEYS[8]     stats hash     {T}:stats   (the shard's)
+KEYS[9]     rates hash     {T}:rates   (the shard's; optional: the web console's last-hour chart)
 
 ARGV[1]  batch id B
 ARGV[2]  fencing token from claim_batch
@@ -23,6 +23,7 @@ Returns {"uploaded", uploaded_ms}
 Invariant: only the current lease holder moves a batch to "uploaded"; every key of the batch gets
 the same TTL.  Acking again (a retry after the reply to an ack that ran was lost, e.g. Redis was
 killed right after writing it) changes nothing and returns the first ack's time.
+All keys carry {T}, the hash tag of the batch's shard (batchfleet/keys.py): one Cluster slot.
 ]]
 local owner = redis.call('HGET', KEYS[1], 'owner_token')
 if owner ~= ARGV[2] then

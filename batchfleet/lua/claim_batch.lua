@@ -1,11 +1,11 @@
 --[[ claim_batch: finalize a due batch (if still open) and lease its upload to one aggregator.
 
-KEYS[1]  meta hash      bf:b:{B}
-KEYS[2]  outcomes hash  bf:b:{B}:out
-KEYS[3]  payload        bf:b:{B}:payload
-KEYS[4]  due zset       bf:due     (global)
-KEYS[5]  leases zset    bf:leases  (global)
-KEYS[6]  fence counter  bf:fence   (global)
+KEYS[1]  meta hash      {T}:b:B
+KEYS[2]  outcomes hash  {T}:b:B:out
+KEYS[3]  payload        {T}:b:B:payload
+KEYS[4]  due zset       {T}:due     (the shard's)
+KEYS[5]  leases zset    {T}:leases  (the shard's)
+KEYS[6]  fence counter  {T}:fence   (the shard's)
 
 ARGV[1]  batch id B
 ARGV[2]  lease_ms       how long the claimer may take before another aggregator may take over
@@ -19,6 +19,7 @@ Returns {"claimed", token, now_ms, meta (flat field/value list), outcomes (flat 
      or {"not_due"}   someone else claimed it, or it is not due yet
      or {"gone"}      the batch no longer exists or is already uploaded / dead (index cleaned)
 Invariant: at any time at most one unexpired lease; every claim gets a larger fencing token.
+All keys carry {T}, the hash tag of the batch's shard (batchfleet/keys.py): one Cluster slot.
 ]]
 local now_ms = redis_now_ms()
 local due = redis.call('ZSCORE', KEYS[4], ARGV[1])

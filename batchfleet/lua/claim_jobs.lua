@@ -2,7 +2,7 @@
 arq's Worker.start_jobs makes job by job (WATCH in-progress key, EXISTS, ZSCORE, MULTI PSETEX EXEC:
 four round trips per job), so batchfleet workers and plain arq workers can share a queue.
 
-KEYS[1]        arq queue zset   bf:queue (global)
+KEYS[1]        arq queue zset   {T}:queue (the shard's)
 KEYS[2..1+n]   in-progress key of each candidate, arq:in-progress:JOB_ID (same order as the ids in ARGV)
 
 ARGV[1]        now_ms           the worker's clock (arq compares job scores with its own clock)
@@ -13,6 +13,7 @@ ARGV[4..3+n]   candidate job ids, in queue order
 Returns {job_id, score, job_id, score, ...}: the jobs claimed, in queue order.
 Invariant: a job is claimed only while it is queued, due (score <= now) and has no in-progress key;
 claiming sets that key, so no other worker starts the job until it is finished or the key expires.
+All keys carry {T}, the hash tag of the batch's shard (batchfleet/keys.py): one Cluster slot.
 ]]
 local now = tonumber(ARGV[1])
 local want = tonumber(ARGV[3])

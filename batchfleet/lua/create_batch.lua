@@ -1,14 +1,14 @@
 --[[ create_batch: Kafka messages -> one open batch, its station jobs, and the partitions' next offsets.
 One atomic step, so a crash leaves either nothing or the whole batch (exactly-once ingest).
 
-KEYS[1]  meta hash           bf:b:{B}
-KEYS[2]  inputs hash         bf:b:{B}:in       (the expected stations, each with an empty value)
-KEYS[3]  due zset            bf:due            (global)
-KEYS[4]  offsets hash        bf:offsets        (global)
-KEYS[5]  arq queue zset      bf:queue          (global)
-KEYS[6]  stats hash          bf:stats          (global)
-KEYS[7]  batch index zset    bf:batches        (global; capped at 100,000 newest)
-KEYS[8..7+n]  arq job key of each station, arq:job:{B}:STATION (same order as the stations in ARGV)
+KEYS[1]  meta hash           {T}:b:B
+KEYS[2]  inputs hash         {T}:b:B:in       (the expected stations, each with an empty value)
+KEYS[3]  due zset            {T}:due            (the shard's)
+KEYS[4]  offsets hash        {T}:offsets        (the shard's)
+KEYS[5]  arq queue zset      {T}:queue          (the shard's)
+KEYS[6]  stats hash          {T}:stats          (the shard's)
+KEYS[7]  batch index zset    {T}:batches        (the shard's; capped at 100,000 newest)
+KEYS[8..7+n]  arq job key of each station, arq:job:{T}:B:STATION (same order as the stations in ARGV)
 
 ARGV[1]  batch id B
 ARGV[2]  timeout_ms         deadline = Redis server time + timeout_ms
@@ -28,6 +28,7 @@ Returns {"created", now_ms, deadline_ms}
      or {"exists", created_ms}            batch already exists: nothing written
 Invariant: a Kafka offset is ingested at most once; job keys are written with NX, so an arq job is
 never overwritten or enqueued twice.
+All keys carry {T}, the hash tag of the batch's shard (batchfleet/keys.py): one Cluster slot.
 ]]
 local batch_id = ARGV[1]
 local timeout_ms = tonumber(ARGV[2])

@@ -1,10 +1,10 @@
 --[[ fail_upload: an upload attempt failed; schedule a retry or dead-letter the batch.
 
-KEYS[1]  meta hash     bf:b:{B}
-KEYS[2]  due zset      bf:due     (global)
-KEYS[3]  leases zset   bf:leases  (global)
-KEYS[4]  dead zset     bf:dead    (global)
-KEYS[5]  stats hash    bf:stats   (global)
+KEYS[1]  meta hash     {T}:b:B
+KEYS[2]  due zset      {T}:due     (the shard's)
+KEYS[3]  leases zset   {T}:leases  (the shard's)
+KEYS[4]  dead zset     {T}:dead    (the shard's)
+KEYS[5]  stats hash    {T}:stats   (the shard's)
 
 ARGV[1]  batch id B
 ARGV[2]  fencing token from claim_batch
@@ -17,6 +17,7 @@ Returns {"retry", failures, retry_at_ms}
      or {"fenced", current_token}
 Invariant: retry state lives here, so it survives aggregator restarts; a dead batch keeps its keys
 (no TTL) until it is replayed.
+All keys carry {T}, the hash tag of the batch's shard (batchfleet/keys.py): one Cluster slot.
 ]]
 local owner = redis.call('HGET', KEYS[1], 'owner_token')
 if owner ~= ARGV[2] then

@@ -1,7 +1,7 @@
 --[[ freeze_payload: store a batch's upload body once, for the current lease holder only.
 
-KEYS[1]  meta hash   bf:b:{B}
-KEYS[2]  payload     bf:b:{B}:payload
+KEYS[1]  meta hash   {T}:b:B
+KEYS[2]  payload     {T}:b:B:payload
 
 ARGV[1]  fencing token from claim_batch
 ARGV[2]  the payload JSON built from the batch's recorded state
@@ -10,6 +10,7 @@ Returns {"frozen", body}   the body every attempt must send (the stored one if i
      or {"fenced"}         our lease was taken over: do not upload
 Invariant: every upload of a batch sends the same bytes; a stalled former owner can neither upload
 nor re-create the payload key after the batch expired.
+All keys carry {T}, the hash tag of the batch's shard (batchfleet/keys.py): one Cluster slot.
 ]]
 if redis.call('HGET', KEYS[1], 'owner_token') ~= ARGV[1] then
   return {'fenced'}

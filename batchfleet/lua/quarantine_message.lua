@@ -1,9 +1,9 @@
 --[[ quarantine_message: keep a message that cannot become a batch, with its reason and coordinates.
 
-KEYS[1]  quarantine entry hash   bf:q:{TOPIC:P:OFFSET}
-KEYS[2]  quarantine index zset   bf:quarantine   (global)
-KEYS[3]  offsets hash            bf:offsets      (global)
-KEYS[4]  stats hash              bf:stats        (global)
+KEYS[1]  quarantine entry hash   {T}:q:TOPIC:P:OFFSET
+KEYS[2]  quarantine index zset   {T}:quarantine   (the shard's)
+KEYS[3]  offsets hash            {T}:offsets      (the shard's)
+KEYS[4]  stats hash              {T}:stats        (the shard's)
 
 ARGV[1]  message id "TOPIC:P:OFFSET"
 ARGV[2]  offsets field "TOPIC:PARTITION"
@@ -16,6 +16,7 @@ ARGV[7..] field/value pairs of the entry (reason, topic, partition, offset, size
 
 Returns {"quarantined", now_ms} or {"exists"} (same message quarantined before: nothing counted twice)
      or {"stale", stored_offset} (offset already ingested: nothing written)
+All keys carry {T}, the hash tag of the batch's shard (batchfleet/keys.py): one Cluster slot.
 ]]
 local stored = redis.call('HGET', KEYS[3], ARGV[2])
 if stored and tonumber(stored) > tonumber(ARGV[3]) then

@@ -1,12 +1,12 @@
 --[[ record_outcome: one station's outcome, recorded at most once (first wins).
 
-KEYS[1]  meta hash      bf:b:{B}
-KEYS[2]  inputs hash    bf:b:{B}:in     (the expected stations)
-KEYS[3]  outcomes hash  bf:b:{B}:out
-KEYS[4]  late hash      bf:b:{B}:late
-KEYS[5]  due zset       bf:due     (global)
-KEYS[6]  ready list     bf:ready   (global; wake-up signal for aggregators)
-KEYS[7]  stats hash     bf:stats   (global)
+KEYS[1]  meta hash      {T}:b:B
+KEYS[2]  inputs hash    {T}:b:B:in     (the expected stations)
+KEYS[3]  outcomes hash  {T}:b:B:out
+KEYS[4]  late hash      {T}:b:B:late
+KEYS[5]  due zset       {T}:due     (the shard's)
+KEYS[6]  ready list     {T}:ready   (the shard's; wake-up signal for aggregators)
+KEYS[7]  stats hash     {T}:stats   (the shard's)
 
 ARGV[1]  batch id B
 ARGV[2]  station id
@@ -22,6 +22,7 @@ Returns {"recorded", done, expected}   first outcome of this station, batch stil
      or {"unknown", 0, 0}              no such batch (expired) or the station is not expected
 Invariant: completion is HLEN(outcomes) == expected over distinct expected stations; a re-run of a
 station can never count twice.
+All keys carry {T}, the hash tag of the batch's shard (batchfleet/keys.py): one Cluster slot.
 ]]
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then

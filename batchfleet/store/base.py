@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 import redis.asyncio as aioredis
 
+from batchfleet.errors import LayoutError
 from batchfleet.keys import Keys
 from batchfleet.settings import Settings
 from batchfleet.store.scripts import Scripts
 
-__all__ = ["StoreBase", "aw", "make_client", "pairs", "text"]
+__all__ = ["LAYOUT_SCHEME", "Client", "StoreBase", "aw", "make_client", "pairs", "text"]
+
+
+LAYOUT_SCHEME = "1"  # the key layout of batchfleet/keys.py: bump when key names or the shard mapping change
 
 T = TypeVar("T")
 
@@ -35,39 +39,69 @@ async def aw(value: Awaitable[T] | T) -> T:
     return value
 
 
-def make_client(url: str, *, name: str = "batchfleet", tls_ca_file: str | None = None) -> aioredis.Redis:
-    """A redis-py asyncio client.  A dropped connection is re-opened by the pool on the next command;
-    the services' own loops retry with backoff (redis-py's Retry would also retry authentication
-    errors, which hangs a misconfigured client instead of failing loudly)."""
+Client = aioredis.Redis | aioredis.RedisCluster
+"""A single Redis (or a Sentinel-managed primary) or a Redis Cluster: the store uses only what both
+offer — single-slot scripts, single-key commands, non-transactional pipelines."""
+
+
+class _Cluster(aioredis.RedisCluster):
+    """redis-py's cluster client, remembering every node it has seen.
+
+    After a connection error redis-py drops the failed node from its startup nodes and closes every
+    connection; blocking commands in flight on healthy nodes (an aggregator's BLPOP per shard) then
+    fail too and drop their nodes, until no startup node is left and the client can never find the
+    cluster again.  This client puts every node it ever saw back before each re-initialization."""
+
+    _seen: dict[str, Any]
+
+    async def initialize(self) -> aioredis.RedisCluster:
+        manager = self.nodes_manager
+        seen = self.__dict__.setdefault("_seen", {})
+        for name, node in seen.items():
+            manager.startup_nodes.setdefault(name, node)
+        await super().initialize()
+        seen.update(manager.nodes_cache)
+        return self
+
+
+def make_client(url: str, *, name: str = "batchfleet", tls_ca_file: str | None = None, cluster: bool = False) -> Client:
+    """A redis-py asyncio client; with ``cluster`` a ``RedisCluster`` that discovers every node from
+    the one ``url`` names and follows MOVED/ASK and failovers by itself.  A dropped connection is
+    re-opened on the next command; the services' own loops retry with backoff (redis-py's Retry
+    would also retry authentication errors, which hangs a misconfigured client instead of failing)."""
     tls: dict[str, Any] = {"ssl_ca_certs": tls_ca_file} if tls_ca_file and url.startswith("rediss://") else {}
-    return cast(
-        aioredis.Redis,
-        aioredis.Redis.from_url(
-            url,
-            **tls,
-            decode_responses=False,
-            socket_connect_timeout=5,
-            socket_keepalive=True,
-            health_check_interval=15,
-            client_name=name,
-        ),
-    )
+    options: dict[str, Any] = {
+        **tls,
+        "decode_responses": False,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "client_name": name,
+    }
+    if cluster:
+        return cast(aioredis.RedisCluster, _Cluster.from_url(url, **options))
+    return cast(aioredis.Redis, aioredis.Redis.from_url(url, **options, health_check_interval=15))
 
 
 class StoreBase:
     """One client, the fleet's key names and its transition scripts; an async context manager."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "bf", queue_name: str = "bf:queue") -> None:
+    def __init__(self, client: Client, *, prefix: str = "bf", shards: int = 1) -> None:
         self.redis = client
-        self.keys = Keys(prefix)
-        self.queue_name = queue_name
+        self.keys = Keys(prefix, shards)
         self.scripts = Scripts(client)
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str = "bf", queue_name: str = "bf:queue", name: str = "batchfleet", tls_ca_file: str | None = None
+        cls,
+        url: str,
+        *,
+        prefix: str = "bf",
+        shards: int = 1,
+        cluster: bool = False,
+        name: str = "batchfleet",
+        tls_ca_file: str | None = None,
     ) -> Self:
-        return cls(make_client(url, name=name, tls_ca_file=tls_ca_file), prefix=prefix, queue_name=queue_name)
+        return cls(make_client(url, name=name, tls_ca_file=tls_ca_file, cluster=cluster), prefix=prefix, shards=shards)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, name: str = "batchfleet") -> Self:
@@ -75,10 +109,42 @@ class StoreBase:
         return cls.from_url(
             settings.redis_url.get_secret_value(),
             prefix=settings.key_prefix,
-            queue_name=settings.queue_name,
+            shards=settings.shards,
+            cluster=settings.redis_cluster,
             name=name,
             tls_ca_file=ca,
         )
+
+    @property
+    def shards(self) -> range:
+        return range(self.keys.shards)
+
+    async def each_shard(self, add: Callable[[Any, int], Any]) -> list[Any]:
+        """One pipeline with ``add(pipe, shard)`` queued for every shard; the replies in shard order
+        (on a cluster, redis-py sends each node its part)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.shards:
+                add(pipe, shard)
+            return list(await pipe.execute())
+
+    async def check_layout(self) -> None:
+        """Record this fleet's layout (shard count, tag scheme) on first start; refuse to run against
+        a Redis that holds the same prefix with another layout (its batches, jobs and offsets would
+        be looked for under the wrong shards).  Raises LayoutError."""
+        ours = {"shards": str(self.keys.shards), "scheme": LAYOUT_SCHEME}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, value in ours.items():
+                pipe.hsetnx(self.keys.layout, name, value)
+            pipe.hgetall(self.keys.layout)
+            *_, stored = await pipe.execute()
+        found = {text(k): text(v) for k, v in stored.items()}
+        if any(found.get(name) != value for name, value in ours.items()):
+            raise LayoutError(
+                f"Redis holds a batchfleet layout for prefix {self.keys.prefix!r} with "
+                f"{found.get('shards')} shard(s) (scheme {found.get('scheme')}); this process has BATCHFLEET_SHARDS="
+                f"{self.keys.shards} (scheme {LAYOUT_SCHEME}). Start it with the stored value, or drain and reset the "
+                "layout to change it (docs/runbook.md, 'Changing the shard count')"
+            )
 
     async def __aenter__(self) -> Self:
         return self

@@ -37,5 +37,8 @@ class ProcessRegistry(StoreBase):
             members = [m for m in members if m.startswith(f"{role}:")]
         if not members:
             return {}
-        values = await aw(self.redis.mget([self.keys.proc(m) for m in members]))
+        async with self.redis.pipeline(transaction=False) as pipe:  # one GET each: MGET is cross-slot on a cluster
+            for m in members:
+                pipe.get(self.keys.proc(m))
+            values = await pipe.execute()
         return {m: orjson.loads(v) for m, v in zip(members, values, strict=True) if v is not None}

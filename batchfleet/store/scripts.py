@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -58,8 +58,9 @@ def script_source(name: str) -> str:
 class Scripts:
     """Every transition script, registered on one client."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster) -> None:
+        register = cast(Any, client).register_script  # typed for Redis only; RedisCluster has it too
+        self._scripts = {name: register(script_source(name)) for name in SCRIPT_NAMES}
 
     async def run(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         script: AsyncScript = self._scripts[name]

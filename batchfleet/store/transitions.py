@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from batchfleet.errors import StaleOffsetError
+from batchfleet.errors import StaleOffsetError, StoreError
 from batchfleet.keys import Keys, message_id_for, offset_field
 from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordResult, StationInput
 from batchfleet.store.base import StoreBase, aw, pairs, text
@@ -31,7 +31,7 @@ _DEADLINE_TAIL = b"0]}"
 
 def station_job_prefix(records: list[dict[str, Any]], budget_ms: int, enqueue_ms: int) -> bytes:
     """A station's arq job (JSON, readable by an unmodified arq worker) up to its deadline value,
-    which create_batch.lua appends in Redis time.  The job id ``{BATCH}:STATION`` says which station;
+    which create_batch.lua appends in Redis time.  The job id ``{TAG}:BATCH:STATION`` says which station;
     the arguments ``[records, budget_ms, deadline_ms]`` carry what the worker needs to run it without
     reading Redis first (positional: keyword names would cost ~36 bytes per queued station)."""
     job: dict[str, Any] = {"t": None, "f": STATION_JOB, "et": enqueue_ms, "k": {}, "a": [records, budget_ms, 0]}
@@ -45,11 +45,20 @@ class Transitions(StoreBase):
     # -- dispatcher --------------------------------------------------------------------------
     async def load_offsets(self, fields: Iterable[str]) -> dict[str, int]:
         """The stored next offset of each ``TOPIC:PARTITION`` field that has one."""
-        names = list(fields)
-        if not names:
+        by_shard: dict[int, list[str]] = {}
+        for name in fields:
+            topic, _, partition = name.rpartition(":")
+            by_shard.setdefault(self.keys.shard_of_partition(topic, int(partition)), []).append(name)
+        if not by_shard:
             return {}
-        values = await aw(self.redis.hmget(self.keys.offsets, names))
-        return {f: int(v) for f, v in zip(names, values, strict=True) if v is not None}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard, names in by_shard.items():
+                pipe.hmget(self.keys.offsets(shard), names)
+            replies = await pipe.execute()
+        stored: dict[str, int] = {}
+        for names, values in zip(by_shard.values(), replies, strict=True):
+            stored.update({f: int(v) for f, v in zip(names, values, strict=True) if v is not None})
+        return stored
 
     async def create_batch(self, spec: BatchSpec, *, extra_meta: dict[str, str] | None = None) -> tuple[bool, int]:
         """Write the batch, its station jobs and the partitions' next offsets in one atomic step.
@@ -59,6 +68,7 @@ class Transitions(StoreBase):
         """
         k = self.keys
         bid = spec.batch_id
+        shard = self._shard_of_spec(spec)
         meta: dict[str, str] = {
             "topic": spec.topic,
             "timeout_ms": str(int(spec.timeout_s * 1000)),
@@ -87,12 +97,31 @@ class Transitions(StoreBase):
         for r in spec.ranges:
             args += [offset_field(r.topic, r.partition), r.first_offset, r.next_offset]
         args += station_args
-        keys = [k.batch(bid), k.inputs(bid), k.due, k.offsets, self.queue_name, k.stats, k.batches, *job_keys]
+        keys = [
+            k.batch(bid),
+            k.inputs(bid),
+            k.due(shard),
+            k.offsets(shard),
+            k.queue(shard),
+            k.stats(shard),
+            k.batches(shard),
+            *job_keys,
+        ]
         reply = await self.scripts.run("create_batch", keys, args)
         kind = reply_kind("create_batch", reply, ("created", "exists", "stale"))
         if kind == "stale":
             raise StaleOffsetError(text(reply[1]), int(reply[2]))
         return kind == "created", int(reply[1])
+
+    def _shard_of_spec(self, spec: BatchSpec) -> int:
+        """The batch's shard; every partition it ingests must belong to it (one slot per transition)."""
+        shard = self.keys.shard_of_batch(spec.batch_id)
+        other = [r for r in spec.ranges if self.keys.shard_of_partition(r.topic, r.partition) != shard]
+        if other:
+            raise StoreError(
+                f"batch {spec.batch_id} spans shards: partitions {[r.partition for r in other]} are not in shard {shard}"
+            )
+        return shard
 
     async def quarantine(self, entry: QuarantineEntry, *, retention_s: int, max_entries: int) -> bool:
         """Keep a bad message with its reason.  True when newly quarantined (False: already there)."""
@@ -111,7 +140,9 @@ class Transitions(StoreBase):
             "value",
             entry.value,
         ]
-        keys = [self.keys.quarantined(mid), self.keys.quarantine, self.keys.offsets, self.keys.stats]
+        shard = self.keys.shard_of_partition(entry.topic, entry.partition)
+        k = self.keys
+        keys = [k.quarantined(mid), k.quarantine(shard), k.offsets(shard), k.stats(shard)]
         args: list[bytes | str | int] = [
             mid,
             offset_field(entry.topic, entry.partition),
@@ -137,48 +168,65 @@ class Transitions(StoreBase):
             timeout_ms=int(timeout_ms) if timeout_ms is not None else None,
         )
 
-    async def claim_jobs(self, job_ids: Sequence[str], *, now_ms: int, in_progress_ms: int, want: int) -> list[tuple[str, int]]:
-        """Claim up to ``want`` of these queued arq jobs for this worker, as arq's own claim would;
-        returns (job id, score) of each job claimed."""
+    async def claim_jobs(
+        self, shard: int, job_ids: Sequence[str], *, now_ms: int, in_progress_ms: int, want: int
+    ) -> list[tuple[str, int]]:
+        """Claim up to ``want`` of these queued arq jobs of one shard for this worker, as arq's own
+        claim would; returns (job id, score) of each job claimed."""
         if want <= 0 or not job_ids:
             return []
-        keys = [self.queue_name, *(Keys.in_progress(job_id) for job_id in job_ids)]
+        keys = [self.keys.queue(shard), *(Keys.in_progress(job_id) for job_id in job_ids)]
         reply = await self.scripts.run("claim_jobs", keys, [now_ms, in_progress_ms, want, *job_ids])
         return [(text(reply[i]), int(float(reply[i + 1]))) for i in range(0, len(reply), 2)]
 
     async def record_outcome(self, batch_id: str, station_id: str, outcome: Outcome) -> RecordResult:
         k = self.keys
-        keys = [k.batch(batch_id), k.inputs(batch_id), k.outcomes(batch_id), k.late(batch_id), k.due, k.ready, k.stats]
+        shard = k.shard_of_batch(batch_id)
+        keys = [
+            k.batch(batch_id),
+            k.inputs(batch_id),
+            k.outcomes(batch_id),
+            k.late(batch_id),
+            k.due(shard),
+            k.ready(shard),
+            k.stats(shard),
+        ]
         reply = await self.scripts.run("record_outcome", keys, [batch_id, station_id, outcome.status, outcome.to_json()])
         status = reply_kind("record_outcome", reply, _RECORD_KINDS)
         return RecordResult(status, int(reply[1]), int(reply[2]))  # type: ignore[arg-type]
 
     # -- aggregator --------------------------------------------------------------------------
     async def due_batches(self, now_ms: int, limit: int) -> list[str]:
-        """Batch ids whose due time or upload lease has passed, most urgent first."""
+        """Batch ids whose due time or upload lease has passed, most urgent first (all shards)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrangebyscore(self.keys.due, "-inf", now_ms, start=0, num=limit)
-            pipe.zrangebyscore(self.keys.leases, "-inf", now_ms, start=0, num=limit)
-            due, expired = await pipe.execute()
-        return [text(b) for b in due] + [text(b) for b in expired]
+            for shard in range(self.keys.shards):
+                pipe.zrangebyscore(self.keys.due(shard), "-inf", now_ms, start=0, num=limit, withscores=True)
+                pipe.zrangebyscore(self.keys.leases(shard), "-inf", now_ms, start=0, num=limit, withscores=True)
+            replies = await pipe.execute()
+        due = sorted((score, text(b)) for reply in replies[0::2] for b, score in reply)
+        expired = sorted((score, text(b)) for reply in replies[1::2] for b, score in reply)
+        return [b for _, b in due[:limit]] + [b for _, b in expired[:limit]]
 
     async def next_due_ms(self) -> int | None:
-        """The earliest due time or lease expiry, if any batch is waiting."""
+        """The earliest due time or lease expiry of any shard, if any batch is waiting."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(self.keys.due, 0, 0, withscores=True)
-            pipe.zrange(self.keys.leases, 0, 0, withscores=True)
-            due, leases = await pipe.execute()
-        scores = [int(s) for _, s in (due + leases)]
+            for shard in range(self.keys.shards):
+                pipe.zrange(self.keys.due(shard), 0, 0, withscores=True)
+                pipe.zrange(self.keys.leases(shard), 0, 0, withscores=True)
+            replies = await pipe.execute()
+        scores = [int(score) for reply in replies for _, score in reply]
         return min(scores) if scores else None
 
-    async def wait_ready(self, timeout_s: float) -> str | None:
-        """Block until some batch completes (or the timeout passes)."""
-        reply = await aw(self.redis.blpop([self.keys.ready], timeout=max(timeout_s, 0.01)))  # type: ignore[arg-type]
+    async def wait_ready(self, shard: int, timeout_s: float) -> str | None:
+        """Block until some batch of this shard completes (or the timeout passes).  A multi-key BLPOP
+        would be cross-slot: callers wait on each shard separately."""
+        reply = await aw(self.redis.blpop([self.keys.ready(shard)], timeout=max(timeout_s, 0.01)))  # type: ignore[arg-type]
         return text(reply[1]) if reply else None
 
     async def claim(self, batch_id: str, lease_ms: int) -> Claim | None:
         k = self.keys
-        keys = [k.batch(batch_id), k.outcomes(batch_id), k.payload(batch_id), k.due, k.leases, k.fence]
+        shard = k.shard_of_batch(batch_id)
+        keys = [k.batch(batch_id), k.outcomes(batch_id), k.payload(batch_id), k.due(shard), k.leases(shard), k.fence(shard)]
         reply = await self.scripts.run("claim_batch", keys, [batch_id, lease_ms])
         if reply_kind("claim_batch", reply, ("claimed", "not_due", "gone")) != "claimed":
             return None
@@ -205,10 +253,11 @@ class Transitions(StoreBase):
         """Redis time (ms) at which the batch became uploaded; None when our lease was taken over.
         ``counts`` (the payload's ok/failed/empty/missing stations) feed the last-hour rate ring."""
         k = self.keys
-        keys = [*k.batch_keys(claim.batch_id), k.leases, k.recent, k.stats]
+        shard = k.shard_of_batch(claim.batch_id)
+        keys = [*k.batch_keys(claim.batch_id), k.leases(shard), k.recent(shard), k.stats(shard)]
         args: list[str | int | float] = [claim.batch_id, claim.token, retention_s, round(upload_ms, 3), uploaded_by]
         if counts is not None:
-            keys.append(k.rates)
+            keys.append(k.rates(shard))
             args += [int(counts.get(name, 0)) for name in RATE_OUTCOMES]
         reply = await self.scripts.run("ack_upload", keys, args)
         return int(reply[1]) if reply_kind("ack_upload", reply, ("uploaded", "fenced")) == "uploaded" else None
@@ -216,7 +265,8 @@ class Transitions(StoreBase):
     async def fail_upload(self, claim: Claim, *, retry_delay_ms: int, max_attempts: int, error: str) -> tuple[str, int]:
         """Schedule a retry or dead-letter; returns ("retry"|"dead"|"fenced", failures so far)."""
         k = self.keys
-        keys = [k.batch(claim.batch_id), k.due, k.leases, k.dead, k.stats]
+        shard = k.shard_of_batch(claim.batch_id)
+        keys = [k.batch(claim.batch_id), k.due(shard), k.leases(shard), k.dead(shard), k.stats(shard)]
         reply = await self.scripts.run(
             "fail_upload", keys, [claim.batch_id, claim.token, retry_delay_ms, max_attempts, error[:2000]]
         )
@@ -226,13 +276,21 @@ class Transitions(StoreBase):
     async def replay(self, batch_id: str) -> tuple[bool, str]:
         """Re-queue a dead-lettered batch for upload: (replayed, state it was in)."""
         k = self.keys
-        reply = await self.scripts.run("replay_batch", [k.batch(batch_id), k.due, k.dead, k.stats], [batch_id])
+        shard = k.shard_of_batch(batch_id)
+        reply = await self.scripts.run("replay_batch", [k.batch(batch_id), k.due(shard), k.dead(shard), k.stats(shard)], [batch_id])
         kind = reply_kind("replay_batch", reply, ("replayed", "not_dead"))
         return kind == "replayed", (text(reply[1]) if kind == "not_dead" else "dead")
 
     async def prune_batch_index(self, limit: int = 500) -> int:
-        """Drop the oldest index entries whose batch has expired; returns how many were dropped."""
-        oldest = [text(b) for b in await aw(self.redis.zrange(self.keys.batches, 0, limit - 1))]
+        """Drop the oldest index entries whose batch has expired, in every shard; returns how many."""
+        dropped = 0
+        for shard in range(self.keys.shards):
+            dropped += await self._prune_shard_index(shard, limit)
+        return dropped
+
+    async def _prune_shard_index(self, shard: int, limit: int) -> int:
+        index = self.keys.batches(shard)
+        oldest = [text(b) for b in await aw(self.redis.zrange(index, 0, limit - 1))]
         if not oldest:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -241,14 +299,15 @@ class Transitions(StoreBase):
             alive = await pipe.execute()
         gone = [bid for bid, exists in zip(oldest, alive, strict=True) if not exists]
         if gone:
-            await aw(self.redis.zrem(self.keys.batches, *gone))
+            await aw(self.redis.zrem(index, *gone))
         return len(gone)
 
     async def open_batches(self) -> tuple[int, int]:
-        """(batches created but not yet uploaded or dead-lettered, station jobs queued)."""
+        """(batches created but not yet uploaded or dead-lettered, station jobs queued), all shards."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(self.keys.due)
-            pipe.zcard(self.keys.leases)
-            pipe.zcard(self.queue_name)
-            due, leased, queued = await pipe.execute()
-        return int(due) + int(leased), int(queued)
+            for shard in range(self.keys.shards):
+                pipe.zcard(self.keys.due(shard))
+                pipe.zcard(self.keys.leases(shard))
+                pipe.zcard(self.keys.queue(shard))
+            replies = [int(n) for n in await pipe.execute()]
+        return sum(replies[0::3]) + sum(replies[1::3]), sum(replies[2::3])

@@ -85,7 +85,7 @@ __all__ = [
 
 UPLOAD_LOG_ENV = "BFBENCH_UPLOAD_LOG"  # where record_upload appends one line per uploaded batch
 STATIONS_PER_BATCH = 100
-QUEUE = "bf:queue"
+QUEUE = Keys().queue(0)  # the one shard of the bench fleet
 BENCH_CLIENT = "batchfleet-bench"
 ENQUEUE_CLIENT = "bench-arq-enqueue"
 _EXCLUDED_COMMANDS = ("info", "client|", "config|", "command|", "hello", "echo")
@@ -352,11 +352,11 @@ class Probe:
         return m["used_memory"] - m.get("mem_clients_normal", 0) - m.get("mem_clients_slaves", 0)
 
     async def stat(self, name: str) -> int:
-        value = await self.cmd("HGET", _KEYS.stats, name)
+        value = await self.cmd("HGET", _KEYS.stats(0), name)
         return int(value) if value is not None else 0
 
     async def recorded(self) -> int:
-        values = await self.cmd("HMGET", _KEYS.stats, "stations_ok", "stations_empty", "stations_failed")
+        values = await self.cmd("HMGET", _KEYS.stats(0), "stations_ok", "stations_empty", "stations_failed")
         return sum(int(v) for v in values if v is not None)
 
     async def members(self) -> set[tuple[str, int]]:
@@ -491,7 +491,6 @@ class Run:
                 "BATCHFLEET_WORKER_MAX_JOBS": str(cfg.max_jobs),
                 "BATCHFLEET_WORKER_POLL_DELAY_S": str(cfg.poll_delay_s),
                 "BATCHFLEET_LOG_LEVEL": cfg.log_level,
-                "BATCHFLEET_QUEUE_NAME": QUEUE,
                 UPLOAD_LOG_ENV: str(self.uploads),
             }
         )
@@ -791,7 +790,7 @@ async def _pipeline_phases(run: Run, stations: int, switch: Callable[[str], Awai
 
 async def _dispatch_rate(run: Run, stations: int) -> float:
     """Stations per second between the first and last batch's creation (Redis time)."""
-    flat = await run.probe.cmd("ZRANGE", _KEYS.due, 0, -1, "WITHSCORES")
+    flat = await run.probe.cmd("ZRANGE", _KEYS.due(0), 0, -1, "WITHSCORES")
     scores = [int(float(s)) for s in flat[1::2]]
     if len(scores) < 2 or max(scores) == min(scores):
         return math.nan
@@ -1099,8 +1098,8 @@ async def _produce_paced(bootstrap: str, topic: str, value: bytes, every_s: floa
 
 
 async def _deadline_batches(url: str, every_s: float, until: float, deadlines: dict[str, float]) -> None:
-    """Batches of 10 stations with a 1 s deadline whose jobs go to a queue no worker serves."""
-    async with BatchStore.from_url(url, queue_name="bf:bench:unserved", name="batchfleet-bench") as store:
+    """Batches of 10 stations with a 1 s deadline whose jobs are taken off the queue before a worker sees them."""
+    async with BatchStore.from_url(url, name="batchfleet-bench") as store:
         n = 0
         next_at = time.monotonic()
         while next_at < until:
@@ -1116,6 +1115,7 @@ async def _deadline_batches(url: str, every_s: float, until: float, deadlines: d
                 messages=1,
             )
             _, created_ms = await store.create_batch(spec)
+            await store.redis.zrem(QUEUE, *(store.keys.job_id(bid, station) for station in spec.stations))
             deadlines[bid] = (created_ms + 1000) / 1000
             n += 1
             next_at += every_s

@@ -430,7 +430,7 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> floa
 
 
 _MEMORY_FIELDS = ("used_memory", "used_memory_dataset", "used_memory_scripts", "mem_clients_normal")
-_RETAINED = ("batches", "quarantine", "procs", "recent", "stats", "offsets")  # kept by design (capped or small)
+_RETAINED = ("batches", "quarantine", "recent", "stats", "offsets")  # per shard, kept by design (capped or small)
 
 
 async def _memory(store: BatchStore) -> dict[str, int]:
@@ -444,11 +444,12 @@ async def _memory(store: BatchStore) -> dict[str, int]:
     clients = await _aw(store.redis.info("clients"))
     out = {name: int(info.get(name, 0)) for name in _MEMORY_FIELDS}
     out["connected_clients"] = int(clients.get("connected_clients", 0))
-    retained = 0
-    for name in _RETAINED:
-        retained += int(await _aw(store.redis.memory_usage(getattr(store.keys, name))) or 0)
-    for key in await _keys(store, store.keys.quarantined("*")):
-        retained += int(await _aw(store.redis.memory_usage(key)) or 0)
+    retained = int(await _aw(store.redis.memory_usage(store.keys.procs)) or 0)
+    for shard in range(store.keys.shards):
+        for name in _RETAINED:
+            retained += int(await _aw(store.redis.memory_usage(getattr(store.keys, name)(shard))) or 0)
+        for key in await _keys(store, store.keys.tag(shard) + ":q:*"):
+            retained += int(await _aw(store.redis.memory_usage(key)) or 0)
     out["retained"] = retained
     return out
 
@@ -831,13 +832,13 @@ def _mem_pair(before: dict[str, int], after: dict[str, int], name: str) -> str:
     return f"{before.get(name, 0):,} / {after.get(name, 0):,} B"
 
 
-def _classify_keys(keys: list[str], prefix: str, dead: set[str]) -> dict[str, int]:
+def _classify_keys(keys: list[str], k: Keys, dead: set[str]) -> dict[str, int]:
     """Leftover keys that must not exist after retention: batch keys (except dead-lettered ones) and arq job state."""
     found: Counter[str] = Counter()
-    k = Keys(prefix)
     dead_keys = {key for bid in dead for key in k.batch_keys(bid)}
+    batch_prefixes = tuple(k.tag(shard) + ":b:" for shard in range(k.shards))
     for key in keys:
-        if key.startswith(f"{prefix}:b:") and key not in dead_keys:
+        if key.startswith(batch_prefixes) and key not in dead_keys:
             found["batch"] += 1
         elif key.startswith(("arq:job:", "arq:in-progress:", "arq:retry:", "arq:result:")):
             found[key.split(":", 2)[1]] += 1
@@ -858,10 +859,9 @@ async def _collect(store: BatchStore) -> Collected:
     dead: dict[str, bytes | None] = {}
     for bid in dead_ids:
         dead[bid] = await _patiently(lambda bid=bid: store.payload(bid))  # type: ignore[misc]
-    members = await _patiently(lambda: _aw(store.redis.zrange(store.keys.quarantine, 0, -1)))
-    quarantined = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+    quarantined = {str(e["id"].decode()) for e in await _patiently(lambda: store.quarantined(limit=1_000_000))}
     keys = await _patiently(lambda: _keys(store, "*"))  # also makes Redis drop expired keys now
-    leftover = _classify_keys(keys, store.keys.prefix, set(dead_ids))
+    leftover = _classify_keys(keys, store.keys, set(dead_ids))
     memory_after = await _patiently(lambda: _memory(store))
     return Collected(await _patiently(store.stats), dead, quarantined, leftover, memory_after)
 
@@ -985,7 +985,7 @@ async def _run(cfg: ChaosConfig, workdir: Path, redis: RedisServer, bootstrap: s
     _write_topic_config(workdir / "topics.toml", rt_topic, poll_topic, cfg)
     settings = chaos_settings(redis.url, bootstrap, [rt_topic, poll_topic], workdir, f"chaos-{tag}", cfg)
     fleet = Fleet(role_env(settings), workdir, cfg)
-    store = BatchStore.from_url(redis.url, prefix=settings.key_prefix, queue_name=settings.queue_name, name="batchfleet-chaos")
+    store = BatchStore.from_settings(settings, name="batchfleet-chaos")
     supervisor: asyncio.Task[None] | None = None
     try:
         fleet.start_all()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,37 @@ from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.workers.main import run_worker
 from batchfleet_dev import REPO as REPO  # re-exported: the tests run subprocesses from the checkout
+from batchfleet_dev.localstack import RedisServer
 from batchfleet_dev.procs import RoleProcess, role_env
 
+TEST_SHARDS = 3  # the fleets of the integration tests spread their partitions over several shards
 
-def make_settings(redis_url: str, bootstrap: str, topics: list[str], uploader: str, **overrides: Any) -> Settings:
+
+@dataclass
+class RedisTarget:
+    """Where a test's fleet keeps its state: a single redis-server or a Redis Cluster (with a key
+    prefix of the test's own)."""
+
+    url: str
+    cluster: bool
+    prefix: str
+    server: RedisServer | None = None  # the single node, for tests that kill it
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """make_settings overrides for this target."""
+        return {"redis_cluster": self.cluster, "key_prefix": self.prefix}
+
+    def store(self, name: str = "test") -> BatchStore:
+        return BatchStore.from_url(self.url, prefix=self.prefix, shards=TEST_SHARDS, cluster=self.cluster, name=name)
+
+
+def make_settings(redis: str | RedisTarget, bootstrap: str, topics: list[str], uploader: str, **overrides: Any) -> Settings:
+    """Test settings; ``redis`` is a URL or a :class:`RedisTarget` (its cluster flag and prefix too)."""
+    target = redis if isinstance(redis, RedisTarget) else RedisTarget(redis, cluster=False, prefix="bf")
     values: dict[str, Any] = {
-        "redis_url": redis_url,
+        "redis_url": target.url,
+        **target.options,
         "kafka_bootstrap_servers": bootstrap,
         "topics": topics,
         "uploader": uploader,
@@ -36,6 +62,7 @@ def make_settings(redis_url: str, bootstrap: str, topics: list[str], uploader: s
         "upload_backoff_base_s": 0.1,
         "upload_backoff_max_s": 0.5,
         "kafka_group_id": f"g-{topics[0] if topics else 'none'}",
+        "shards": TEST_SHARDS,
     }
     values.update(overrides)
     return Settings(**values)

@@ -20,7 +20,9 @@ from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration import uploadsink
 from tests.integration.fleet import (
     REPO,
+    TEST_SHARDS,
     Proc,
+    RedisTarget,
     batches_uploaded,
     fleet,
     make_settings,
@@ -38,26 +40,24 @@ async def _running(store: BatchStore, station: str) -> bool:
 
 
 async def test_sigkilled_worker_station_is_rerun_and_recorded_once(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
-    settings = make_settings(
-        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=60.0, station_timeout_s=8.0
-    )
+    settings = make_settings(target, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=60.0, station_timeout_s=8.0)
     env = settings_env(settings)
     first = Proc("worker", env, tmp_path / "worker-1.log")
     async with fleet(settings, workers=0):
         await produce(broker.bootstrap, topic, [message(["LONG-1", "S001"])])
-        await wait_until(lambda: _running(store, "LONG-1"), 30, "LONG-1 to start on the first worker")
+        await wait_until(lambda: _running(target_store, "LONG-1"), 30, "LONG-1 to start on the first worker")
         killed_at = time.monotonic()
         first.kill()
         second = Proc("worker", env, tmp_path / "worker-2.log")
         try:
-            await wait_until(lambda: batches_uploaded(store, 1), 50, "the upload after the re-run")
+            await wait_until(lambda: batches_uploaded(target_store, 1), 50, "the upload after the re-run")
             rerun_after_s = time.monotonic() - killed_at
             print(f"\nworker SIGKILL -> station re-run recorded after {rerun_after_s:.1f}s")
-            outcomes = await store.batch_outcomes(f"{topic}:0:0")
+            outcomes = await target_store.batch_outcomes(f"{topic}:0:0")
         finally:
             second.stop()
     [payload] = read_uploads(out)
@@ -114,11 +114,11 @@ async def test_sigterm_worker_finishes_its_station_first(
 
 
 async def test_killed_aggregator_is_replaced_and_upload_repeats_identically(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
     topic = await make_topic()
     with uploadsink.HttpSink(hang_first_s=60) as sink:
-        settings = make_settings(redis_server.url, broker.bootstrap, [topic], sink.url, lease_s=2.0, upload_timeout_s=30.0)
+        settings = make_settings(target, broker.bootstrap, [topic], sink.url, lease_s=2.0, upload_timeout_s=30.0)
         first = Proc("aggregator", settings_env(settings), tmp_path / "aggregator-1.log")
         try:
             async with fleet(settings, workers=1, aggregators=0) as f:
@@ -127,9 +127,9 @@ async def test_killed_aggregator_is_replaced_and_upload_repeats_identically(
                 first.kill()  # mid-upload: the claim is leased, nobody will ack it
                 killed_at = time.monotonic()
                 await f.start_aggregator()
-                await wait_until(lambda: batches_uploaded(store, 1), 30, "the takeover upload")
+                await wait_until(lambda: batches_uploaded(target_store, 1), 30, "the takeover upload")
                 print(f"\naggregator SIGKILL mid-upload -> re-uploaded by another after {time.monotonic() - killed_at:.1f}s")
-                meta = await store.batch_meta(f"{topic}:0:0")
+                meta = await target_store.batch_meta(f"{topic}:0:0")
         finally:
             first.stop()
     assert len(sink.requests) == 2
@@ -153,16 +153,16 @@ def _first_request(sink: uploadsink.HttpSink):  # type: ignore[no-untyped-def]
 
 
 async def test_dead_lettered_batch_is_replayed_from_the_cli(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
     topic = await make_topic()
     with uploadsink.HttpSink(always_fail=True) as sink:
-        settings = make_settings(redis_server.url, broker.bootstrap, [topic], sink.url, upload_max_attempts=2)
+        settings = make_settings(target, broker.bootstrap, [topic], sink.url, upload_max_attempts=2)
         async with fleet(settings, workers=1):
             await produce(broker.bootstrap, topic, [message(["S001"])])
 
             async def dead() -> bool:
-                return bool(await store.dead_batch_ids())
+                return bool(await target_store.dead_batch_ids())
 
             await wait_until(dead, 30, "the dead-letter set")
             sink.always_fail = False  # the target is back
@@ -170,10 +170,10 @@ async def test_dead_lettered_batch_is_replayed_from_the_cli(
             done = await _cli(env, "replay", "--all")
             assert done.returncode == 0, done.stdout + done.stderr
             assert f"{topic}:0:0: queued for upload" in done.stdout
-            await wait_until(lambda: batches_uploaded(store, 1), 30, "the replayed upload")
+            await wait_until(lambda: batches_uploaded(target_store, 1), 30, "the replayed upload")
         again = await _cli(env, "replay", f"{topic}:0:0")
     assert again.returncode == 1 and "not dead-lettered (state: uploaded)" in again.stdout
-    assert await store.dead_batch_ids() == []
+    assert await target_store.dead_batch_ids() == []
     bodies = [b for _, b in sink.requests]
     assert len(bodies) == 3 and bodies[0] == bodies[2]  # same frozen body after the replay
 
@@ -183,7 +183,7 @@ async def test_redis_kill_and_restart_with_aof_loses_nothing(broker: KafkaBroker
     topic = await make_topic(partitions=2)
     out = tmp_path / "u.jsonl"
     settings = make_settings(redis.url, broker.bootstrap, [topic], f"file://{out}", batching="message")
-    store = BatchStore.from_url(redis.url)
+    store = BatchStore.from_url(redis.url, shards=TEST_SHARDS)
     try:
         async with fleet(settings, workers=1):
             await produce(broker.bootstrap, topic, [message([f"A{i}", f"B{i}"]) for i in range(10)], partition=0)
@@ -213,11 +213,11 @@ async def test_redis_kill_and_restart_with_aof_loses_nothing(broker: KafkaBroker
 
 
 async def test_dispatcher_killed_repeatedly_ingests_every_message_exactly_once(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
     topic = await make_topic(partitions=2)
     out = tmp_path / "u.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message", poll_max_records=7)
+    settings = make_settings(target, broker.bootstrap, [topic], f"file://{out}", batching="message", poll_max_records=7)
     env = settings_env(settings)
     rng = random.Random(3)
     total = 120
@@ -226,8 +226,8 @@ async def test_dispatcher_killed_repeatedly_ingests_every_message_exactly_once(
         for round_ in range(3):
             d = Proc("dispatcher", env, tmp_path / f"dispatcher-{round_}.log")
 
-            async def created_some(before: int = (await store.stats()).get("batches_created", 0)) -> bool:
-                created = (await store.stats()).get("batches_created", 0)
+            async def created_some(before: int = (await target_store.stats()).get("batches_created", 0)) -> bool:
+                created = (await target_store.stats()).get("batches_created", 0)
                 return created > before or created == total
 
             await wait_until(created_some, 40, "the dispatcher to create batches")
@@ -236,10 +236,10 @@ async def test_dispatcher_killed_repeatedly_ingests_every_message_exactly_once(
         await producer
         last = Proc("dispatcher", env, tmp_path / "dispatcher-last.log")
         try:
-            await wait_until(lambda: batches_uploaded(store, total), 90, f"{total} uploads")
+            await wait_until(lambda: batches_uploaded(target_store, total), 90, f"{total} uploads")
         finally:
             last.stop()
-        stats = await store.stats()
+        stats = await target_store.stats()
     ids = Counter(p["batch_id"] for p in read_uploads(out))
     assert len(ids) == total and set(ids.values()) == {1}
     assert stats["batches_created"] == total
@@ -263,12 +263,12 @@ async def test_acl_user_with_password(broker: KafkaBroker, make_topic, tmp_path:
     try:
         async with fleet(settings, workers=1):
             await produce(broker.bootstrap, topic, [message(["S001"])])
-            store = BatchStore.from_url(url)
+            store = BatchStore.from_url(url, shards=TEST_SHARDS)
             try:
                 await wait_until(lambda: batches_uploaded(store, 1), 30, "upload through the ACL user")
             finally:
                 await store.aclose()
-        unauthenticated = BatchStore.from_url(redis.url)
+        unauthenticated = BatchStore.from_url(redis.url, shards=TEST_SHARDS)
         with pytest.raises(Exception, match=r"(?i)auth"):
             await unauthenticated.stats()
         await unauthenticated.aclose()
@@ -336,7 +336,7 @@ async def test_rediss_tls_with_a_private_ca(broker: KafkaBroker, make_topic, tmp
                 await wait_until(lambda: batches_uploaded(store, 1), 30, "an upload over TLS")
             finally:
                 await store.aclose()
-        unverified = BatchStore.from_url(redis.url)  # no CA: the server's certificate is not trusted
+        unverified = BatchStore.from_url(redis.url, shards=TEST_SHARDS)  # no CA: the server's certificate is not trusted
         with pytest.raises(Exception, match=r"(?i)certificate|ssl"):
             await unverified.stats()
         await unverified.aclose()

@@ -188,7 +188,8 @@ async def test_worker_started_the_arq_way(
 
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
+    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", shards=1)
+    store = BatchStore.from_settings(settings, name="test-one-shard")
     log = (tmp_path / "arq.log").open("wb")
     arq = subprocess.Popen(  # noqa: ASYNC220 (started once, never waited on in the loop)
         [sys.executable, "-m", "arq", "batchfleet.workers.WorkerSettings"],
@@ -205,5 +206,6 @@ async def test_worker_started_the_arq_way(
         arq.terminate()
         arq.wait(20)
         log.close()
+        await store.aclose()
     [payload] = read_uploads(out)
     assert payload["reason"] == "complete" and payload["summary"]["ok"] == 1 and payload["empty"] == ["NONE-1"]

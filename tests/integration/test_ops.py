@@ -12,9 +12,9 @@ import orjson
 
 from batchfleet.ops import STAT_COUNTERS
 from batchfleet.store import BatchStore
-from batchfleet_dev.localstack import KafkaBroker, RedisServer
+from batchfleet_dev.localstack import KafkaBroker
 from tests.integration import uploadsink
-from tests.integration.fleet import REPO, fleet, make_settings, message, produce, settings_env, wait_until
+from tests.integration.fleet import REPO, RedisTarget, fleet, make_settings, message, produce, settings_env, wait_until
 
 
 async def cli(env: dict[str, str], *args: str) -> Any:
@@ -26,12 +26,12 @@ async def cli(env: dict[str, str], *args: str) -> Any:
 
 
 async def test_status_and_inspect_match_redis(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
     topic = await make_topic()
     with uploadsink.HttpSink(always_fail=True) as sink:
         settings = make_settings(
-            redis_server.url,
+            target,
             broker.bootstrap,
             [topic],
             sink.url,
@@ -54,8 +54,8 @@ async def test_status_and_inspect_match_redis(
             dead_id, open_id = f"{topic}:0:0", f"{topic}:0:2"
 
             async def settled() -> bool:
-                counts = await store.counts()
-                return counts["dead"] == 1 and counts["quarantined"] == 1 and len(await store.batch_outcomes(open_id)) == 1
+                counts = await target_store.counts()
+                return counts["dead"] == 1 and counts["quarantined"] == 1 and len(await target_store.batch_outcomes(open_id)) == 1
 
             await wait_until(settled, 30, "a dead batch, a quarantined message and a half-done open batch")
             status = await cli(env, "status", "--json")
@@ -65,9 +65,9 @@ async def test_status_and_inspect_match_redis(
             dead = await cli(env, "inspect", "dead", "--json")
             quarantine = await cli(env, "inspect", "quarantine", "--json")
             plain = await cli(env, "status")
-            counts, stats = await store.counts(), await store.stats()
-            dead_meta = await store.batch_meta(dead_id)
-            q_entry = (await store.quarantined())[0]
+            counts, stats = await target_store.counts(), await target_store.stats()
+            dead_meta = await target_store.batch_meta(dead_id)
+            q_entry = (await target_store.quarantined())[0]
 
     # status
     assert status["counts"] == counts and status["counters"] == dict.fromkeys(STAT_COUNTERS, 0) | stats  # zeros included
@@ -105,11 +105,11 @@ async def test_status_and_inspect_match_redis(
 
 
 async def test_inspect_replays_dead_and_redispatches_quarantined(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batching="message")
+    settings = make_settings(target, broker.bootstrap, [topic], f"file://{out}", batching="message")
     env = settings_env(settings)
     fixed = tmp_path / "fixed.json"
     fixed.write_bytes(message(["S009"]))
@@ -117,14 +117,14 @@ async def test_inspect_replays_dead_and_redispatches_quarantined(
         await produce(broker.bootstrap, topic, [b'{"stationData": [{"id": "S009"}]}'])
 
         async def quarantined() -> bool:
-            return (await store.counts())["quarantined"] == 1
+            return (await target_store.counts())["quarantined"] == 1
 
         await wait_until(quarantined, 30, "the quarantine")
         said = await cli(env, "inspect", "quarantine", "--redispatch", f"{topic}:0:0", "--value-file", str(fixed))
         assert f"re-dispatched as {topic}:0:1" in said
 
         async def uploaded() -> bool:
-            return (await store.stats()).get("batches_uploaded", 0) == 1
+            return (await target_store.stats()).get("batches_uploaded", 0) == 1
 
         await wait_until(uploaded, 30, "the re-dispatched message's upload")
         [entry] = await cli(env, "inspect", "quarantine", "--json")

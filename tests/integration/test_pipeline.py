@@ -9,21 +9,21 @@ from typing import Any
 from batchfleet.store import BatchStore
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration import processors
-from tests.integration.fleet import fleet, lines_uploaded, make_settings, message, produce, read_uploads, wait_until
+from tests.integration.fleet import RedisTarget, fleet, lines_uploaded, make_settings, message, produce, read_uploads, wait_until
 
 FULL = {"expected", "ok", "failed", "empty", "missing", "late"}
 
 
 async def test_all_ok_one_upload_complete(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
+    settings = make_settings(target, broker.bootstrap, [topic], f"file://{out}")
     await produce(broker.bootstrap, topic, [message(["S001", "S002", "S003"])])
     async with fleet(settings, workers=1):
         await wait_until(lines_uploaded(out, 1), 30, "one upload")
-        meta = await store.batch_meta(f"{topic}:0:0")
+        meta = await target_store.batch_meta(f"{topic}:0:0")
     [payload] = read_uploads(out)
     assert payload["reason"] == "complete"
     assert payload["batch_id"] == f"{topic}:0:0"
@@ -32,23 +32,21 @@ async def test_all_ok_one_upload_complete(
     assert payload["failed"] == {} and payload["empty"] == [] and payload["missing"] == []
     assert payload["finalized_at"] >= payload["created_at"]
     assert meta["state"] == "uploaded"
-    stats = await store.stats()
+    stats = await target_store.stats()
     assert stats["batches_uploaded"] == 1 and stats["batches_complete"] == 1 and stats["stations_ok"] == 3
 
 
 async def test_failures_and_hang_upload_at_deadline(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
-    settings = make_settings(
-        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=2.0, station_timeout_s=30.0
-    )
+    settings = make_settings(target, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=2.0, station_timeout_s=30.0)
     stations = ["S001", "RAISE-1", "NONE-1", "HANG-1", "S002"]
     await produce(broker.bootstrap, topic, [message(stations)])
     async with fleet(settings, workers=1):
         await wait_until(lines_uploaded(out, 1), 30, "the deadline upload")
-        meta = await store.batch_meta(f"{topic}:0:0")
+        meta = await target_store.batch_meta(f"{topic}:0:0")
     [payload] = read_uploads(out)
     assert payload["reason"] == "deadline"
     assert [r["stationId"] for r in payload["results"]] == ["S001", "S002"]

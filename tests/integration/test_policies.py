@@ -9,16 +9,16 @@ from aiokafka import AIOKafkaProducer
 from batchfleet.settings import PriorityLevel
 from batchfleet.store import BatchStore
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
-from tests.integration.fleet import fleet, lines_uploaded, make_settings, message, produce, read_uploads, wait_until
+from tests.integration.fleet import RedisTarget, fleet, lines_uploaded, make_settings, message, produce, read_uploads, wait_until
 
 
 async def test_quorum_uploads_at_quorum_plus_grace_and_counts_later_results_late(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
     settings = make_settings(
-        redis_server.url,
+        target,
         broker.bootstrap,
         [topic],
         f"file://{out}",
@@ -32,11 +32,11 @@ async def test_quorum_uploads_at_quorum_plus_grace_and_counts_later_results_late
         await produce(broker.bootstrap, topic, [message(["S001", "SLOW-1", "S002", "SLOW-2"])])
 
         async def two_late() -> bool:
-            return (await store.batch_meta(batch_id)).get("late") == "2"
+            return (await target_store.batch_meta(batch_id)).get("late") == "2"
 
         await wait_until(two_late, 30, "the slow stations' late results")
-        meta = await store.batch_meta(batch_id)
-        stats = await store.stats()
+        meta = await target_store.batch_meta(batch_id)
+        stats = await target_store.stats()
     [payload] = read_uploads(out)
     assert payload["reason"] == "quorum"
     assert payload["summary"] == {"expected": 4, "ok": 2, "failed": 0, "empty": 0, "missing": 2, "late": 0}

@@ -19,9 +19,9 @@ from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.workers.main import run_worker
 from batchfleet_dev.localstack import RedisServer
-from tests.integration.fleet import REPO, make_settings, settings_env, wait_until
+from tests.integration.fleet import REPO, TEST_SHARDS, make_settings, settings_env, wait_until
 
-KEYS = Keys()
+KEYS = Keys("bf", TEST_SHARDS)
 
 
 def _settings(redis_server: RedisServer, **overrides: Any) -> Settings:
@@ -42,7 +42,7 @@ def _spec(batch_id: str, stations: list[str], *, timeout_s: float = 60.0) -> Bat
 
 async def _queue(store: BatchStore, job_ids: dict[str, float]) -> None:
     for job_id, score in job_ids.items():
-        await store.redis.zadd(store.queue_name, {job_id: score})
+        await store.redis.zadd(store.keys.queue(0), {job_id: score})
 
 
 def test_arq_key_prefixes_match_arq() -> None:
@@ -53,22 +53,22 @@ async def test_claim_takes_only_queued_due_unclaimed_jobs(store: BatchStore) -> 
     now = int(time.time() * 1000)
     await _queue(store, {"due-1": now - 5, "future": now + 60_000, "running": now - 4, "due-2": now - 3})
     await store.redis.set(KEYS.in_progress("running"), b"1")
-    claimed = await store.claim_jobs(["due-1", "future", "running", "gone", "due-2"], now_ms=now, in_progress_ms=30_000, want=10)
+    claimed = await store.claim_jobs(0, ["due-1", "future", "running", "gone", "due-2"], now_ms=now, in_progress_ms=30_000, want=10)
     assert claimed == [("due-1", now - 5), ("due-2", now - 3)]
     ttl = await store.redis.pttl(KEYS.in_progress("due-1"))
     assert 29_000 < ttl <= 30_000
     assert not await store.redis.exists(KEYS.in_progress("future"), KEYS.in_progress("gone"))
     # claimed once: a second worker gets nothing
-    assert await store.claim_jobs(["due-1", "due-2"], now_ms=now, in_progress_ms=30_000, want=10) == []
+    assert await store.claim_jobs(0, ["due-1", "due-2"], now_ms=now, in_progress_ms=30_000, want=10) == []
 
 
 async def test_claim_takes_at_most_the_free_slots_in_queue_order(store: BatchStore) -> None:
     now = int(time.time() * 1000)
     ids = [f"j{i}" for i in range(6)]
     await _queue(store, {job_id: now - 100 + i for i, job_id in enumerate(ids)})
-    assert [j for j, _ in await store.claim_jobs(ids, now_ms=now, in_progress_ms=5_000, want=2)] == ["j0", "j1"]
-    assert [j for j, _ in await store.claim_jobs(ids, now_ms=now, in_progress_ms=5_000, want=3)] == ["j2", "j3", "j4"]
-    assert await store.claim_jobs(ids, now_ms=now, in_progress_ms=5_000, want=0) == []
+    assert [j for j, _ in await store.claim_jobs(0, ids, now_ms=now, in_progress_ms=5_000, want=2)] == ["j0", "j1"]
+    assert [j for j, _ in await store.claim_jobs(0, ids, now_ms=now, in_progress_ms=5_000, want=3)] == ["j2", "j3", "j4"]
+    assert await store.claim_jobs(0, ids, now_ms=now, in_progress_ms=5_000, want=0) == []
 
 
 async def test_station_job_carries_its_records_budget_and_deadline(store: BatchStore) -> None:
@@ -87,9 +87,11 @@ async def test_station_job_carries_its_records_budget_and_deadline(store: BatchS
 async def test_a_batchfleet_worker_and_a_plain_arq_worker_share_a_queue(
     redis_server: RedisServer, store: BatchStore, tmp_path: Path
 ) -> None:
-    """Both claim protocols guard the same in-progress keys: every station runs and is recorded once."""
-    settings = _settings(redis_server, worker_max_jobs=5)
+    """Both claim protocols guard the same in-progress keys: every station runs and is recorded once
+    (a plain arq worker serves one queue: the fleet has one shard)."""
+    settings = _settings(redis_server, worker_max_jobs=5, shards=1)
     stations = [f"W-{i:03d}" for i in range(400)]  # 50 ms each: long enough for both workers to take some
+    store = BatchStore.from_settings(settings, name="test-one-shard")
     await store.create_batch(_spec("t:0:0", stations))
     log = (tmp_path / "arq.log").open("wb")
     arq = subprocess.Popen(  # noqa: ASYNC220 (started once, never waited on in the loop)
@@ -114,10 +116,25 @@ async def test_a_batchfleet_worker_and_a_plain_arq_worker_share_a_queue(
     stats = await store.stats()
     assert stats.get("duplicate_results", 0) == 0 and stats["stations_ok"] == len(stations)
     assert all(o.attempt == 1 for o in outcomes.values()), "no station was started twice"
+    await store.aclose()
+
+
+def test_a_plain_arq_worker_refuses_a_fleet_of_several_shards(redis_server: RedisServer) -> None:
+    """It would serve one shard's queue only (and on a cluster arq's own finish is cross-slot)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "arq", "batchfleet.workers.WorkerSettings"],
+        env=settings_env(_settings(redis_server, shards=2)),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "BATCHFLEET_SHARDS=1" in done.stderr and "batchfleet worker" in done.stderr
 
 
 async def _all_recorded(store: BatchStore, batch_id: str, n: int) -> bool:
-    return int(await store.redis.hlen(KEYS.outcomes(batch_id))) >= n
+    return int(await store.redis.hlen(store.keys.outcomes(batch_id))) >= n
 
 
 async def test_stations_of_a_batch_past_its_finalized_deadline_are_skipped(redis_server: RedisServer, store: BatchStore) -> None:

@@ -1,4 +1,4 @@
-"""Upload payload building, the station processor runner, and key hash tags (no servers)."""
+"""Upload payload building and the station processor runner (no servers)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from batchfleet.aggregator.payload import build_payload
-from batchfleet.keys import Keys, batch_id_for, job_id_for, message_id_for
 from batchfleet.models import Claim, Outcome
 from batchfleet.workers.processor import abandoned_threads, run_processor
 
@@ -355,65 +354,3 @@ async def test_sync_timeout_does_not_hold_up_other_stations() -> None:
 
 
 # -- keys: one hash tag per batch ----------------------------------------------------------------
-
-
-def hash_tag(key: str) -> str:
-    """Redis Cluster hash tag: between the first '{' and the first '}' after it."""
-    start = key.index("{")
-    end = key.index("}", start + 1)
-    assert end > start + 1, f"empty hash tag in {key!r}"
-    return key[start + 1 : end]
-
-
-BATCH_IDS = [
-    batch_id_for("SCHEDULE-STATION-REALTIME-DATA", 0, 12345),
-    batch_id_for("t.with.dots_and-dashes", 17, 0),
-    "T:3:9",
-]
-STATION_IDS = ["s1", "Zürich-Hbf", "with:colon", "brace{inside}", "}lead", "{", "東京"]
-
-
-def test_batch_id_format() -> None:
-    assert batch_id_for("SCHEDULE-STATION-REALTIME-DATA", 0, 12345) == "SCHEDULE-STATION-REALTIME-DATA:0:12345"
-    assert message_id_for("T", 2, 7) == "T:2:7"
-
-
-@pytest.mark.parametrize("prefix", ["bf", "my.prefix-2"])
-@pytest.mark.parametrize("batch_id", BATCH_IDS)
-def test_all_batch_keys_share_one_hash_tag(batch_id: str, prefix: str) -> None:
-    keys = Keys(prefix)
-    per_batch = [
-        *keys.batch_keys(batch_id),
-        keys.batch(batch_id),
-        keys.inputs(batch_id),
-        keys.outcomes(batch_id),
-        keys.late(batch_id),
-        keys.payload(batch_id),
-        *(keys.job(batch_id, s) for s in STATION_IDS),
-    ]
-    assert {hash_tag(k) for k in per_batch} == {batch_id}
-    assert all(k.startswith(prefix + ":") for k in keys.batch_keys(batch_id))
-    assert len(set(keys.batch_keys(batch_id))) == 5
-
-
-@pytest.mark.parametrize("station_id", STATION_IDS)
-def test_job_id_hash_tag_is_the_batch_id(station_id: str) -> None:
-    for batch_id in BATCH_IDS:
-        job_id = job_id_for(batch_id, station_id)
-        assert hash_tag(job_id) == batch_id
-        assert job_id.endswith(station_id)
-        assert Keys.job(batch_id, station_id) == "arq:job:" + job_id
-        assert hash_tag(Keys.job(batch_id, station_id)) == batch_id
-
-
-def test_job_ids_are_distinct_per_station_and_batch() -> None:
-    ids = {job_id_for(b, s) for b in BATCH_IDS for s in STATION_IDS}
-    assert len(ids) == len(BATCH_IDS) * len(STATION_IDS)
-
-
-def test_different_batches_have_different_tags_and_globals_have_none() -> None:
-    keys = Keys()
-    assert len({hash_tag(keys.batch(b)) for b in BATCH_IDS}) == len(BATCH_IDS)
-    for name in ("due", "leases", "ready", "dead", "recent", "fence", "offsets", "stats", "quarantine"):
-        assert "{" not in getattr(keys, name)
-    assert hash_tag(keys.quarantined(message_id_for("T", 0, 5))) == "T:0:5"
