@@ -190,7 +190,7 @@ async def _station_workers(
     del options["queue_name"]
     base = options.pop("redis_settings")
     base.conn_retries = 0  # one retry policy: ours (arq's own would wait 5 x 1 s, deaf to stop)
-    groups = await node_groups(state.store.redis, state.store.keys, base)
+    groups = await node_groups(state.store, base)
     return [StationWorker(keys=state.store.keys, shards=shards, redis_settings=rs, **options) for rs, shards in groups]
 
 

@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 
-import redis.asyncio as aioredis
 from arq.connections import RedisSettings
 
-from batchfleet.keys import Keys
-from batchfleet.store.base import Client
+from batchfleet.store import BatchStore
 
 __all__ = ["node_groups"]
 
 
-async def node_groups(client: Client, keys: Keys, base: RedisSettings) -> list[tuple[RedisSettings, list[int]]]:
+async def node_groups(store: BatchStore, base: RedisSettings) -> list[tuple[RedisSettings, list[int]]]:
     """(connection settings, shards) per arq worker to run in this process.  On a cluster the slot map
     comes from the store's cluster client, which follows failovers (and remembers every node)."""
-    shards = list(range(keys.shards))
-    if not isinstance(client, aioredis.RedisCluster):
-        return [(base, shards)]
-    await client.initialize()
+    primaries = await store.primaries_by_shard()
+    if primaries is None:
+        return [(base, list(store.shards))]
     by_node: dict[tuple[str, int], list[int]] = {}
-    for shard in shards:
-        node = client.get_node_from_key(keys.queue(shard))
-        by_node.setdefault((node.host, int(node.port)), []).append(shard)
+    for shard, node in primaries.items():
+        by_node.setdefault(node, []).append(shard)
     return [(dataclasses.replace(base, host=host, port=port), group) for (host, port), group in sorted(by_node.items())]

@@ -127,6 +127,15 @@ class StoreBase:
                 add(pipe, shard)
             return list(await pipe.execute())
 
+    async def primaries_by_shard(self) -> dict[int, tuple[str, int]] | None:
+        """On a Redis Cluster: the (host, port) of the primary that holds each shard's slot, from the
+        client's current slot map (refreshed after a failover); None on a single Redis."""
+        if not isinstance(self.redis, aioredis.RedisCluster):
+            return None
+        await self.redis.initialize()
+        nodes = {shard: self.redis.get_node_from_key(self.keys.queue(shard)) for shard in self.shards}
+        return {shard: (node.host, int(node.port)) for shard, node in nodes.items()}
+
     async def check_layout(self) -> None:
         """Record this fleet's layout (shard count, tag scheme) on first start; refuse to run against
         a Redis that holds the same prefix with another layout (its batches, jobs and offsets would
