@@ -95,6 +95,7 @@ async def status_data(store: BatchStore, *, limit: int = 20) -> dict[str, Any]:
         "processes": [{"role": m.split(":", 1)[0], "name": m.split(":", 1)[1], **info} for m, info in sorted(processes.items())],
         "kafka_lag": dict(sorted(lag.items())),
         "counters": dict.fromkeys(STAT_COUNTERS, 0) | await store.stats(),
+        "shards": await store.shard_summary(),
     }
 
 

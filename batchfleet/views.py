@@ -48,6 +48,10 @@ def render_status(data: dict[str, Any]) -> RenderableType:
     lag = _table("kafka lag", ["partition", "lag"], [[k, str(v)] for k, v in data["kafka_lag"].items()])
     counters = data["counters"]
     stats = _table("counters", ["counter", "value"], [[k, str(v)] for k, v in counters.items()])
+    shards = data.get("shards", [])
+    if len(shards) > 1:
+        rows = [[str(s["shard"]), s["tag"], str(s["open"]), str(s["queued"])] for s in shards]
+        return Group(head, batches, procs, lag, stats, _table("shards", ["shard", "tag", "open", "queued"], rows))
     return Group(head, batches, procs, lag, stats)
 
 

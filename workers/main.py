@@ -112,19 +112,19 @@ async def _run_once(workers: list[Worker], stop: asyncio.Event, grace_s: float) 
     mains = [asyncio.ensure_future(w.async_run()) for w in workers]
     try:
         await _until_stop_or_failure(mains, stop)
-        for w in workers:  # one ended, or we were asked to stop: take no more jobs anywhere
+        error = next((m.exception() for m in mains if m.done() and not m.cancelled() and m.exception() is not None), None)
+        if error is not None and not isinstance(error, _ENDS_ARQ):
+            raise error
+        if error is not None:
+            level = logging.WARNING if redis_problem(error) == "unavailable" else logging.ERROR
+            in_flight = sum(len(w.tasks) for w in workers)
+            log.log(level, "the arq worker ended: redis failed (%s); %d station(s) in flight", describe(error), in_flight)
+        for w in workers:  # one ended, or we were asked to stop: take no more jobs anywhere, drain
             w.allow_pick_jobs = False
         await asyncio.gather(*(_finish_jobs(w, stop, grace_s) for w in workers))
         for main in mains:
             main.cancel()
         await asyncio.wait(mains)
-        errors = [m.exception() for m in mains if not m.cancelled() and m.exception() is not None]
-        error = next((e for e in errors if e is not None), None)
-        if error is not None and not isinstance(error, _ENDS_ARQ):
-            raise error
-        if error is not None:
-            level = logging.WARNING if redis_problem(error) == "unavailable" else logging.ERROR
-            log.log(level, "the arq worker ended: redis failed (%s)", describe(error))
         return error
     finally:
         for main in mains:

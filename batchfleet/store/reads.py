@@ -39,6 +39,20 @@ class OperatorReads(StoreBase):
             total.update({text(name): int(v) for name, v in raw.items()})
         return dict(total)
 
+    async def shard_summary(self) -> list[dict[str, Any]]:
+        """Per shard: its hash tag (the first part of its keys), open batches and queued station jobs."""
+
+        def add(pipe: Any, shard: int) -> None:
+            pipe.zcard(self.keys.due(shard))
+            pipe.zcard(self.keys.leases(shard))
+            pipe.zcard(self.keys.queue(shard))
+
+        sizes = [int(n) for n in await self.each_shard(add)]
+        return [
+            {"shard": k, "tag": self.keys.tag(k), "open": sizes[3 * k] + sizes[3 * k + 1], "queued": sizes[3 * k + 2]}
+            for k in self.shards
+        ]
+
     async def open_batch_ids(self, limit: int = 50) -> list[tuple[str, int]]:
         """(batch id, due ms) of batches not yet uploaded, soonest first (due, then leased)."""
 

@@ -754,9 +754,9 @@ async def _role_phase(
 
 
 async def _pipeline_phases(run: Run, stations: int, switch: Callable[[str], Awaitable[None]]) -> Phased:
-    """The pipeline one role at a time, on messages already in Kafka: the dispatcher (to a staging queue,
-    no workers), then one worker (started idle; the staging queue is renamed to the real one when it is
-    ready, as in the raw-arq baseline), then the aggregator.  ``switch(name)`` is called before each."""
+    """The pipeline one role at a time, on messages already in Kafka: the dispatcher (no workers; its
+    queue is then renamed to a staging key), then one worker (started idle; the staging queue is renamed
+    back when it is ready, as in the raw-arq baseline), then the aggregator.  ``switch(name)`` is called before each."""
     probe = run.probe
     batches = math.ceil(stations / STATIONS_PER_BATCH)
     timeout = _upload_timeout(stations)
@@ -776,7 +776,8 @@ async def _pipeline_phases(run: Run, stations: int, switch: Callable[[str], Awai
         await probe.cmd("RENAME", STAGING, QUEUE)
 
     await switch("dispatcher")
-    phases = {"dispatcher": await _role_phase(run, "dispatcher", dispatched, timeout, env={"BATCHFLEET_QUEUE_NAME": STAGING})}
+    phases = {"dispatcher": await _role_phase(run, "dispatcher", dispatched, timeout)}
+    await probe.cmd("RENAME", QUEUE, STAGING)  # no worker has run yet: hide the jobs until one is ready
     dispatch_rate = await _dispatch_rate(run, stations)
     memory["open"] = await probe.data_memory()
     phases["worker"] = await _role_phase(run, "worker", recorded, timeout, release=release)

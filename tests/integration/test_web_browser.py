@@ -25,7 +25,7 @@ from batchfleet_dev.browser import chromium
 from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics, free_port
 from batchfleet_dev.procs import stop_all
 from tests.integration import uploadsink
-from tests.integration.fleet import Proc, make_settings, message, settings_env
+from tests.integration.fleet import TEST_SHARDS, Proc, make_settings, message, settings_env
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
@@ -57,7 +57,7 @@ class Console:
 
     def read(self, fn: Callable[[BatchStore], Awaitable[T]]) -> T:
         async def go() -> T:
-            async with BatchStore.from_url(self.redis_url) as store:
+            async with BatchStore.from_url(self.redis_url, shards=TEST_SHARDS) as store:
                 return await fn(store)
 
         return asyncio.run(go())
