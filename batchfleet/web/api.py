@@ -17,6 +17,7 @@ from batchfleet import ops
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.web.security import Guard
+from batchfleet.web.state import guard_of, store_of
 
 __all__ = ["router"]
 
@@ -27,16 +28,6 @@ _bearer = HTTPBearer(auto_error=False, description="BATCHFLEET_WEB_TOKEN (action
 JSON = dict[str, Any]
 BatchId = Annotated[str, Path(description="batch id `TOPIC:PARTITION:OFFSET`", examples=["STATION-DATA:0:42"])]
 MessageId = Annotated[str, Path(description="quarantined message id `TOPIC:PARTITION:OFFSET`")]
-
-
-def store_of(request: Request) -> BatchStore:
-    store: BatchStore = request.app.state.store
-    return store
-
-
-def guard_of(request: Request) -> Guard:
-    guard: Guard = request.app.state.guard
-    return guard
 
 
 StoreDep = Annotated[BatchStore, Depends(store_of)]

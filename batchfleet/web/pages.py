@@ -16,8 +16,8 @@ from jinja2 import Undefined
 
 from batchfleet import ops
 from batchfleet.settings import Settings
-from batchfleet.store import BatchStore
 from batchfleet.web.security import CSRF_FIELD, SESSION_COOKIE, Guard, set_session_cookie
+from batchfleet.web.state import guard_of, store_of
 
 __all__ = ["router", "templates"]
 
@@ -50,22 +50,12 @@ templates.env.filters["ts"] = _fmt_ms
 templates.env.globals["OUTCOMES"] = OUTCOMES
 
 
-def _store(request: Request) -> BatchStore:
-    store: BatchStore = request.app.state.store
-    return store
-
-
-def _guard(request: Request) -> Guard:
-    guard: Guard = request.app.state.guard
-    return guard
-
-
 def _base(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    guard = _guard(request)
+    guard = guard_of(request)
     nonce = guard.session(request)
     base = _base(request)
     context.update(
@@ -91,7 +81,7 @@ def _message(request: Request, status_code: int, title: str, text: str, links: l
 async def healthz(request: Request) -> Response:
     """200 when Redis answers (the container health check)."""
     try:
-        await asyncio.wait_for(_store(request).ping(), timeout=3)
+        await asyncio.wait_for(store_of(request).ping(), timeout=3)
     except Exception as exc:
         return Response(f"redis unreachable: {type(exc).__name__}\n", status_code=503, media_type="text/plain")
     return Response("ok\n", media_type="text/plain")
@@ -99,7 +89,7 @@ async def healthz(request: Request) -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 async def overview(request: Request) -> HTMLResponse:
-    data = await ops.overview_data(_store(request))
+    data = await ops.overview_data(store_of(request))
     return render(request, "overview.html", page="overview", data=data)
 
 
@@ -109,7 +99,7 @@ async def batches(request: Request) -> Response:
     state = args.get("state") or None
     topic = (args.get("topic") or "").strip() or None
     q = (args.get("q") or "").strip() or None
-    store = _store(request)
+    store = store_of(request)
     if q and not state and not topic and await store.batch_meta(q):
         return RedirectResponse(_batch_url(_base(request), q), status_code=303)
     if state is not None and state not in ops.BATCH_STATES:
@@ -124,7 +114,7 @@ async def batches(request: Request) -> Response:
 
 @router.get("/batches/{batch_id}", response_class=HTMLResponse)
 async def batch(request: Request, batch_id: str) -> HTMLResponse:
-    store = _store(request)
+    store = store_of(request)
     data = await ops.batch_detail(store, batch_id)
     if data is None:
         return _message(request, 404, "No such batch", f"no batch {batch_id} (never created, or expired after its retention)")
@@ -162,7 +152,7 @@ async def batch(request: Request, batch_id: str) -> HTMLResponse:
 @router.get("/dead", response_class=HTMLResponse)
 async def dead(request: Request) -> HTMLResponse:
     try:
-        page = await ops.dead_page(_store(request), cursor=request.query_params.get("cursor"), limit=100)
+        page = await ops.dead_page(store_of(request), cursor=request.query_params.get("cursor"), limit=100)
     except ValueError as exc:
         return _message(request, 422, "Bad cursor", str(exc))
     return render(request, "dead.html", page="dead", result=page)
@@ -172,14 +162,14 @@ async def dead(request: Request) -> HTMLResponse:
 async def quarantine(request: Request) -> HTMLResponse:
     raw = request.query_params.get("offset", "0")
     offset = int(raw) if raw.isdigit() else 0
-    rows = await ops.quarantine_page(_store(request), offset=offset, limit=100)
-    total = (await _store(request).counts())["quarantined"]
+    rows = await ops.quarantine_page(store_of(request), offset=offset, limit=100)
+    total = (await store_of(request).counts())["quarantined"]
     return render(request, "quarantine.html", page="quarantine", rows=rows, offset=offset, limit=100, total=total)
 
 
 @router.get("/quarantine/{message_id}", response_class=HTMLResponse)
 async def quarantined(request: Request, message_id: str) -> HTMLResponse:
-    entry = await ops.quarantine_entry(_store(request), message_id)
+    entry = await ops.quarantine_entry(store_of(request), message_id)
     if entry is None:
         return _message(request, 404, "Not in quarantine", f"no quarantined message {message_id}")
     return render(request, "quarantined.html", page="quarantine", entry=entry)
@@ -214,7 +204,7 @@ def _local(target: str | None) -> str:
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
-    guard = _guard(request)
+    guard = guard_of(request)
     form = await _form(request)
     if not guard.writable:
         return _message(request, 403, "Read-only console", "BATCHFLEET_WEB_TOKEN is not set: there is nothing to sign in to.")
@@ -240,7 +230,7 @@ async def logout(request: Request) -> Response:
 
 async def _refused(request: Request, form: dict[str, str]) -> HTMLResponse | None:
     """Why this action may not run (None: it may): token configured, same origin, signed in, CSRF token."""
-    guard = _guard(request)
+    guard = guard_of(request)
     login = [("sign in", f"{_base(request)}/login?next={quote(_local(form.get('back')))}")]
     if not guard.writable:
         return _message(request, 403, "Refused", "read-only console: BATCHFLEET_WEB_TOKEN is not set")
@@ -283,7 +273,7 @@ async def redispatch(request: Request, message_id: str) -> HTMLResponse:
     refused = await _refused(request, form)
     if refused is not None:
         return refused
-    entry = await _store(request).quarantined_entry(message_id)
+    entry = await store_of(request).quarantined_entry(message_id)
     if entry is None:
         return _message(request, 404, "Not in quarantine", f"no quarantined message {message_id}")
     value = form.get("value", "").replace("\r\n", "\n").encode()
