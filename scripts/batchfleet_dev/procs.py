@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from batchfleet.settings import Settings
@@ -35,14 +35,19 @@ def role_env(settings: Settings | None = None, extra: Mapping[str, str] | None =
 
 
 class RoleProcess:
-    """One process we started (by default ``python -m batchfleet ROLE``)."""
+    """One process we started (by default ``python -m batchfleet ROLE``).
 
-    def __init__(self, role: str, env: Mapping[str, str], log_path: Path, args: list[str] | None = None) -> None:
+    ``prefix`` goes before the command, e.g. ``["ip", "netns", "exec", NS]`` to run it inside a
+    network namespace (batchfleet_dev.hosts); the prefix must exec the command, so the PID stays it."""
+
+    def __init__(
+        self, role: str, env: Mapping[str, str], log_path: Path, args: list[str] | None = None, *, prefix: Sequence[str] = ()
+    ) -> None:
         self.role = role
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.popen = subprocess.Popen(
-                args or [sys.executable, "-m", "batchfleet", role],
+                [*prefix, *(args or [sys.executable, "-m", "batchfleet", role])],
                 env=dict(env),
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,
