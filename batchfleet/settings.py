@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     redis_tls_ca_file: Path | None = None  # CA bundle for rediss:// servers with a private CA
     redis_cluster: bool = False  # redis_url names any one node of a Redis Cluster
+    redis_socket_timeout_s: float = Field(default=5.0, ge=1)  # no reply this long: drop the connection (a cut link)
     key_prefix: str = Field(default="bf", pattern=r"^[A-Za-z0-9_.-]+$")
     shards: int = Field(default=1, ge=1, le=1024)  # hash-tagged shards of the keyspace (see README "Shards")
 

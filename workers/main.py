@@ -37,7 +37,7 @@ from batchfleet.store import BatchStore
 from batchfleet.workers.fastclaim import StationWorker
 from batchfleet.workers.nodes import node_groups
 from batchfleet.workers.processor import load_processor
-from batchfleet.workers.settings import worker_settings
+from batchfleet.workers.settings import bound_reads, worker_settings
 from batchfleet.workers.station import WorkerContext, WorkerState, close_state, open_state
 
 __all__ = ["run_worker", "serve"]
@@ -157,6 +157,7 @@ async def _serve_shards(
     settings: Settings, state: WorkerState, stop: asyncio.Event, *, burst: bool, started: list[Worker] | None
 ) -> None:
     async def attach(ctx: WorkerContext) -> None:
+        await bound_reads(ctx["redis"], settings.redis_socket_timeout_s)
         ctx["batchfleet"] = state
 
     failures = 0

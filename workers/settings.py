@@ -14,7 +14,7 @@ from batchfleet.settings import Settings, load_settings
 from batchfleet.store import STATION_JOB
 from batchfleet.workers.station import MAX_ATTEMPTS, WorkerContext, run_station, shutdown, startup_with
 
-__all__ = ["build_worker_settings_class", "json_dumps", "json_loads", "worker_settings"]
+__all__ = ["bound_reads", "build_worker_settings_class", "json_dumps", "json_loads", "worker_settings"]
 
 
 JOB_TIMEOUT_EXTRA_S = 5  # room to record the outcome after the budget ran out
@@ -35,6 +35,17 @@ def _redis_settings(settings: Settings) -> RedisSettings:
     return redis
 
 
+async def bound_reads(pool: Any, timeout_s: float) -> None:
+    """Give arq's client the fleet's Redis read timeout (arq's RedisSettings has none), so its poll
+    fails after ``timeout_s`` on a connection whose peer went silent (a cut link) instead of waiting
+    out TCP's retransmission backoff; run_worker then replaces the arq worker.  The connection arq's
+    start-up ping opened is dropped; every new one gets the timeout.  Called by every arq worker's
+    on_startup (``batchfleet worker``'s and the plain ``WorkerSettings``')."""
+    pool.connection_pool.connection_kwargs["socket_timeout"] = timeout_s
+    await pool.connection_pool.disconnect()
+    pool.connection_pool.reset()
+
+
 def worker_settings(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` (also the attributes of WorkerSettings)."""
     # arq's own per-job timeout is a backstop above the station budget, which the job enforces.
@@ -43,6 +54,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     budget = settings.longest_station_budget_s()
 
     async def on_startup(ctx: WorkerContext) -> None:
+        await bound_reads(ctx["redis"], settings.redis_socket_timeout_s)
         await startup_with(ctx, settings)
 
     return {

@@ -1,19 +1,33 @@
-"""Hosts as Linux network namespaces on one switch (batchfleet_dev.hosts).
+"""Hosts as Linux network namespaces on one switch (batchfleet_dev.hosts), and what the fleet's
+clients do when a host's link is cut.
 
 No network namespaces (not root, no ``ip``): the tests fail with the reason; they never skip.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from arq.connections import create_pool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from batchfleet.settings import Settings
+from batchfleet.store import BatchStore
+from batchfleet.workers.main import run_worker
+from batchfleet.workers.settings import worker_settings
 from batchfleet_dev.hosts import Hosts, HostsUnavailable
+from batchfleet_dev.localstack import RedisServer
+from tests.integration.fleet import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -59,3 +73,97 @@ def test_hosts_reach_each_other_and_nothing_else_and_leave_nothing_behind() -> N
         made = {hosts.netns("a"), hosts.netns("b"), hosts.switch}
         assert made <= _netns_names()
     assert not made & _netns_names(), "namespaces left behind"
+
+
+async def test_cut_redis_link_fails_commands_within_the_socket_timeout(tmp_path: Path) -> None:
+    """Every Redis client of the fleet (the store of each role, and arq's own pool in the worker) gives
+    up on a silent connection after ``redis_socket_timeout_s`` instead of waiting out TCP's
+    retransmission backoff, and talks again once the link is back."""
+    with _hosts(["data", "client"], inside="client") as hosts:
+        redis = RedisServer(
+            host=hosts.address("data"),
+            prefix=hosts.command_prefix("data"),
+            directory=tmp_path,
+            extra_args=["--protected-mode", "no"],
+        ).start()
+        settings = Settings(redis_url=redis.url, redis_socket_timeout_s=1.0, processor="tests.integration.processors:async_process")
+        worker = worker_settings(settings)
+        ctx: dict[str, Any] = {"redis": await create_pool(worker["redis_settings"])}
+        await worker["on_startup"](ctx)  # what every arq worker runs first
+        store = BatchStore.from_settings(settings)  # as every role builds its own
+        calls: dict[str, Callable[[], Awaitable[object]]] = {"store": store.server_time_ms, "arq": lambda: ctx["redis"].zcard("q")}
+        try:
+            for call in calls.values():
+                await call()  # each now holds an open connection
+            hosts.cut("data")
+            for name, call in calls.items():
+                started = time.monotonic()
+                with pytest.raises(RedisTimeoutError):  # without the timeout: hangs until TCP gives up (~15 min)
+                    await asyncio.wait_for(call(), 15)
+                assert time.monotonic() - started < 3, f"{name}: the reply timeout is 1 s"
+            hosts.heal("data")
+            for name, call in calls.items():
+                await wait_until(_answers(call), 15, f"{name} to reach Redis again after the heal")
+        finally:
+            hosts.heal("data")
+            await store.aclose()
+            await worker["on_shutdown"](ctx)
+            await ctx["redis"].aclose()
+            redis.stop()
+
+
+async def test_cut_redis_link_ends_the_workers_arq_poll_within_the_socket_timeout(tmp_path: Path) -> None:
+    """``batchfleet worker`` (run_worker) gives its arq workers the same reply timeout: when the link
+    to Redis is cut, the poll fails after it and the arq worker is replaced (without the timeout the
+    poll would wait for TCP, and nothing would happen until the link is back)."""
+    with _hosts(["data", "client"], inside="client") as hosts:
+        redis = RedisServer(
+            host=hosts.address("data"),
+            prefix=hosts.command_prefix("data"),
+            directory=tmp_path,
+            extra_args=["--protected-mode", "no"],
+        ).start()
+        settings = Settings(redis_url=redis.url, redis_socket_timeout_s=1.0, processor="tests.integration.processors:async_process")
+        stop, started = asyncio.Event(), []
+        serving = asyncio.create_task(run_worker(settings, stop=stop, started=started))
+        try:
+            await wait_until(_polling(started), 15, "the worker's arq worker polling")
+            first = started[-1]
+            hosts.cut("data")
+            await wait_until(_replaced(started, first), 8, "the arq worker whose poll timed out to be replaced")
+            hosts.heal("data")
+            await wait_until(_polling(started), 15, "an arq worker polling again after the heal")
+        finally:
+            hosts.heal("data")
+            stop.set()
+            await serving
+            redis.stop()
+
+
+def _polling(started: list[Any]) -> Callable[[], Awaitable[bool]]:
+    """The newest arq worker has started up (its pool open, on_startup done)."""
+
+    async def check() -> bool:
+        return bool(started) and "batchfleet" in started[-1].ctx
+
+    return check
+
+
+def _replaced(started: list[Any], first: Any) -> Callable[[], Awaitable[bool]]:
+    """The arq worker ``first`` has ended and run_worker has made a new one."""
+
+    async def check() -> bool:
+        return started[-1] is not first
+
+    return check
+
+
+def _answers(call: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        try:
+            await call()
+        except (RedisConnectionError, RedisTimeoutError):
+            return False
+        return True
+
+    return check
