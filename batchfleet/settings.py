@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     poll_timeout_ms: int = Field(default=1000, ge=1)
     poll_max_records: int = Field(default=500, ge=1)
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    kafka_request_timeout_ms: int = Field(default=15_000, ge=11_000)  # > the 10 s a JoinGroup may wait
     max_message_bytes: int = Field(default=1_048_576, ge=64)
     max_open_batches: int = Field(default=1000, ge=1)
 

@@ -76,6 +76,7 @@ class Dispatcher:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=max(1_048_576, s.max_message_bytes * 2),
             fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+            request_timeout_ms=s.kafka_request_timeout_ms,  # a fetch stuck in a cut link is dropped after this
         )
 
     async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
