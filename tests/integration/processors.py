@@ -26,6 +26,9 @@ async def async_process(station_id: str, records: list[dict[str, Any]]) -> Any:
         return None
     if kind == "CRASH":  # takes the whole worker process down, every time
         os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "HOSTS":  # HOSTS-<ms>-...: the partition test; says which worker process ran it, and when
+        await asyncio.sleep(int(station_id.split("-")[1]) / 1000)
+        return {**_result(station_id, records), "pid": os.getpid(), "done_at": time.time()}
     if kind in _SLEEPS:
         await asyncio.sleep(_SLEEPS[kind])
     if kind == "NONJSON":

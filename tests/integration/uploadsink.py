@@ -21,10 +21,12 @@ async def collect(payload: dict[str, Any]) -> None:
 class HttpSink:
     """A threaded HTTP server that records POSTs; ``fail_first`` answers 503 that many times."""
 
-    def __init__(self, fail_first: int = 0, always_fail: bool = False, hang_first_s: float = 0.0) -> None:
+    def __init__(self, fail_first: int = 0, always_fail: bool = False, hang_first_s: float = 0.0, host: str = "127.0.0.1") -> None:
         self.port = free_port()
+        self.host = host
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.statuses: list[int] = []  # what the sink answered to each request
+        self.posts: list[tuple[str, float, dict[str, Any]]] = []  # (client address, time.time(), body) per POST
         self.fail_first = fail_first
         self.always_fail = always_fail
         self.hang_first_s = hang_first_s
@@ -36,7 +38,9 @@ class HttpSink:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                sink.requests.append((headers, orjson.loads(body)))
+                payload = orjson.loads(body)
+                sink.posts.append((self.client_address[0], time.time(), payload))
+                sink.requests.append((headers, payload))
                 if sink.delay_s:
                     time.sleep(sink.delay_s)
                 if sink.hang_first_s and len(sink.requests) == 1:
@@ -50,12 +54,12 @@ class HttpSink:
             def log_message(self, *args: Any) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = ThreadingHTTPServer((host, self.port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/batches"
+        return f"http://{self.host}:{self.port}/batches"
 
     def __enter__(self) -> HttpSink:
         self.thread.start()
