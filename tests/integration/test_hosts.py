@@ -57,7 +57,7 @@ from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.workers.main import run_worker
 from batchfleet.workers.settings import worker_settings
-from batchfleet_dev.hosts import Hosts, HostsUnavailable
+from batchfleet_dev.hosts import Hosts, HostsUnavailable, check_available
 from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics
 from batchfleet_dev.procs import RoleProcess, role_env, stop_all
 from tests.integration.fleet import fleet, make_settings, message, produce, wait_until
@@ -356,9 +356,18 @@ class Recovery:
         return time.time() if created > self.created_at_cut else None
 
 
+def _require_namespaces() -> None:
+    """A test FAILS (never skips) where network namespaces cannot be made, with the reason."""
+    try:
+        check_available()
+    except HostsUnavailable as exc:
+        pytest.fail(f"the multi-host test needs Linux network namespaces, which cannot be made here: {exc}")
+
+
 @contextlib.contextmanager
 def _hosts(names: list[str], inside: str | None) -> Iterator[Hosts]:
-    """The hosts, with this thread on host ``inside``; a test FAILS (never skips) where they cannot be made."""
+    """The hosts, with this thread on host ``inside``."""
+    _require_namespaces()
     try:
         hosts = Hosts(names).create()
     except HostsUnavailable as exc:
@@ -378,6 +387,7 @@ def _root_links() -> set[str]:
 
 
 def test_hosts_reach_each_other_and_nothing_else_and_leave_nothing_behind() -> None:
+    _require_namespaces()
     root_links = _root_links()
     with _hosts(["a", "b"], inside=None) as hosts:
         assert _root_links() == root_links, "the root namespace got an interface"
