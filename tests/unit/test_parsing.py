@@ -162,19 +162,19 @@ def test_float_literal_overflowing_to_infinity_is_rejected(literal: str) -> None
     ],
     ids=["lone-surrogate-station-id", "lone-surrogate-in-record"],
 )
-def test_lone_surrogate_escape_is_rejected_or_storable(value: bytes) -> None:
-    """A ``\\uD800`` escape is valid JSON syntax but not a valid Unicode string.
+def test_lone_surrogate_escape_is_rejected(value: bytes) -> None:
+    """A ``\\uD800`` escape is valid JSON syntax but not a valid Unicode string: it could never be
+    stored as UTF-8, so the message is rejected (quarantined) with a reason that says so."""
+    reason = reason_of(value)
+    assert reason.startswith("invalid JSON: ")
+    assert "surrogate" in reason  # orjson: "str is not valid UTF-8: surrogates not allowed"
 
-    The store serialises station ids and records with orjson; whatever parse_stations returns must
-    survive that, otherwise the message is not quarantined and the write fails later instead.
-    """
-    try:
-        pairs = parse(value)
-    except BadMessage:
-        return
-    for sid, record in pairs:
-        orjson.dumps(sid)
-        orjson.dumps(record)
+
+def test_paired_surrogate_escape_is_accepted_and_decoded() -> None:
+    """The check is for unpaired escapes only: a pair is one code point and passes unchanged."""
+    pairs = parse(rb'{"stationData":[{"stationId":"s1","note":"\ud83d\ude00"}]}')
+    assert pairs == [("s1", {"stationId": "s1", "note": "\U0001f600"})]
+    assert orjson.loads(orjson.dumps(pairs[0][1])) == {"stationId": "s1", "note": "\U0001f600"}
 
 
 # -- wrong shapes ------------------------------------------------------------------------------------
