@@ -1,0 +1,115 @@
+"""ack_upload.lua through BatchStore.ack_upload: the upload succeeded; the batch is marked uploaded
+and every key of it gets the same TTL."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchfleet.models import Claim
+from tests.contract.harness import BATCH, Case, Ctx, Seen, claimed, open_batch, record, run_case, taken_over
+
+SCRIPT = "ack_upload"
+RETENTION_S = 3600
+RECENT_KEPT = 100
+
+
+async def ack(ctx: Ctx, claim: Claim) -> int | None:
+    return await ctx.store.ack_upload(claim, retention_s=RETENTION_S, upload_ms=12.5)
+
+
+async def frozen_claim(ctx: Ctx) -> Claim:
+    """Past its deadline with one outcome, claimed, payload frozen: every key but the late hash."""
+    await open_batch(ctx, "s1", "s2", timeout_s=0)
+    await record(ctx, "s1")
+    claim = await ctx.store.claim(BATCH, 60_000)
+    assert claim is not None
+    assert await ctx.store.freeze_payload(claim, b"body") is not None
+    return claim
+
+
+async def then_uploaded(ctx: Ctx, seen: Seen) -> None:
+    uploaded_ms = seen.int(1)
+    assert seen.reply == [b"uploaded", uploaded_ms]
+    assert seen.t0 <= uploaded_ms <= seen.t1
+    assert seen.result == uploaded_ms
+    meta = await ctx.meta(BATCH)
+    assert (meta["state"], meta["uploaded_ms"], meta["upload_ms"]) == ("uploaded", str(uploaded_ms), "12.5")
+    assert await ctx.zscore(ctx.keys.leases, BATCH) is None
+    for key in ctx.keys.batch_keys(BATCH):
+        ttl = int(await ctx.redis.ttl(key))
+        assert ttl == -2 or RETENTION_S - 5 <= ttl <= RETENTION_S, (key, ttl)  # -2: a key the batch never had
+    assert [await ctx.exists(k) for k in ctx.keys.batch_keys(BATCH)] == [True, True, True, False, True]  # no late hash
+    assert await ctx.redis.lrange(ctx.keys.recent, 0, -1) == [BATCH.encode()]
+    stats = await ctx.stats()
+    assert (stats["batches_uploaded"], stats["batches_deadline"]) == (1, 1)
+
+
+async def acked_before(ctx: Ctx) -> tuple[Claim, int]:
+    claim = await frozen_claim(ctx)
+    first = await ack(ctx, claim)
+    assert first is not None
+    return claim, first
+
+
+async def ack_again(ctx: Ctx, given: tuple[Claim, int]) -> int | None:
+    return await ack(ctx, given[0])
+
+
+async def then_uploaded_again(ctx: Ctx, seen: Seen) -> None:
+    _, first_ms = seen.given
+    assert seen.reply == [b"uploaded", first_ms]  # the first ack's time
+    assert seen.result == first_ms
+    assert (await ctx.meta(BATCH))["uploaded_ms"] == str(first_ms)
+    assert await ctx.redis.lrange(ctx.keys.recent, 0, -1) == [BATCH.encode()]  # changes nothing
+    assert (await ctx.stats())["batches_uploaded"] == 1
+
+
+async def full_recent_list(ctx: Ctx) -> Claim:
+    claim = await frozen_claim(ctx)
+    await ctx.redis.rpush(ctx.keys.recent, *[f"old:0:{i}" for i in range(RECENT_KEPT)])
+    return claim
+
+
+async def then_recent_capped(ctx: Ctx, seen: Seen) -> None:
+    assert seen.kind() == "uploaded"
+    assert await ctx.redis.llen(ctx.keys.recent) == RECENT_KEPT
+    assert await ctx.redis.lindex(ctx.keys.recent, 0) == BATCH.encode()
+    assert await ctx.redis.lindex(ctx.keys.recent, -1) == f"old:0:{RECENT_KEPT - 2}".encode()
+
+
+async def then_fenced(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"fenced", b"2"]  # the current owner's token
+    assert seen.result is None
+    meta = await ctx.meta(BATCH)
+    assert meta["state"] == "finalized" and "uploaded_ms" not in meta
+    assert await ctx.zscore(ctx.keys.leases, BATCH) is not None  # the new owner's lease stays
+    assert await ctx.pttl(ctx.keys.batch(BATCH)) == -1
+    assert not await ctx.exists(ctx.keys.recent)
+    assert "batches_uploaded" not in await ctx.stats()
+
+
+async def batch_expired(ctx: Ctx) -> Claim:
+    claim = await claimed(ctx)
+    await ctx.redis.delete(*ctx.keys.batch_keys(BATCH))
+    return claim
+
+
+async def then_fenced_no_owner(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"fenced", b""]
+    assert seen.result is None
+    assert not await ctx.exists(ctx.keys.batch(BATCH))  # not re-created
+    assert not await ctx.exists(ctx.keys.recent)
+
+
+CASES = [
+    Case("uploaded", "marked-uploaded-keys-expire-recent-stats", frozen_claim, ack, then_uploaded),
+    Case("uploaded", "acked-again-returns-first-ack-time", acked_before, ack_again, then_uploaded_again),
+    Case("uploaded", "recent-list-keeps-newest-100", full_recent_list, ack, then_recent_capped),
+    Case("fenced", "lease-taken-over", taken_over, ack, then_fenced),
+    Case("fenced", "batch-expired", batch_expired, ack, then_fenced_no_owner),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+async def test_ack_upload(ctx: Ctx, case: Case) -> None:
+    await run_case(ctx, SCRIPT, case)

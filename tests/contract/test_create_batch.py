@@ -1,0 +1,135 @@
+"""create_batch.lua through BatchStore.create_batch: Kafka messages -> one open batch, its station
+jobs and the partitions' next offsets, atomically (or nothing at all)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from batchfleet.errors import StaleOffsetError
+from batchfleet.keys import job_id_for
+from batchfleet.models import PartitionRange
+from tests.contract.harness import BATCH, Case, Ctx, Seen, nothing, open_batch, run_case, spec
+
+SCRIPT = "create_batch"
+QUEUE_LAG_MS = 600_000  # jobs are scored 10 minutes in the past (workers with a lagging clock)
+INDEX_CAP = 100_000
+
+
+async def create(ctx: Ctx, given: Any) -> Any:
+    return await ctx.store.create_batch(spec("s1", "s2", timeout_s=30, queue_boost_s=5))
+
+
+async def create_catching_stale(ctx: Ctx, given: Any) -> Any:
+    with pytest.raises(StaleOffsetError) as info:
+        await create(ctx, given)
+    return info.value
+
+
+async def assert_created(ctx: Ctx, seen: Seen) -> None:
+    now_ms, deadline_ms = seen.int(1), seen.int(2)
+    assert seen.t0 <= now_ms <= seen.t1
+    assert deadline_ms == now_ms + 30_000
+    assert seen.result == (True, now_ms)
+    meta = await ctx.meta(BATCH)
+    assert {k: meta[k] for k in ("state", "created_ms", "deadline_ms", "expected", "late")} == {
+        "state": "open",
+        "created_ms": str(now_ms),
+        "deadline_ms": str(deadline_ms),
+        "expected": "2",
+        "late": "0",
+    }
+    assert meta["topic"] == "T" and meta["timeout_ms"] == "30000" and meta["source"] == "0@10-11"
+    assert await ctx.hash(ctx.keys.inputs(BATCH)) == {"s1": "", "s2": ""}
+    assert await ctx.zset(ctx.keys.due) == {BATCH: deadline_ms}
+    assert await ctx.zset(ctx.keys.batches) == {BATCH: now_ms}
+    assert await ctx.hash(ctx.keys.offsets) == {"T:0": "12"}
+    assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2}
+
+
+async def then_created(ctx: Ctx, seen: Seen) -> None:
+    await assert_created(ctx, seen)
+    now_ms, deadline_ms = seen.int(1), seen.int(2)
+    score = now_ms - QUEUE_LAG_MS - 5_000
+    assert await ctx.zset(ctx.store.queue_name) == {job_id_for(BATCH, "s1"): score, job_id_for(BATCH, "s2"): score}
+    for i, station in enumerate(("s1", "s2")):
+        job = orjson.loads(await ctx.redis.get(ctx.keys.job(BATCH, station)))
+        assert job["f"] == "run_station"
+        assert job["a"] == [[{"stationId": station, "v": i}], 30_000, deadline_ms]  # deadline appended in Redis time
+        assert 0 < await ctx.pttl(ctx.keys.job(BATCH, station)) <= 30_000 + 60_000
+
+
+async def existing_job(ctx: Ctx) -> None:
+    await ctx.redis.set(ctx.keys.job(BATCH, "s1"), b"an earlier job")
+
+
+async def then_job_kept(ctx: Ctx, seen: Seen) -> None:
+    await assert_created(ctx, seen)
+    assert await ctx.redis.get(ctx.keys.job(BATCH, "s1")) == b"an earlier job"
+    assert list(await ctx.zset(ctx.store.queue_name)) == [job_id_for(BATCH, "s2")]
+
+
+async def offset_at_first(ctx: Ctx) -> None:
+    await ctx.redis.hset(ctx.keys.offsets, "T:0", 10)
+
+
+async def full_index(ctx: Ctx) -> None:
+    for start in range(0, INDEX_CAP, 10_000):
+        await ctx.redis.zadd(ctx.keys.batches, {f"old:0:{i}": i for i in range(start, start + 10_000)})
+
+
+async def then_index_capped(ctx: Ctx, seen: Seen) -> None:
+    assert seen.result == (True, seen.int(1))
+    assert (await ctx.meta(BATCH))["state"] == "open"
+    assert await ctx.redis.zcard(ctx.keys.batches) == INDEX_CAP
+    assert await ctx.zscore(ctx.keys.batches, "old:0:0") is None  # the oldest entry made room
+    assert await ctx.zscore(ctx.keys.batches, BATCH) == seen.int(1)
+
+
+async def offsets_ahead(ctx: Ctx) -> None:
+    await ctx.redis.hset(ctx.keys.offsets, "T:0", 11)
+
+
+async def then_stale(ctx: Ctx, seen: Seen) -> None:
+    assert [seen.kind(), seen.text(1), seen.int(2)] == ["stale", "T:0", 11]
+    assert (seen.result.partition_field, seen.result.stored_offset) == ("T:0", 11)
+    assert sorted(await ctx.redis.keys("*")) == [ctx.keys.offsets.encode()]  # nothing written
+    assert await ctx.hash(ctx.keys.offsets) == {"T:0": "11"}
+
+
+async def created_before(ctx: Ctx) -> int:
+    await open_batch(ctx, "s1", "s2", ranges=[])
+    return int((await ctx.meta(BATCH))["created_ms"])
+
+
+async def create_again_with_fresh_offsets(ctx: Ctx, given: Any) -> Any:
+    return await ctx.store.create_batch(spec("s1", "s2", "s3", ranges=[PartitionRange("T", 1, 5, 6)]))
+
+
+async def then_exists(ctx: Ctx, seen: Seen) -> None:
+    created_ms = seen.given
+    assert [seen.kind(), seen.int(1)] == ["exists", created_ms]
+    assert seen.result == (False, created_ms)
+    assert (await ctx.meta(BATCH))["expected"] == "2"  # nothing written
+    assert await ctx.hash(ctx.keys.inputs(BATCH)) == {"s1": "", "s2": ""}
+    assert not await ctx.exists(ctx.keys.job(BATCH, "s3"))
+    assert await ctx.redis.zcard(ctx.store.queue_name) == 2
+    assert not await ctx.exists(ctx.keys.offsets)
+    assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2}
+
+
+CASES = [
+    Case("created", "batch-jobs-queue-offsets-due-index-stats", nothing, create, then_created),
+    Case("created", "existing-job-key-neither-overwritten-nor-queued", existing_job, create, then_job_kept),
+    Case("created", "stored-offset-equal-to-first-is-not-stale", offset_at_first, create, then_created),
+    Case("created", "index-capped-at-newest-100000", full_index, create, then_index_capped),
+    Case("stale", "offsets-already-ingested-nothing-written", offsets_ahead, create_catching_stale, then_stale),
+    Case("exists", "same-batch-again-nothing-written", created_before, create_again_with_fresh_offsets, then_exists),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+async def test_create_batch(ctx: Ctx, case: Case) -> None:
+    await run_case(ctx, SCRIPT, case)

@@ -1,0 +1,209 @@
+"""record_outcome.lua through BatchStore.record_outcome: one station's outcome, recorded at most
+once (first wins); completion and quorum make the batch due."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from batchfleet.models import RecordResult
+from tests.contract.harness import (
+    BATCH,
+    Case,
+    Ctx,
+    Seen,
+    claimed,
+    nothing,
+    open_batch,
+    outcome,
+    record,
+    run_case,
+)
+
+SCRIPT = "record_outcome"
+WAKE_UPS_KEPT = 100
+
+
+def record_station(station: str, status: str = "ok", **fields: Any) -> Any:
+    async def when(ctx: Ctx, given: Any) -> RecordResult:
+        return await ctx.store.record_outcome(BATCH, station, outcome(status, **fields))
+
+    when.__name__ = f"record_{station}_{status}"
+    return when
+
+
+async def two_open(ctx: Ctx) -> int:
+    await open_batch(ctx, "s1", "s2")
+    return int((await ctx.meta(BATCH))["deadline_ms"])
+
+
+async def then_recorded(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"recorded", 1, 2]
+    assert seen.result == RecordResult("recorded", 1, 2)
+    stored = await ctx.hash(ctx.keys.outcomes(BATCH))
+    assert list(stored) == ["s1"] and orjson.loads(stored["s1"])["status"] == "failed"
+    assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2, "stations_failed": 1}
+    assert await ctx.zscore(ctx.keys.due, BATCH) == seen.given  # still due at its deadline
+    assert await ctx.redis.llen(ctx.keys.ready) == 0
+
+
+async def one_of_two_recorded(ctx: Ctx) -> None:
+    await open_batch(ctx, "s1", "s2")
+    await record(ctx, "s1")
+
+
+async def then_complete(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"complete", 2, 2]
+    assert seen.result == RecordResult("complete", 2, 2)
+    assert set(await ctx.hash(ctx.keys.outcomes(BATCH))) == {"s1", "s2"}
+    assert await ctx.zscore(ctx.keys.due, BATCH) == 0  # due now
+    assert await ctx.redis.lrange(ctx.keys.ready, 0, -1) == [BATCH.encode()]  # wake-up pushed
+    assert (await ctx.stats())["stations_empty"] == 1
+    assert (await ctx.meta(BATCH))["state"] == "open"  # the aggregator's claim finalizes it
+
+
+async def full_wake_up_list(ctx: Ctx) -> None:
+    await one_of_two_recorded(ctx)
+    await ctx.redis.rpush(ctx.keys.ready, *[f"old:0:{i}" for i in range(WAKE_UPS_KEPT)])
+
+
+async def then_wake_ups_capped(ctx: Ctx, seen: Seen) -> None:
+    assert seen.result == RecordResult("complete", 2, 2)
+    assert await ctx.redis.llen(ctx.keys.ready) == WAKE_UPS_KEPT
+    assert await ctx.redis.lindex(ctx.keys.ready, 0) == BATCH.encode()
+
+
+def quorum_batch(grace_s: float, timeout_s: float = 60) -> Any:
+    """Three stations, quorum 2, s1 recorded: the next one reaches the quorum."""
+
+    async def given(ctx: Ctx) -> int:
+        await open_batch(ctx, "s1", "s2", "s3", quorum_needed=2, quorum_grace_s=grace_s, timeout_s=timeout_s)
+        await record(ctx, "s1")
+        return int((await ctx.meta(BATCH))["deadline_ms"])
+
+    given.__name__ = f"quorum_batch_grace_{grace_s}"
+    return given
+
+
+async def assert_quorum(ctx: Ctx, seen: Seen) -> int:
+    assert seen.reply == [b"quorum", 2, 3]
+    assert seen.result == RecordResult("quorum", 2, 3)
+    quorum_ms = int((await ctx.meta(BATCH))["quorum_ms"])
+    assert seen.t0 <= quorum_ms <= seen.t1
+    return quorum_ms
+
+
+async def then_quorum_with_grace(ctx: Ctx, seen: Seen) -> None:
+    quorum_ms = await assert_quorum(ctx, seen)
+    assert await ctx.zscore(ctx.keys.due, BATCH) == quorum_ms + 5_000
+    assert await ctx.redis.llen(ctx.keys.ready) == 0  # the grace period runs first
+
+
+async def then_quorum_now(ctx: Ctx, seen: Seen) -> None:
+    quorum_ms = await assert_quorum(ctx, seen)
+    assert await ctx.zscore(ctx.keys.due, BATCH) == quorum_ms
+    assert await ctx.redis.lrange(ctx.keys.ready, 0, -1) == [BATCH.encode()]
+
+
+async def then_due_at_deadline(ctx: Ctx, seen: Seen) -> None:
+    await assert_quorum(ctx, seen)
+    assert await ctx.zscore(ctx.keys.due, BATCH) == seen.given  # grace ends after the deadline: the deadline stays
+
+
+async def quorum_reached(ctx: Ctx) -> str:
+    await open_batch(ctx, "s1", "s2", "s3", "s4", quorum_needed=2, quorum_grace_s=5)
+    await record(ctx, "s1", "s2")
+    return (await ctx.meta(BATCH))["quorum_ms"]
+
+
+async def then_quorum_kept(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"recorded", 3, 4]
+    meta = await ctx.meta(BATCH)
+    assert meta["quorum_ms"] == seen.given  # the quorum time (and so the due time) does not move
+    assert await ctx.zscore(ctx.keys.due, BATCH) == int(seen.given) + 5_000
+
+
+async def s1_recorded(ctx: Ctx) -> bytes:
+    await open_batch(ctx, "s1", "s2")
+    await record(ctx, "s1")
+    return bytes(await ctx.redis.hget(ctx.keys.outcomes(BATCH), "s1"))
+
+
+async def then_duplicate(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"duplicate", 1, 2]
+    assert seen.result == RecordResult("duplicate", 1, 2)
+    assert await ctx.redis.hget(ctx.keys.outcomes(BATCH), "s1") == seen.given  # first wins
+    stats = await ctx.stats()
+    assert stats["duplicate_results"] == 1 and stats["stations_ok"] == 1 and "stations_failed" not in stats
+
+
+async def finalized_dropping_late(ctx: Ctx) -> None:
+    await claimed(ctx, "s1", "s2")
+
+
+async def then_late_dropped(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"late", 0, 2]
+    assert seen.result == RecordResult("late", 0, 2)
+    meta = await ctx.meta(BATCH)
+    assert meta["late"] == "1" and meta["state"] == "finalized"
+    assert not await ctx.exists(ctx.keys.outcomes(BATCH))
+    assert not await ctx.exists(ctx.keys.late(BATCH))  # late_policy drop: counted, not kept
+    assert (await ctx.stats())["late_results"] == 1
+
+
+async def finalized_recording_late(ctx: Ctx) -> None:
+    await claimed(ctx, "s1", "s2", late_policy="record")
+
+
+async def then_late_kept(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"late", 0, 2]
+    assert (await ctx.meta(BATCH))["late"] == "1"
+    assert list(await ctx.hash(ctx.keys.late(BATCH))) == ["s1"]
+    assert await ctx.pttl(ctx.keys.late(BATCH)) == -1  # the batch has no TTL yet: neither has its late hash
+
+
+async def uploaded_late_record(ctx: Ctx) -> None:
+    claim = await claimed(ctx, "s1", "s2", late_policy="record")
+    assert await ctx.store.ack_upload(claim, retention_s=3600, upload_ms=1.0) is not None
+
+
+async def then_late_expires(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"late", 0, 2]
+    late_ttl, meta_ttl = await ctx.pttl(ctx.keys.late(BATCH)), await ctx.pttl(ctx.keys.batch(BATCH))
+    assert late_ttl > 0 and abs(late_ttl - meta_ttl) <= 50  # expires when the batch does
+
+
+async def then_unknown_batch(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"unknown", 0, 0]
+    assert seen.result == RecordResult("unknown", 0, 0)
+    assert await ctx.redis.keys("*") == []  # nothing written, nothing counted
+
+
+async def then_unknown_station(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"unknown", 0, 0]
+    assert not await ctx.exists(ctx.keys.outcomes(BATCH))
+    assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2}
+
+
+CASES = [
+    Case("recorded", "first-outcome-batch-still-open", two_open, record_station("s1", "failed"), then_recorded),
+    Case("complete", "last-station-due-now-wake-up", one_of_two_recorded, record_station("s2", "empty"), then_complete),
+    Case("complete", "wake-up-list-keeps-newest-100", full_wake_up_list, record_station("s2"), then_wake_ups_capped),
+    Case("quorum", "due-after-grace", quorum_batch(5), record_station("s2"), then_quorum_with_grace),
+    Case("quorum", "no-grace-due-now-wake-up", quorum_batch(0), record_station("s2"), then_quorum_now),
+    Case("quorum", "grace-never-past-deadline", quorum_batch(60, timeout_s=1), record_station("s2"), then_due_at_deadline),
+    Case("recorded", "after-quorum-due-unchanged", quorum_reached, record_station("s3"), then_quorum_kept),
+    Case("duplicate", "first-outcome-wins", s1_recorded, record_station("s1", "failed"), then_duplicate),
+    Case("late", "finalized-late-policy-drop", finalized_dropping_late, record_station("s1"), then_late_dropped),
+    Case("late", "finalized-late-policy-record", finalized_recording_late, record_station("s1"), then_late_kept),
+    Case("late", "uploaded-late-hash-expires-with-batch", uploaded_late_record, record_station("s1"), then_late_expires),
+    Case("unknown", "no-such-batch", nothing, record_station("s1"), then_unknown_batch),
+    Case("unknown", "station-not-expected", two_open, record_station("s9"), then_unknown_station),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+async def test_record_outcome(ctx: Ctx, case: Case) -> None:
+    await run_case(ctx, SCRIPT, case)
