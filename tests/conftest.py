@@ -1,7 +1,8 @@
 """Shared fixtures: a real Kafka-protocol broker per session, a real redis-server per test, and a
 real 3-primary Redis Cluster per session (tests on it are isolated by their own key prefix).
 
-Nothing here skips: a missing binary is a hard error, under CI and locally alike.
+Nothing here skips: a missing binary is a hard error, under CI and locally alike.  The run fails when
+a test leaves a process it started alive, or a file in the temporary directory (tests/leaks.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,40 @@ from batchfleet.store import BatchStore
 from batchfleet_dev.cluster import RedisCluster
 from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics
 from tests.integration.fleet import TEST_SHARDS, RedisTarget
+from tests.leaks import RunGuard
 
 _topic_counter = itertools.count()
 _prefix_counter = itertools.count()
+_GUARD = pytest.StashKey[RunGuard]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_GUARD] = RunGuard.start()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Set up first, so torn down last: after every other fixture of the session has stopped."""
+    yield
+    guard = request.config.stash[_GUARD]
+    problems = guard.leftovers()
+    if problems:
+        guard.keep = True
+        guard.stop_leftover_processes()
+        pytest.fail("the tests left behind:\n  " + "\n  ".join(problems), pytrace=False)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the run's temporary directory (kept, and named, when something failed)."""
+    guard = session.config.stash.get(_GUARD, None)
+    if guard is None:
+        return
+    keep = guard.keep or exitstatus != pytest.ExitCode.OK
+    guard.finish(keep=keep)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if keep and reporter is not None:
+        reporter.write_line(f"temporary files of this run kept in {guard.tempdir}")
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +62,7 @@ def broker() -> Iterator[KafkaBroker]:
 
 
 @pytest.fixture
-def redis_server(tmp_path: object) -> Iterator[RedisServer]:
+def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.stop()

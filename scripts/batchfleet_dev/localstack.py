@@ -69,15 +69,28 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeo
         proc.wait()
 
 
+_OWN_DIRECTORIES: set[Path] = set()
+
+
+def _own_directory() -> Path:
+    """A temporary directory for one RedisServer, removed again by its ``stop()``."""
+    path = Path(tempfile.mkdtemp(prefix="batchfleet-redis-"))
+    _OWN_DIRECTORIES.add(path)
+    return path
+
+
 @dataclass
 class RedisServer:
     """One redis-server process; AOF on when ``appendonly`` (for restart tests).
 
     ``host`` is the address it binds and is reached at; ``prefix`` goes before the command (e.g.
-    ``ip netns exec NS`` to run it in a network namespace, see batchfleet_dev.hosts)."""
+    ``ip netns exec NS`` to run it in a network namespace, see batchfleet_dev.hosts).  Without a
+    ``directory`` it works in a temporary one of its own, which ``stop()`` removes (a
+    directory given by the caller is the caller's to keep or remove; ``kill()`` keeps either, so a
+    restart finds its AOF)."""
 
     port: int = field(default_factory=free_port)
-    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="batchfleet-redis-")))
+    directory: Path = field(default_factory=_own_directory)
     appendonly: bool = False
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
@@ -109,6 +122,7 @@ class RedisServer:
         ]
 
     def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             *self.prefix,
             find_redis_server(),
@@ -164,6 +178,8 @@ class RedisServer:
 
     def stop(self) -> None:
         _stop(self.proc)
+        if self.directory in _OWN_DIRECTORIES:
+            shutil.rmtree(self.directory, ignore_errors=True)  # start() makes it again
 
     def restart(self) -> None:
         self.kill()
