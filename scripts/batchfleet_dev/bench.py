@@ -612,7 +612,7 @@ async def _enqueue_raw(url: str, jobs: int, queue: str, topic: str) -> float:
             await pool.enqueue_job(STATION_JOB, batch, station, _job_id=f"{{{batch}}}:{station}")
         return time.perf_counter() - started
     finally:
-        await pool.aclose()
+        await pool.aclose(close_connection_pool=True)  # a pool passed in is not closed by default
 
 
 async def _drain(run: Run, jobs: int) -> list[tuple[float, float]]:
