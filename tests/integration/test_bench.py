@@ -102,6 +102,7 @@ def test_helpers() -> None:
     assert sustained_rate(samples, 100) == pytest.approx(10.0)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_bench_reports_every_figure(broker: KafkaBroker, tmp_path: Path) -> None:
     report = await run_bench(tiny(), broker=broker, workdir=tmp_path)

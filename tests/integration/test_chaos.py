@@ -16,6 +16,7 @@ from batchfleet_dev.chaos import ChaosConfig, Produced, Violations, account, bat
 from batchfleet_dev.localstack import KafkaBroker
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_chaos_run_accounts_for_every_record(broker: KafkaBroker, tmp_path: Path) -> None:
     lines: list[str] = []

@@ -39,6 +39,7 @@ async def _running(store: BatchStore, station: str) -> bool:
     return any(station in job for info in live.values() for job in info.get("running", []))
 
 
+@pytest.mark.slow
 async def test_sigkilled_worker_station_is_rerun_and_recorded_once(
     broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
@@ -67,6 +68,7 @@ async def test_sigkilled_worker_station_is_rerun_and_recorded_once(
     assert rerun_after_s < 8.0 + 5 + 10 + 6 + 3
 
 
+@pytest.mark.slow
 async def test_station_that_crashes_the_worker_is_given_up(
     broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
@@ -93,6 +95,7 @@ async def test_station_that_crashes_the_worker_is_given_up(
     assert crashes == 2
 
 
+@pytest.mark.slow
 async def test_sigterm_worker_finishes_its_station_first(
     broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
@@ -212,6 +215,7 @@ async def test_redis_kill_and_restart_with_aof_loses_nothing(broker: KafkaBroker
     assert all(all(b == bodies[0] for b in bodies) for bodies in by_id.values())
 
 
+@pytest.mark.slow
 async def test_dispatcher_killed_repeatedly_ingests_every_message_exactly_once(
     broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
 ) -> None:

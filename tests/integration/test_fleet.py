@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 from batchfleet.store import BatchStore
@@ -83,6 +84,7 @@ async def test_two_dispatchers_split_partitions_and_batch_each_message_once(
     assert assignments[0].isdisjoint(assignments[1]) and assignments[0] | assignments[1] == {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 async def test_redelivered_messages_make_no_second_batch(
     broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
@@ -145,6 +147,7 @@ async def test_upload_budget_exhausted_goes_to_dead_letter_set(
     assert await store.redis.ttl(store.keys.batch(f"{topic}:0:0")) == -1  # kept until replayed
 
 
+@pytest.mark.slow
 async def test_kafka_uploader_produces_keyed_by_batch_id(
     broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic
 ) -> None:

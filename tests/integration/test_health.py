@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from batchfleet.store import BatchStore
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration.fleet import REPO, Proc, make_settings, settings_env, wait_until
@@ -18,6 +20,7 @@ def _health(role: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 async def test_health_follows_the_process_heartbeat(
     broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
 ) -> None:

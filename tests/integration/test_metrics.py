@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batchfleet.store import BatchStore
@@ -26,6 +27,7 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return sum(v for (n, lbl), v in samples.items() if n == name and want <= set(lbl))
 
 
+@pytest.mark.slow
 async def test_metrics_endpoints_count_what_the_test_produced(
     broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from batchfleet.ops import STAT_COUNTERS
 from batchfleet.store import BatchStore
@@ -25,6 +26,7 @@ async def cli(env: dict[str, str], *args: str) -> Any:
     return orjson.loads(done.stdout) if "--json" in args else done.stdout
 
 
+@pytest.mark.slow
 async def test_status_and_inspect_match_redis(
     broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
 ) -> None:

@@ -6,6 +6,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchfleet.store import BatchStore
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration import processors
@@ -199,6 +201,7 @@ def _json(raw: bytes) -> Any:
     return orjson.loads(raw)
 
 
+@pytest.mark.slow
 async def test_uploaded_batch_expires_after_retention_and_leaves_no_keys(
     broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
 ) -> None:

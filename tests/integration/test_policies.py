@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from batchfleet.settings import PriorityLevel
@@ -66,6 +67,7 @@ async def test_quorum_with_no_grace_finalizes_at_once(
     assert int(meta["finalized_ms"]) - int(meta["quorum_ms"]) < 200
 
 
+@pytest.mark.slow
 async def test_high_priority_batch_meets_its_deadline_under_a_normal_flood(
     broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
 ) -> None:

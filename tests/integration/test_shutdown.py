@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from batchfleet.store import BatchStore
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
@@ -39,6 +40,7 @@ async def test_sigterm_aggregator_mid_upload_finishes_it(
     assert counts["open"] == 0 and counts["leased"] == 0  # no claimed-but-abandoned batch
 
 
+@pytest.mark.slow
 async def test_sigterm_dispatcher_commits_and_loses_nothing(
     broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
 ) -> None:
