@@ -47,10 +47,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     guard = session.config.stash.get(_GUARD, None)
     if guard is None:
         return
-    keep = guard.keep or exitstatus != pytest.ExitCode.OK
-    guard.finish(keep=keep)
+    kept = guard.finish(keep=guard.keep or exitstatus != pytest.ExitCode.OK)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if keep and reporter is not None:
+    if kept and reporter is not None:
         reporter.write_line(f"temporary files of this run kept in {guard.tempdir}")
 
 

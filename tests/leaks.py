@@ -77,16 +77,22 @@ class RunGuard:
                 found[int(entry.name)] = described
         return found
 
-    def finish(self, keep: bool) -> None:
-        """Restore the environment; remove the run's temporary directory unless ``keep``."""
+    def finish(self, keep: bool) -> bool:
+        """Restore the environment; remove the run's temporary directory unless ``keep`` and it
+        holds something (a failed test's tmp_path, a leftover).  True when it was kept."""
         os.environ.pop(MARK, None)
         if self.previous_tempdir is None:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = self.previous_tempdir
         tempfile.tempdir = None
-        if not keep:
-            shutil.rmtree(self.tempdir, ignore_errors=True)
+        return self.remove_tempdir(keep)
+
+    def remove_tempdir(self, keep: bool) -> bool:
+        if keep and any(self.tempdir.iterdir()):
+            return True
+        shutil.rmtree(self.tempdir, ignore_errors=True)
+        return False
 
 
 def _describe(entry: Path, run_pid: int, needle: bytes) -> str | None:

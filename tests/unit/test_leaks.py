@@ -57,3 +57,15 @@ def test_leftover_processes_are_stopped(tmp_path: Path) -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     g.stop_leftover_processes()
     assert child.wait(10) == -signal.SIGKILL
+
+
+def test_the_run_temp_dir_is_removed_unless_kept_with_something_in_it(tmp_path: Path) -> None:
+    empty, full, passed = tmp_path / "empty", tmp_path / "full", tmp_path / "passed"
+    for d in (empty, full, passed):
+        d.mkdir()
+    (full / "pytest-of-someone").mkdir()
+    (passed / "pytest-of-someone").mkdir()
+    assert guard(empty).remove_tempdir(keep=True) is False  # nothing worth keeping
+    assert guard(full).remove_tempdir(keep=True) is True  # a failed run's files
+    assert guard(passed).remove_tempdir(keep=False) is False
+    assert [empty.exists(), full.exists(), passed.exists()] == [False, True, False]
