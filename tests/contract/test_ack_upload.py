@@ -11,6 +11,8 @@ from tests.contract.harness import BATCH, Case, Ctx, Seen, claimed, open_batch, 
 SCRIPT = "ack_upload"
 RETENTION_S = 3600
 RECENT_KEPT = 100
+SLOT_MS, SLOTS = 10_000, 360  # bf:rates: a ring of one hour in 10-s slots of Redis time
+COUNTS = {"ok": 3, "failed": 1, "empty": 0, "missing": 2}
 
 
 async def ack(ctx: Ctx, claim: Claim) -> int | None:
@@ -40,6 +42,7 @@ async def then_uploaded(ctx: Ctx, seen: Seen) -> None:
         assert ttl == -2 or RETENTION_S - 5 <= ttl <= RETENTION_S, (key, ttl)  # -2: a key the batch never had
     assert [await ctx.exists(k) for k in ctx.keys.batch_keys(BATCH)] == [True, True, True, False, True]  # no late hash
     assert await ctx.redis.lrange(ctx.keys.recent, 0, -1) == [BATCH.encode()]
+    assert "uploaded_by" not in meta and not await ctx.exists(ctx.keys.rates)  # neither given
     stats = await ctx.stats()
     assert (stats["batches_uploaded"], stats["batches_deadline"]) == (1, 1)
 
@@ -101,10 +104,90 @@ async def then_fenced_no_owner(ctx: Ctx, seen: Seen) -> None:
     assert not await ctx.exists(ctx.keys.recent)
 
 
+async def ack_counted(ctx: Ctx, claim: Claim) -> int | None:
+    return await ctx.store.ack_upload(claim, retention_s=RETENTION_S, upload_ms=12.5, uploaded_by="agg-1", counts=COUNTS)
+
+
+def position(now_ms: int) -> tuple[int, str]:
+    slot = now_ms // SLOT_MS
+    return slot, str(slot % SLOTS)
+
+
+async def ring(ctx: Ctx, pos: str) -> dict[str, int]:
+    raw = await ctx.hash(ctx.keys.rates)
+    return {name: int(raw[f"{pos}:{name}"]) for name in ("t", "batches", "ok", "failed", "empty", "missing")}
+
+
+async def then_counted(ctx: Ctx, seen: Seen) -> None:
+    assert seen.kind() == "uploaded" and seen.result == seen.int(1)
+    assert (await ctx.meta(BATCH))["uploaded_by"] == "agg-1"
+    slot, pos = position(seen.int(1))
+    assert await ring(ctx, pos) == {"t": slot, "batches": 1, **COUNTS}
+    assert len(await ctx.hash(ctx.keys.rates)) == 6  # one position written, nothing else
+
+
+async def ring_an_hour_old(ctx: Ctx) -> Claim:
+    """Every position last written an hour or more ago, with counts in it."""
+    claim = await frozen_claim(ctx)
+    old_slot = (await ctx.now_ms()) // SLOT_MS - SLOTS
+    ring_fields = {}
+    for p in range(SLOTS):
+        t = old_slot - (old_slot - p) % SLOTS  # the newest slot of position p that is at least an hour old
+        ring_fields |= {f"{p}:t": t, f"{p}:batches": 9, f"{p}:ok": 9, f"{p}:failed": 9, f"{p}:empty": 9, f"{p}:missing": 9}
+    await ctx.redis.hset(ctx.keys.rates, mapping=ring_fields)
+    return claim
+
+
+async def then_old_slot_reset(ctx: Ctx, seen: Seen) -> None:
+    slot, pos = position(seen.int(1))
+    assert await ring(ctx, pos) == {"t": slot, "batches": 1, **COUNTS}  # zeroed, then counted
+    other = str((int(pos) + 1) % SLOTS)
+    assert (await ring(ctx, other))["batches"] == 9  # other positions untouched
+
+
+async def ring_current(ctx: Ctx) -> Claim:
+    """Every position already holds the slot it will have for the coming hour, with counts in it."""
+    claim = await frozen_claim(ctx)
+    first = (await ctx.now_ms()) // SLOT_MS
+    ring_fields = {}
+    for s in range(first, first + SLOTS):
+        p = s % SLOTS
+        ring_fields |= {f"{p}:t": s, f"{p}:batches": 5, f"{p}:ok": 5, f"{p}:failed": 5, f"{p}:empty": 5, f"{p}:missing": 5}
+    await ctx.redis.hset(ctx.keys.rates, mapping=ring_fields)
+    return claim
+
+
+async def then_added_to_slot(ctx: Ctx, seen: Seen) -> None:
+    slot, pos = position(seen.int(1))
+    assert await ring(ctx, pos) == {"t": slot, "batches": 6, **{k: 5 + v for k, v in COUNTS.items()}}
+
+
+async def counted_before(ctx: Ctx) -> tuple[Claim, int]:
+    claim = await frozen_claim(ctx)
+    first = await ack_counted(ctx, claim)
+    assert first is not None
+    return claim, first
+
+
+async def ack_counted_again(ctx: Ctx, given: tuple[Claim, int]) -> int | None:
+    return await ack_counted(ctx, given[0])
+
+
+async def then_counted_once(ctx: Ctx, seen: Seen) -> None:
+    _, first_ms = seen.given
+    assert seen.reply == [b"uploaded", first_ms]
+    slot, pos = position(first_ms)
+    assert await ring(ctx, pos) == {"t": slot, "batches": 1, **COUNTS}  # a repeated ack adds nothing
+
+
 CASES = [
     Case("uploaded", "marked-uploaded-keys-expire-recent-stats", frozen_claim, ack, then_uploaded),
     Case("uploaded", "acked-again-returns-first-ack-time", acked_before, ack_again, then_uploaded_again),
     Case("uploaded", "recent-list-keeps-newest-100", full_recent_list, ack, then_recent_capped),
+    Case("uploaded", "uploaded-by-and-counts-in-rate-ring", frozen_claim, ack_counted, then_counted),
+    Case("uploaded", "rate-slot-an-hour-old-reset", ring_an_hour_old, ack_counted, then_old_slot_reset),
+    Case("uploaded", "rate-slot-current-added-to", ring_current, ack_counted, then_added_to_slot),
+    Case("uploaded", "acked-again-counted-once", counted_before, ack_counted_again, then_counted_once),
     Case("fenced", "lease-taken-over", taken_over, ack, then_fenced),
     Case("fenced", "batch-expired", batch_expired, ack, then_fenced_no_owner),
 ]
