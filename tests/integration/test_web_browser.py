@@ -7,6 +7,8 @@ as their own processes (as in production); the browser is Debian's chromium via 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -130,11 +132,17 @@ def _dead(procs: list[Proc]) -> bool:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    driver = chromium(1400, 1000)
+    # chromium leaves its singleton-socket folder (org.chromium.Chromium.*) in TMPDIR after quit():
+    # give it a TMPDIR of its own (short: the socket path must stay under 108 bytes) and remove it
+    scratch = Path(tempfile.mkdtemp(prefix="chromium-"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TMPDIR", str(scratch))  # inherited by chromedriver and the chromium it starts
+        driver = chromium(1400, 1000)
     try:
         yield driver
     finally:
         driver.quit()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _text(driver: WebDriver, element_id: str) -> str:
