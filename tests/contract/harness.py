@@ -28,6 +28,8 @@ from batchfleet.models import BatchSpec, Claim, Outcome, PartitionRange
 from batchfleet.store import BatchStore
 
 LUA_DIR = Path(batchfleet.__file__).with_name("lua")
+TOPIC = "T"
+BATCH = "T:0:10"  # the batch most cases use: topic T, partition 0, first offset 10
 UNTAGGED = "list"  # the branch name of a reply without a kind tag (claim_jobs: {job_id, score, ...})
 
 _HEADER = re.compile(r"--\[\[ (?P<name>\w+):(?P<body>.*?)\]\]", re.S)
@@ -119,6 +121,55 @@ class Ctx:
     def redis(self) -> Any:
         return self.store.redis
 
+    # the shard-wide keys of the shard that BATCH (topic T, partition 0) belongs to
+    @property
+    def shard(self) -> int:
+        return self.keys.shard_of_batch(BATCH)
+
+    @property
+    def due(self) -> str:
+        return self.keys.due(self.shard)
+
+    @property
+    def leases(self) -> str:
+        return self.keys.leases(self.shard)
+
+    @property
+    def ready(self) -> str:
+        return self.keys.ready(self.shard)
+
+    @property
+    def dead(self) -> str:
+        return self.keys.dead(self.shard)
+
+    @property
+    def recent(self) -> str:
+        return self.keys.recent(self.shard)
+
+    @property
+    def batches(self) -> str:
+        return self.keys.batches(self.shard)
+
+    @property
+    def fence(self) -> str:
+        return self.keys.fence(self.shard)
+
+    @property
+    def offsets(self) -> str:
+        return self.keys.offsets(self.shard)
+
+    @property
+    def rates(self) -> str:
+        return self.keys.rates(self.shard)
+
+    @property
+    def quarantine(self) -> str:
+        return self.keys.quarantine(self.shard)
+
+    @property
+    def queue(self) -> str:
+        return self.keys.queue(self.shard)
+
     async def now_ms(self) -> int:
         return await self.store.server_time_ms()
 
@@ -201,9 +252,6 @@ async def run_case(ctx: Ctx, script: str, case: Case) -> None:
 
 
 # -- arranging state ------------------------------------------------------------------------------
-
-TOPIC = "T"
-BATCH = "T:0:10"
 
 
 def spec(

@@ -36,13 +36,13 @@ async def then_uploaded(ctx: Ctx, seen: Seen) -> None:
     assert seen.result == uploaded_ms
     meta = await ctx.meta(BATCH)
     assert (meta["state"], meta["uploaded_ms"], meta["upload_ms"]) == ("uploaded", str(uploaded_ms), "12.5")
-    assert await ctx.zscore(ctx.keys.leases, BATCH) is None
+    assert await ctx.zscore(ctx.leases, BATCH) is None
     for key in ctx.keys.batch_keys(BATCH):
         ttl = int(await ctx.redis.ttl(key))
         assert ttl == -2 or RETENTION_S - 5 <= ttl <= RETENTION_S, (key, ttl)  # -2: a key the batch never had
     assert [await ctx.exists(k) for k in ctx.keys.batch_keys(BATCH)] == [True, True, True, False, True]  # no late hash
-    assert await ctx.redis.lrange(ctx.keys.recent, 0, -1) == [BATCH.encode()]
-    assert "uploaded_by" not in meta and not await ctx.exists(ctx.keys.rates)  # neither given
+    assert await ctx.redis.lrange(ctx.recent, 0, -1) == [BATCH.encode()]
+    assert "uploaded_by" not in meta and not await ctx.exists(ctx.rates)  # neither given
     stats = await ctx.stats()
     assert (stats["batches_uploaded"], stats["batches_deadline"]) == (1, 1)
 
@@ -63,21 +63,21 @@ async def then_uploaded_again(ctx: Ctx, seen: Seen) -> None:
     assert seen.reply == [b"uploaded", first_ms]  # the first ack's time
     assert seen.result == first_ms
     assert (await ctx.meta(BATCH))["uploaded_ms"] == str(first_ms)
-    assert await ctx.redis.lrange(ctx.keys.recent, 0, -1) == [BATCH.encode()]  # changes nothing
+    assert await ctx.redis.lrange(ctx.recent, 0, -1) == [BATCH.encode()]  # changes nothing
     assert (await ctx.stats())["batches_uploaded"] == 1
 
 
 async def full_recent_list(ctx: Ctx) -> Claim:
     claim = await frozen_claim(ctx)
-    await ctx.redis.rpush(ctx.keys.recent, *[f"old:0:{i}" for i in range(RECENT_KEPT)])
+    await ctx.redis.rpush(ctx.recent, *[f"old:0:{i}" for i in range(RECENT_KEPT)])
     return claim
 
 
 async def then_recent_capped(ctx: Ctx, seen: Seen) -> None:
     assert seen.kind() == "uploaded"
-    assert await ctx.redis.llen(ctx.keys.recent) == RECENT_KEPT
-    assert await ctx.redis.lindex(ctx.keys.recent, 0) == BATCH.encode()
-    assert await ctx.redis.lindex(ctx.keys.recent, -1) == f"old:0:{RECENT_KEPT - 2}".encode()
+    assert await ctx.redis.llen(ctx.recent) == RECENT_KEPT
+    assert await ctx.redis.lindex(ctx.recent, 0) == BATCH.encode()
+    assert await ctx.redis.lindex(ctx.recent, -1) == f"old:0:{RECENT_KEPT - 2}".encode()
 
 
 async def then_fenced(ctx: Ctx, seen: Seen) -> None:
@@ -85,9 +85,9 @@ async def then_fenced(ctx: Ctx, seen: Seen) -> None:
     assert seen.result is None
     meta = await ctx.meta(BATCH)
     assert meta["state"] == "finalized" and "uploaded_ms" not in meta
-    assert await ctx.zscore(ctx.keys.leases, BATCH) is not None  # the new owner's lease stays
+    assert await ctx.zscore(ctx.leases, BATCH) is not None  # the new owner's lease stays
     assert await ctx.pttl(ctx.keys.batch(BATCH)) == -1
-    assert not await ctx.exists(ctx.keys.recent)
+    assert not await ctx.exists(ctx.recent)
     assert "batches_uploaded" not in await ctx.stats()
 
 
@@ -101,7 +101,7 @@ async def then_fenced_no_owner(ctx: Ctx, seen: Seen) -> None:
     assert seen.reply == [b"fenced", b""]
     assert seen.result is None
     assert not await ctx.exists(ctx.keys.batch(BATCH))  # not re-created
-    assert not await ctx.exists(ctx.keys.recent)
+    assert not await ctx.exists(ctx.recent)
 
 
 async def ack_counted(ctx: Ctx, claim: Claim) -> int | None:
@@ -114,7 +114,7 @@ def position(now_ms: int) -> tuple[int, str]:
 
 
 async def ring(ctx: Ctx, pos: str) -> dict[str, int]:
-    raw = await ctx.hash(ctx.keys.rates)
+    raw = await ctx.hash(ctx.rates)
     return {name: int(raw[f"{pos}:{name}"]) for name in ("t", "batches", "ok", "failed", "empty", "missing")}
 
 
@@ -123,7 +123,7 @@ async def then_counted(ctx: Ctx, seen: Seen) -> None:
     assert (await ctx.meta(BATCH))["uploaded_by"] == "agg-1"
     slot, pos = position(seen.int(1))
     assert await ring(ctx, pos) == {"t": slot, "batches": 1, **COUNTS}
-    assert len(await ctx.hash(ctx.keys.rates)) == 6  # one position written, nothing else
+    assert len(await ctx.hash(ctx.rates)) == 6  # one position written, nothing else
 
 
 async def ring_an_hour_old(ctx: Ctx) -> Claim:
@@ -134,7 +134,7 @@ async def ring_an_hour_old(ctx: Ctx) -> Claim:
     for p in range(SLOTS):
         t = old_slot - (old_slot - p) % SLOTS  # the newest slot of position p that is at least an hour old
         ring_fields |= {f"{p}:t": t, f"{p}:batches": 9, f"{p}:ok": 9, f"{p}:failed": 9, f"{p}:empty": 9, f"{p}:missing": 9}
-    await ctx.redis.hset(ctx.keys.rates, mapping=ring_fields)
+    await ctx.redis.hset(ctx.rates, mapping=ring_fields)
     return claim
 
 
@@ -153,7 +153,7 @@ async def ring_current(ctx: Ctx) -> Claim:
     for s in range(first, first + SLOTS):
         p = s % SLOTS
         ring_fields |= {f"{p}:t": s, f"{p}:batches": 5, f"{p}:ok": 5, f"{p}:failed": 5, f"{p}:empty": 5, f"{p}:missing": 5}
-    await ctx.redis.hset(ctx.keys.rates, mapping=ring_fields)
+    await ctx.redis.hset(ctx.rates, mapping=ring_fields)
     return claim
 
 

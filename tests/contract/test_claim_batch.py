@@ -42,9 +42,9 @@ async def assert_claimed(ctx: Ctx, seen: Seen, *, reason: str, done: int, token:
     assert result.meta == meta  # the reply carries the meta as written
     assert (meta["state"], meta["reason"], meta["done"], meta["owner_token"]) == ("finalized", reason, str(done), str(token))
     assert result.stations == ["s1", "s2"]
-    assert await ctx.zscore(ctx.keys.due, BATCH) is None
-    assert await ctx.zscore(ctx.keys.leases, BATCH) == now_ms + LEASE_MS
-    assert await ctx.redis.get(ctx.keys.fence) == str(token).encode()
+    assert await ctx.zscore(ctx.due, BATCH) is None
+    assert await ctx.zscore(ctx.leases, BATCH) == now_ms + LEASE_MS
+    assert await ctx.redis.get(ctx.fence) == str(token).encode()
     return result
 
 
@@ -105,8 +105,8 @@ async def then_not_due_open(ctx: Ctx, seen: Seen) -> None:
     assert seen.result is None
     meta = await ctx.meta(BATCH)
     assert meta["state"] == "open" and "owner_token" not in meta
-    assert await ctx.zscore(ctx.keys.due, BATCH) == int(meta["deadline_ms"])
-    assert not await ctx.exists(ctx.keys.leases) and not await ctx.exists(ctx.keys.fence)
+    assert await ctx.zscore(ctx.due, BATCH) == int(meta["deadline_ms"])
+    assert not await ctx.exists(ctx.leases) and not await ctx.exists(ctx.fence)
 
 
 async def leased_to_another(ctx: Ctx) -> Claim:
@@ -117,14 +117,14 @@ async def then_not_due_leased(ctx: Ctx, seen: Seen) -> None:
     assert seen.reply == [b"not_due"]
     assert seen.result is None
     assert (await ctx.meta(BATCH))["owner_token"] == "1"
-    assert await ctx.zscore(ctx.keys.leases, BATCH) == seen.given.now_ms + 60_000
-    assert await ctx.redis.get(ctx.keys.fence) == b"1"
+    assert await ctx.zscore(ctx.leases, BATCH) == seen.given.now_ms + 60_000
+    assert await ctx.redis.get(ctx.fence) == b"1"
 
 
 async def index_without_batch(ctx: Ctx) -> None:
     """The batch expired, but the due and lease indexes still list it."""
-    await ctx.redis.zadd(ctx.keys.due, {BATCH: 0})
-    await ctx.redis.zadd(ctx.keys.leases, {BATCH: 0})
+    await ctx.redis.zadd(ctx.due, {BATCH: 0})
+    await ctx.redis.zadd(ctx.leases, {BATCH: 0})
 
 
 async def uploaded_still_indexed(ctx: Ctx) -> None:
@@ -141,14 +141,14 @@ def then_gone(state: str | None) -> Any:
     async def then(ctx: Ctx, seen: Seen) -> None:
         assert seen.reply == [b"gone"]
         assert seen.result is None
-        assert await ctx.zscore(ctx.keys.due, BATCH) is None  # index cleaned
-        assert await ctx.zscore(ctx.keys.leases, BATCH) is None
+        assert await ctx.zscore(ctx.due, BATCH) is None  # index cleaned
+        assert await ctx.zscore(ctx.leases, BATCH) is None
         meta = await ctx.meta(BATCH)
         if state is None:
-            assert meta == {} and not await ctx.exists(ctx.keys.fence)
+            assert meta == {} and not await ctx.exists(ctx.fence)
         else:  # claimed once (by the given), not again
             assert (meta["state"], meta["claims"], meta["owner_token"]) == (state, "1", "1")
-            assert await ctx.redis.get(ctx.keys.fence) == b"1"
+            assert await ctx.redis.get(ctx.fence) == b"1"
 
     then.__name__ = f"then_gone_{state}"
     return then

@@ -18,13 +18,13 @@ QUEUED = {"j1": 1_000, "j2": 2_000, "j3": 20_000}  # j3 is not due yet at NOW_MS
 
 def claim_jobs(*job_ids: str, want: int) -> Any:
     async def when(ctx: Ctx, given: Any) -> list[tuple[str, int]]:
-        return await ctx.store.claim_jobs(list(job_ids), now_ms=NOW_MS, in_progress_ms=IN_PROGRESS_MS, want=want)
+        return await ctx.store.claim_jobs(ctx.shard, list(job_ids), now_ms=NOW_MS, in_progress_ms=IN_PROGRESS_MS, want=want)
 
     return when
 
 
 async def queued(ctx: Ctx) -> None:
-    await ctx.redis.zadd(ctx.store.queue_name, QUEUED)
+    await ctx.redis.zadd(ctx.queue, QUEUED)
 
 
 async def j1_in_progress(ctx: Ctx) -> None:
@@ -41,7 +41,7 @@ async def assert_claimed(ctx: Ctx, seen: Seen, claimed: list[str], untouched: li
         assert 0 < await ctx.pttl(Keys.in_progress(job)) <= IN_PROGRESS_MS
     for job in untouched:
         assert not await ctx.exists(Keys.in_progress(job))
-    assert await ctx.zset(ctx.store.queue_name) == QUEUED  # arq removes a job from the queue when it finishes
+    assert await ctx.zset(ctx.queue) == QUEUED  # arq removes a job from the queue when it finishes
 
 
 def then_claimed(claimed: list[str], untouched: list[str]) -> Any:

@@ -9,7 +9,6 @@ import orjson
 import pytest
 
 from batchfleet.errors import StaleOffsetError
-from batchfleet.keys import job_id_for
 from batchfleet.models import PartitionRange
 from tests.contract.harness import BATCH, Case, Ctx, Seen, nothing, open_batch, run_case, spec
 
@@ -43,9 +42,9 @@ async def assert_created(ctx: Ctx, seen: Seen) -> None:
     }
     assert meta["topic"] == "T" and meta["timeout_ms"] == "30000" and meta["source"] == "0@10-11"
     assert await ctx.hash(ctx.keys.inputs(BATCH)) == {"s1": "", "s2": ""}
-    assert await ctx.zset(ctx.keys.due) == {BATCH: deadline_ms}
-    assert await ctx.zset(ctx.keys.batches) == {BATCH: now_ms}
-    assert await ctx.hash(ctx.keys.offsets) == {"T:0": "12"}
+    assert await ctx.zset(ctx.due) == {BATCH: deadline_ms}
+    assert await ctx.zset(ctx.batches) == {BATCH: now_ms}
+    assert await ctx.hash(ctx.offsets) == {"T:0": "12"}
     assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2}
 
 
@@ -53,7 +52,7 @@ async def then_created(ctx: Ctx, seen: Seen) -> None:
     await assert_created(ctx, seen)
     now_ms, deadline_ms = seen.int(1), seen.int(2)
     score = now_ms - QUEUE_LAG_MS - 5_000
-    assert await ctx.zset(ctx.store.queue_name) == {job_id_for(BATCH, "s1"): score, job_id_for(BATCH, "s2"): score}
+    assert await ctx.zset(ctx.queue) == {ctx.keys.job_id(BATCH, "s1"): score, ctx.keys.job_id(BATCH, "s2"): score}
     for i, station in enumerate(("s1", "s2")):
         job = orjson.loads(await ctx.redis.get(ctx.keys.job(BATCH, station)))
         assert job["f"] == "run_station"
@@ -68,35 +67,35 @@ async def existing_job(ctx: Ctx) -> None:
 async def then_job_kept(ctx: Ctx, seen: Seen) -> None:
     await assert_created(ctx, seen)
     assert await ctx.redis.get(ctx.keys.job(BATCH, "s1")) == b"an earlier job"
-    assert list(await ctx.zset(ctx.store.queue_name)) == [job_id_for(BATCH, "s2")]
+    assert list(await ctx.zset(ctx.queue)) == [ctx.keys.job_id(BATCH, "s2")]
 
 
 async def offset_at_first(ctx: Ctx) -> None:
-    await ctx.redis.hset(ctx.keys.offsets, "T:0", 10)
+    await ctx.redis.hset(ctx.offsets, "T:0", 10)
 
 
 async def full_index(ctx: Ctx) -> None:
     for start in range(0, INDEX_CAP, 10_000):
-        await ctx.redis.zadd(ctx.keys.batches, {f"old:0:{i}": i for i in range(start, start + 10_000)})
+        await ctx.redis.zadd(ctx.batches, {f"old:0:{i}": i for i in range(start, start + 10_000)})
 
 
 async def then_index_capped(ctx: Ctx, seen: Seen) -> None:
     assert seen.result == (True, seen.int(1))
     assert (await ctx.meta(BATCH))["state"] == "open"
-    assert await ctx.redis.zcard(ctx.keys.batches) == INDEX_CAP
-    assert await ctx.zscore(ctx.keys.batches, "old:0:0") is None  # the oldest entry made room
-    assert await ctx.zscore(ctx.keys.batches, BATCH) == seen.int(1)
+    assert await ctx.redis.zcard(ctx.batches) == INDEX_CAP
+    assert await ctx.zscore(ctx.batches, "old:0:0") is None  # the oldest entry made room
+    assert await ctx.zscore(ctx.batches, BATCH) == seen.int(1)
 
 
 async def offsets_ahead(ctx: Ctx) -> None:
-    await ctx.redis.hset(ctx.keys.offsets, "T:0", 11)
+    await ctx.redis.hset(ctx.offsets, "T:0", 11)
 
 
 async def then_stale(ctx: Ctx, seen: Seen) -> None:
     assert [seen.kind(), seen.text(1), seen.int(2)] == ["stale", "T:0", 11]
     assert (seen.result.partition_field, seen.result.stored_offset) == ("T:0", 11)
-    assert sorted(await ctx.redis.keys("*")) == [ctx.keys.offsets.encode()]  # nothing written
-    assert await ctx.hash(ctx.keys.offsets) == {"T:0": "11"}
+    assert sorted(await ctx.redis.keys("*")) == [ctx.offsets.encode()]  # nothing written
+    assert await ctx.hash(ctx.offsets) == {"T:0": "11"}
 
 
 async def created_before(ctx: Ctx) -> int:
@@ -115,8 +114,8 @@ async def then_exists(ctx: Ctx, seen: Seen) -> None:
     assert (await ctx.meta(BATCH))["expected"] == "2"  # nothing written
     assert await ctx.hash(ctx.keys.inputs(BATCH)) == {"s1": "", "s2": ""}
     assert not await ctx.exists(ctx.keys.job(BATCH, "s3"))
-    assert await ctx.redis.zcard(ctx.store.queue_name) == 2
-    assert not await ctx.exists(ctx.keys.offsets)
+    assert await ctx.redis.zcard(ctx.queue) == 2
+    assert not await ctx.exists(ctx.offsets)
     assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2}
 
 

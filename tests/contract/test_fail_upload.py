@@ -25,12 +25,12 @@ async def then_retry(ctx: Ctx, seen: Seen) -> None:
     assert seen.reply == [b"retry", 1, retry_at]
     assert seen.t0 + 5_000 <= retry_at <= seen.t1 + 5_000
     assert seen.result == ("retry", 1)
-    assert await ctx.zscore(ctx.keys.due, BATCH) == retry_at
-    assert await ctx.zscore(ctx.keys.leases, BATCH) is None  # lease given back
+    assert await ctx.zscore(ctx.due, BATCH) == retry_at
+    assert await ctx.zscore(ctx.leases, BATCH) is None  # lease given back
     meta = await ctx.meta(BATCH)
     assert (meta["state"], meta["upload_failures"], meta["last_error"]) == ("finalized", "1", "HTTP 503")
     assert (await ctx.stats())["upload_failures"] == 1
-    assert not await ctx.exists(ctx.keys.dead)
+    assert not await ctx.exists(ctx.dead)
 
 
 async def failed_once(ctx: Ctx) -> Claim:
@@ -49,9 +49,9 @@ async def assert_dead(ctx: Ctx, seen: Seen, failures: int) -> None:
     dead_ms = int(meta["dead_ms"])
     assert seen.t0 <= dead_ms <= seen.t1
     assert (meta["state"], meta["upload_failures"], meta["last_error"]) == ("dead", str(failures), "HTTP 503")
-    assert await ctx.zset(ctx.keys.dead) == {BATCH: dead_ms}
-    assert await ctx.zscore(ctx.keys.due, BATCH) is None
-    assert await ctx.zscore(ctx.keys.leases, BATCH) is None
+    assert await ctx.zset(ctx.dead) == {BATCH: dead_ms}
+    assert await ctx.zscore(ctx.due, BATCH) is None
+    assert await ctx.zscore(ctx.leases, BATCH) is None
     assert await ctx.pttl(ctx.keys.batch(BATCH)) == -1  # kept until replayed
     stats = await ctx.stats()
     assert (stats["upload_failures"], stats["batches_dead_lettered"]) == (failures, 1)
@@ -70,7 +70,7 @@ async def then_fenced(ctx: Ctx, seen: Seen) -> None:
     assert seen.result == ("fenced", 0)
     meta = await ctx.meta(BATCH)
     assert "upload_failures" not in meta and "last_error" not in meta
-    assert await ctx.zscore(ctx.keys.leases, BATCH) is not None  # the new owner's lease stays
+    assert await ctx.zscore(ctx.leases, BATCH) is not None  # the new owner's lease stays
     assert "upload_failures" not in await ctx.stats()
 
 

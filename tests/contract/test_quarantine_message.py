@@ -48,19 +48,19 @@ async def assert_quarantined(ctx: Ctx, seen: Seen) -> int:
         "quarantined_ms": str(now_ms),
     }
     assert RETENTION_S - 5 <= await ctx.redis.ttl(ctx.keys.quarantined(MESSAGE)) <= RETENTION_S
-    assert await ctx.zscore(ctx.keys.quarantine, MESSAGE) == now_ms
+    assert await ctx.zscore(ctx.quarantine, MESSAGE) == now_ms
     assert await ctx.stats() == {"messages_quarantined": 1}
     return now_ms
 
 
 async def then_quarantined_advancing(ctx: Ctx, seen: Seen) -> None:
     await assert_quarantined(ctx, seen)
-    assert await ctx.hash(ctx.keys.offsets) == {"T:0": "6"}  # the partition moves past the message
+    assert await ctx.hash(ctx.offsets) == {"T:0": "6"}  # the partition moves past the message
 
 
 async def then_quarantined_offsets_untouched(ctx: Ctx, seen: Seen) -> None:
     await assert_quarantined(ctx, seen)
-    assert not await ctx.exists(ctx.keys.offsets)  # create_batch of the same dispatch stores them
+    assert not await ctx.exists(ctx.offsets)  # create_batch of the same dispatch stores them
 
 
 async def two_quarantined(ctx: Ctx) -> None:
@@ -70,7 +70,7 @@ async def two_quarantined(ctx: Ctx) -> None:
 
 async def then_index_trimmed(ctx: Ctx, seen: Seen) -> None:
     assert seen.kind() == "quarantined"
-    assert list(await ctx.zset(ctx.keys.quarantine)) == ["T:0:4", MESSAGE]  # the oldest left the index
+    assert list(await ctx.zset(ctx.quarantine)) == ["T:0:4", MESSAGE]  # the oldest left the index
     assert await ctx.exists(ctx.keys.quarantined("T:0:3"))  # its entry expires on its own
     assert (await ctx.stats())["messages_quarantined"] == 3
 
@@ -85,20 +85,20 @@ async def then_exists(ctx: Ctx, seen: Seen) -> None:
     assert seen.kind() == "exists"
     assert seen.result is False
     assert await ctx.hash(ctx.keys.quarantined(MESSAGE)) == seen.given  # not overwritten
-    assert await ctx.redis.zcard(ctx.keys.quarantine) == 1
+    assert await ctx.redis.zcard(ctx.quarantine) == 1
     assert await ctx.stats() == {"messages_quarantined": 1}  # nothing counted twice
-    assert await ctx.hash(ctx.keys.offsets) == {"T:0": "6"}  # advance still applies
+    assert await ctx.hash(ctx.offsets) == {"T:0": "6"}  # advance still applies
 
 
 async def offset_ingested(ctx: Ctx) -> None:
-    await ctx.redis.hset(ctx.keys.offsets, "T:0", 9)
+    await ctx.redis.hset(ctx.offsets, "T:0", 9)
 
 
 async def then_stale(ctx: Ctx, seen: Seen) -> None:
     assert seen.reply == [b"stale", b"9"]
     assert (seen.result.partition_field, seen.result.stored_offset) == ("T:0", 9)
-    assert await ctx.redis.keys("*") == [ctx.keys.offsets.encode()]  # nothing written
-    assert await ctx.hash(ctx.keys.offsets) == {"T:0": "9"}
+    assert await ctx.redis.keys("*") == [ctx.offsets.encode()]  # nothing written
+    assert await ctx.hash(ctx.offsets) == {"T:0": "9"}
 
 
 CASES = [

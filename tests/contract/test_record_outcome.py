@@ -45,8 +45,8 @@ async def then_recorded(ctx: Ctx, seen: Seen) -> None:
     stored = await ctx.hash(ctx.keys.outcomes(BATCH))
     assert list(stored) == ["s1"] and orjson.loads(stored["s1"])["status"] == "failed"
     assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2, "stations_failed": 1}
-    assert await ctx.zscore(ctx.keys.due, BATCH) == seen.given  # still due at its deadline
-    assert await ctx.redis.llen(ctx.keys.ready) == 0
+    assert await ctx.zscore(ctx.due, BATCH) == seen.given  # still due at its deadline
+    assert await ctx.redis.llen(ctx.ready) == 0
 
 
 async def one_of_two_recorded(ctx: Ctx) -> None:
@@ -58,21 +58,21 @@ async def then_complete(ctx: Ctx, seen: Seen) -> None:
     assert seen.reply == [b"complete", 2, 2]
     assert seen.result == RecordResult("complete", 2, 2)
     assert set(await ctx.hash(ctx.keys.outcomes(BATCH))) == {"s1", "s2"}
-    assert await ctx.zscore(ctx.keys.due, BATCH) == 0  # due now
-    assert await ctx.redis.lrange(ctx.keys.ready, 0, -1) == [BATCH.encode()]  # wake-up pushed
+    assert await ctx.zscore(ctx.due, BATCH) == 0  # due now
+    assert await ctx.redis.lrange(ctx.ready, 0, -1) == [BATCH.encode()]  # wake-up pushed
     assert (await ctx.stats())["stations_empty"] == 1
     assert (await ctx.meta(BATCH))["state"] == "open"  # the aggregator's claim finalizes it
 
 
 async def full_wake_up_list(ctx: Ctx) -> None:
     await one_of_two_recorded(ctx)
-    await ctx.redis.rpush(ctx.keys.ready, *[f"old:0:{i}" for i in range(WAKE_UPS_KEPT)])
+    await ctx.redis.rpush(ctx.ready, *[f"old:0:{i}" for i in range(WAKE_UPS_KEPT)])
 
 
 async def then_wake_ups_capped(ctx: Ctx, seen: Seen) -> None:
     assert seen.result == RecordResult("complete", 2, 2)
-    assert await ctx.redis.llen(ctx.keys.ready) == WAKE_UPS_KEPT
-    assert await ctx.redis.lindex(ctx.keys.ready, 0) == BATCH.encode()
+    assert await ctx.redis.llen(ctx.ready) == WAKE_UPS_KEPT
+    assert await ctx.redis.lindex(ctx.ready, 0) == BATCH.encode()
 
 
 def quorum_batch(grace_s: float, timeout_s: float = 60) -> Any:
@@ -97,19 +97,19 @@ async def assert_quorum(ctx: Ctx, seen: Seen) -> int:
 
 async def then_quorum_with_grace(ctx: Ctx, seen: Seen) -> None:
     quorum_ms = await assert_quorum(ctx, seen)
-    assert await ctx.zscore(ctx.keys.due, BATCH) == quorum_ms + 5_000
-    assert await ctx.redis.llen(ctx.keys.ready) == 0  # the grace period runs first
+    assert await ctx.zscore(ctx.due, BATCH) == quorum_ms + 5_000
+    assert await ctx.redis.llen(ctx.ready) == 0  # the grace period runs first
 
 
 async def then_quorum_now(ctx: Ctx, seen: Seen) -> None:
     quorum_ms = await assert_quorum(ctx, seen)
-    assert await ctx.zscore(ctx.keys.due, BATCH) == quorum_ms
-    assert await ctx.redis.lrange(ctx.keys.ready, 0, -1) == [BATCH.encode()]
+    assert await ctx.zscore(ctx.due, BATCH) == quorum_ms
+    assert await ctx.redis.lrange(ctx.ready, 0, -1) == [BATCH.encode()]
 
 
 async def then_due_at_deadline(ctx: Ctx, seen: Seen) -> None:
     await assert_quorum(ctx, seen)
-    assert await ctx.zscore(ctx.keys.due, BATCH) == seen.given  # grace ends after the deadline: the deadline stays
+    assert await ctx.zscore(ctx.due, BATCH) == seen.given  # grace ends after the deadline: the deadline stays
 
 
 async def quorum_reached(ctx: Ctx) -> str:
@@ -122,7 +122,7 @@ async def then_quorum_kept(ctx: Ctx, seen: Seen) -> None:
     assert seen.reply == [b"recorded", 3, 4]
     meta = await ctx.meta(BATCH)
     assert meta["quorum_ms"] == seen.given  # the quorum time (and so the due time) does not move
-    assert await ctx.zscore(ctx.keys.due, BATCH) == int(seen.given) + 5_000
+    assert await ctx.zscore(ctx.due, BATCH) == int(seen.given) + 5_000
 
 
 async def s1_recorded(ctx: Ctx) -> bytes:

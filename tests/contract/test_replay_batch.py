@@ -21,8 +21,8 @@ async def then_replayed(ctx: Ctx, seen: Seen) -> None:
     assert seen.result == (True, "dead")
     meta = await ctx.meta(BATCH)
     assert (meta["state"], meta["upload_failures"], meta["replays"]) == ("finalized", "0", "1")
-    assert not await ctx.exists(ctx.keys.dead)
-    assert await ctx.zscore(ctx.keys.due, BATCH) == 0  # due now
+    assert not await ctx.exists(ctx.dead)
+    assert await ctx.zscore(ctx.due, BATCH) == 0  # due now
     assert await ctx.redis.get(ctx.keys.payload(BATCH)) == b'{"frozen": true}'  # same body as before
     assert (await ctx.stats())["batches_replayed"] == 1
 
@@ -32,7 +32,7 @@ async def then_not_dead(ctx: Ctx, seen: Seen) -> None:
     assert seen.result == (False, "finalized")
     meta = await ctx.meta(BATCH)
     assert meta["state"] == "finalized" and "replays" not in meta
-    assert await ctx.zscore(ctx.keys.due, BATCH) is None  # leased, not re-queued
+    assert await ctx.zscore(ctx.due, BATCH) is None  # leased, not re-queued
     assert "batches_replayed" not in await ctx.stats()
 
 
