@@ -6,6 +6,7 @@
     │   └── LayoutError      Redis holds this prefix with another shard layout
     ├── StoreError           Redis said something we did not expect
     │   └── StaleOffsetError another dispatcher already ingested these offsets
+    │   └── FencedOffsetError Redis holds another next offset than the dispatcher expected
     ├── UploadError          the upload target refused or could not be reached
     └── StopRequested        a wait (for Redis, Kafka) was cut short by SIGTERM/SIGINT: exit cleanly
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "BatchfleetError",
     "ConfigError",
+    "FencedOffsetError",
     "LayoutError",
     "ProcessorLoadError",
     "StaleOffsetError",
@@ -48,6 +50,21 @@ class StaleOffsetError(StoreError):
     def __init__(self, partition_field: str, stored_offset: int) -> None:
         super().__init__(f"{partition_field} already ingested up to offset {stored_offset}")
         self.partition_field = partition_field
+        self.stored_offset = stored_offset
+
+
+class FencedOffsetError(StoreError):
+    """Redis holds another next offset for a partition than the dispatcher believed it wrote: writes
+    were lost (a failover, an AOF restart missing its tail) or the dispatcher is stale (a rebalance).
+    ``stored_offset`` is None when Redis holds no offset for the partition at all."""
+
+    def __init__(self, partition_field: str, expected: int | None, stored_offset: int | None) -> None:
+        def show(offset: int | None) -> str:
+            return "nothing" if offset is None else f"next offset {offset}"
+
+        super().__init__(f"{partition_field}: expected Redis to hold {show(expected)}, it holds {show(stored_offset)}")
+        self.partition_field = partition_field
+        self.expected = expected
         self.stored_offset = stored_offset
 
 

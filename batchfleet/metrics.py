@@ -25,6 +25,12 @@ _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 
 BATCHES_CREATED = Counter("batchfleet_batches_created", "Batches created by dispatchers", ["topic"], registry=REGISTRY)
 STATIONS_DISPATCHED = Counter("batchfleet_stations_dispatched", "Station jobs enqueued", ["topic"], registry=REGISTRY)
+INGEST_FENCED = Counter(
+    "batchfleet_ingest_fenced",
+    "Times Redis held another next offset than the dispatcher expected (lost writes, stale dispatcher): re-seeked",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
 MESSAGES_QUARANTINED = Counter("batchfleet_messages_quarantined", "Messages quarantined", ["topic"], registry=REGISTRY)
 KAFKA_LAG = Gauge("batchfleet_kafka_lag", "Kafka consumer lag (highwater - position)", ["topic", "partition"], registry=REGISTRY)
 OPEN_BATCHES = Gauge("batchfleet_open_batches", "Batches not yet uploaded or dead-lettered", registry=REGISTRY)

@@ -5,6 +5,16 @@ creates the batch (or quarantines the message).  On assignment the consumer seek
 stored in Redis; a unit whose offsets were already ingested is refused by Redis (StaleOffsetError)
 and the dispatcher re-seeks instead of creating a second batch.  Kafka commits only mirror Redis,
 for lag tooling; they are made after Redis has the data.
+
+Fenced ingest: the dispatcher remembers, per partition, the next offset it believes Redis holds
+(``expected``: loaded on assignment, advanced by each of its own writes) and every write carries
+it.  When Redis holds something else (a failover or an AOF restart lost acknowledged writes, or
+another dispatcher owns the partition now) the write is refused (FencedOffsetError), the rest of
+the poll is dropped and every assigned partition re-seeks to what Redis holds.  The same reload
+runs after every Redis outage.  A partition whose offset vanished from Redis re-seeks to where
+this dispatcher started ingesting it when Redis held nothing (``origin``), or to the beginning of
+the partition when it never knew that: never to Kafka's committed offset, which mirrors the very
+writes Redis lost.  Re-ingesting is safe: batch ids are deterministic.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from batchfleet import metrics
 from batchfleet.dispatcher.batching import Unit, plan_dispatch
-from batchfleet.errors import StaleOffsetError, StopRequested
+from batchfleet.errors import FencedOffsetError, StaleOffsetError, StopRequested
 from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.keys import offset_field
 from batchfleet.models import BatchSpec, QuarantineEntry
@@ -45,6 +55,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # Every unit written so far is in Redis already; mirror its offsets to Kafka best-effort.
         await self.dispatcher.commit_stored(revoked)
         self.dispatcher.forget_lag(revoked)
+        self.dispatcher.forget_offsets(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.dispatcher.seek_to_stored(assigned)
@@ -62,6 +73,10 @@ class Dispatcher:
         self.paused = False
         self.batches_created = 0
         self.messages_quarantined = 0
+        self.fenced = 0  # mismatches found between what this dispatcher expected and what Redis holds
+        self.expected: dict[str, int | None] = {}  # field -> next offset believed stored (None: nothing)
+        self.origin: dict[str, int] = {}  # field -> first offset ingested while Redis held nothing
+        self._redis_was_away = False
         self._lag_measured = 0.0
         self.lag: dict[str, int] = {}
 
@@ -80,19 +95,63 @@ class Dispatcher:
         )
 
     async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
+        """Newly assigned partitions: adopt what Redis holds (no belief of ours to compare)."""
         if self.consumer is None or not assigned:
+            return
+        self.forget_offsets(assigned)
+        await self.reseek(assigned)
+        log.info("%s assigned %s", self.name, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))
+
+    def forget_offsets(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.expected.pop(offset_field(tp.topic, tp.partition), None)
+            self.origin.pop(offset_field(tp.topic, tp.partition), None)
+
+    async def reseek(self, partitions: list[TopicPartition]) -> None:
+        """Seek each partition to the next offset Redis holds; a mismatch with what we expected is
+        counted and logged (a fence)."""
+        if self.consumer is None or not partitions:
             return
         try:
             stored = await self._redis_retry(
-                lambda: self.store.load_offsets(offset_field(tp.topic, tp.partition) for tp in assigned)
+                lambda: self.store.load_offsets(offset_field(tp.topic, tp.partition) for tp in partitions)
             )
         except StopRequested:  # stopping: nothing is consumed any more, the next owner seeks
             return
-        for tp in assigned:
-            offset = stored.get(offset_field(tp.topic, tp.partition))
-            if offset is not None:
-                self.consumer.seek(tp, offset)
-        log.info("%s assigned %s", self.name, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))
+        for tp in partitions:
+            await self._seek(self.consumer, tp, stored.get(offset_field(tp.topic, tp.partition)))
+
+    async def _seek(self, consumer: AIOKafkaConsumer, tp: TopicPartition, stored: int | None) -> None:
+        name = offset_field(tp.topic, tp.partition)
+        known = name in self.expected
+        believed = self.expected.get(name)
+        self.expected[name] = stored
+        if known and believed != stored:
+            self._count_fence(tp, believed, stored)
+        if stored is not None:
+            consumer.seek(tp, stored)
+        elif name in self.origin:  # Redis lost every write of the partition since we began it
+            consumer.seek(tp, self.origin[name])
+        elif known and believed is not None:  # lost, and we never knew where it began
+            await consumer.seek_to_beginning(tp)
+        # else: nothing stored, nothing ingested by us: the position is where consumption starts
+
+    def _count_fence(self, tp: TopicPartition, believed: int | None, stored: int | None) -> None:
+        self.fenced += 1
+        metrics.INGEST_FENCED.labels(tp.topic, str(tp.partition)).inc()
+        log.warning(
+            "%s: fenced %s[%d]: expected redis to hold next offset %s, it holds %s; re-seeking to %s",
+            self.name,
+            tp.topic,
+            tp.partition,
+            "nothing" if believed is None else believed,
+            "nothing (the offset vanished)" if stored is None else stored,
+            stored if stored is not None else self._vanished_target(offset_field(tp.topic, tp.partition)),
+            extra={"topic": tp.topic},
+        )
+
+    def _vanished_target(self, name: str) -> str:
+        return f"{self.origin[name]}, where this dispatcher began it" if name in self.origin else "the beginning of the partition"
 
     def forget_lag(self, partitions: list[TopicPartition]) -> None:
         """A partition we no longer own is someone else's to report."""
@@ -121,8 +180,17 @@ class Dispatcher:
     # -- Redis with patience -----------------------------------------------------------------
     async def _redis_retry(self, op: Callable[[], Awaitable[T]]) -> T:
         """Run op until Redis answers (a full Redis counts as away); meanwhile nothing is consumed or
-        committed.  Raises StopRequested once the dispatcher is asked to stop."""
-        return await retry(op, what=self.name, stop=self.stop)
+        committed.  Raises StopRequested once the dispatcher is asked to stop.  After an outage the
+        next step re-seeks every assigned partition to what Redis holds (it may have lost writes)."""
+
+        async def attempt() -> T:
+            try:
+                return await op()
+            except REDIS_UNAVAILABLE:
+                self._redis_was_away = True
+                raise
+
+        return await retry(attempt, what=self.name, stop=self.stop)
 
     # -- the loop ----------------------------------------------------------------------------
     def _subscribed_consumer(self) -> AIOKafkaConsumer:
@@ -164,6 +232,7 @@ class Dispatcher:
             "assigned": assigned,
             "batches_created": self.batches_created,
             "quarantined": self.messages_quarantined,
+            "fenced": self.fenced,
             "lag": {k: v for k, v in self.lag.items() if k in assigned},
         }
 
@@ -173,6 +242,10 @@ class Dispatcher:
         consumer = self.consumer
         if consumer is None:
             raise RuntimeError("dispatcher not started")
+        if self._redis_was_away:
+            self._redis_was_away = False
+            log.info("%s: redis answers again; re-seeking to the offsets it holds", self.name)
+            await self.reseek(list(consumer.assignment()))
         polled = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.poll_max_records)
         messages = [m for batch in polled.values() for m in batch]
         if messages:
@@ -222,13 +295,22 @@ class Dispatcher:
     async def dispatch(self, messages: list[Any]) -> None:
         """Write one poll's units to Redis, in order, then mirror the offsets to Kafka."""
         units = plan_dispatch(messages, self.settings.topic, self.settings.max_message_bytes, self.store.keys.shard_of_partition)
+        for m in messages:  # where ingest of a partition began while Redis held nothing for it
+            name = offset_field(m.topic, m.partition)
+            if self.expected.get(name) is None and name not in self.origin:
+                self.origin[name] = min(x.offset for x in messages if x.topic == m.topic and x.partition == m.partition)
         try:
             for unit in units:
                 await self._redis_retry(lambda u=unit: self._write(u))  # type: ignore[misc]
+        except FencedOffsetError as fenced:
+            log.warning("%s: write refused: %s; dropping the rest of the poll", self.name, fenced)
+            if self.consumer is not None:
+                await self.reseek(list(self.consumer.assignment()))
+            return
         except StaleOffsetError as stale:
             log.warning("%s: %s; re-seeking to the offsets stored in Redis", self.name, stale)
             if self.consumer is not None:
-                await self.seek_to_stored(list(self.consumer.assignment()))
+                await self.reseek(list(self.consumer.assignment()))
             return
         await self._commit(messages)
 
@@ -239,7 +321,11 @@ class Dispatcher:
             await self._write_batch(unit)
 
     async def _write_quarantine(self, entry: QuarantineEntry) -> None:
-        new = await self.store.quarantine(entry, retention_s=_QUARANTINE_RETENTION_S, max_entries=_QUARANTINE_MAX)
+        new = await self.store.quarantine(
+            entry, retention_s=_QUARANTINE_RETENTION_S, max_entries=_QUARANTINE_MAX, expected=self.expected
+        )
+        if entry.advance_offset:
+            self.expected[offset_field(entry.topic, entry.partition)] = entry.offset + 1
         if new:
             self.messages_quarantined += 1
             metrics.MESSAGES_QUARANTINED.labels(entry.topic).inc()
@@ -248,8 +334,10 @@ class Dispatcher:
             )
 
     async def _write_batch(self, spec: BatchSpec) -> None:
-        created, _ = await self.store.create_batch(spec)
+        created, _ = await self.store.create_batch(spec, expected=self.expected)
         if created:
+            for r in spec.ranges:
+                self.expected[offset_field(r.topic, r.partition)] = r.next_offset
             self.batches_created += 1
             metrics.BATCHES_CREATED.labels(spec.topic).inc()
             metrics.STATIONS_DISPATCHED.labels(spec.topic).inc(len(spec.stations))

@@ -18,12 +18,19 @@ ARGV[4]  queue_boost_ms     priority: the jobs are scored this much earlier, so 
 ARGV[5]  m                  number of extra meta field/value pairs that follow
 ARGV[6 .. 5+2m]             meta field, value, ...
 then     p                  number of partition entries that follow
-then 3p:                    offsets field "TOPIC:PARTITION", first offset in this batch, next offset
+then 4p:                    offsets field "TOPIC:PARTITION", expected stored next offset, first offset
+                            in this batch, next offset.  "expected" is what the dispatcher believes
+                            Redis holds for the partition: a number, "" = nothing stored, or "*" = no
+                            fence (tools and tests that write batches directly, not a dispatcher)
 then 2n: station id, arq job payload prefix; n = #KEYS - 7.  The prefix is the station's arq job
          JSON, whose last key is "a": [records, budget_ms, deadline_ms], cut before the deadline
          value: the script appends the deadline it computed and closes the list and the object.
 
 Returns {"created", now_ms, deadline_ms}
+     or {"fenced", field, stored_offset or false}  Redis holds another next offset than the dispatcher
+                                          expected (writes lost in a failover or an AOF restart, or a
+                                          stale dispatcher): nothing written but the stats counter
+                                          ingest_fenced
      or {"stale", field, stored_offset}   offsets already ingested: nothing written
      or {"exists", created_ms}            batch already exists: nothing written
 Invariant: a Kafka offset is ingested at most once; job keys are written with NX, so an arq job is
@@ -38,11 +45,21 @@ local m = tonumber(ARGV[5])
 local i = 6 + 2 * m
 local p = tonumber(ARGV[i])
 local part_start = i + 1
-local station_start = part_start + 3 * p
+local station_start = part_start + 4 * p
 
 for j = 0, p - 1 do
-  local field = ARGV[part_start + 3 * j]
-  local first = tonumber(ARGV[part_start + 3 * j + 1])
+  local field = ARGV[part_start + 4 * j]
+  local expected = ARGV[part_start + 4 * j + 1]
+  local stored = redis.call('HGET', KEYS[4], field)
+  if expected ~= '*' and (stored or '') ~= expected then
+    redis.call('HINCRBY', KEYS[6], 'ingest_fenced', 1)
+    return {'fenced', field, stored}
+  end
+end
+
+for j = 0, p - 1 do
+  local field = ARGV[part_start + 4 * j]
+  local first = tonumber(ARGV[part_start + 4 * j + 2])
   local stored = redis.call('HGET', KEYS[4], field)
   if stored and tonumber(stored) > first then
     return {'stale', field, stored}
@@ -78,7 +95,7 @@ for k = 0, n - 1 do
 end
 
 for j = 0, p - 1 do
-  redis.call('HSET', KEYS[4], ARGV[part_start + 3 * j], ARGV[part_start + 3 * j + 2])
+  redis.call('HSET', KEYS[4], ARGV[part_start + 4 * j], ARGV[part_start + 4 * j + 3])
 end
 
 redis.call('ZADD', KEYS[3], deadline_ms, batch_id)

@@ -12,13 +12,29 @@ from typing import Any
 
 import orjson
 
-from batchfleet.errors import StaleOffsetError, StoreError
+from batchfleet.errors import FencedOffsetError, StaleOffsetError, StoreError
 from batchfleet.keys import Keys, message_id_for, offset_field
 from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordResult, StationInput
 from batchfleet.store.base import StoreBase, aw, pairs, text
 from batchfleet.store.scripts import RATE_OUTCOMES, reply_kind
 
-__all__ = ["STATION_JOB", "Transitions", "station_job_prefix"]
+__all__ = ["STATION_JOB", "Expected", "Transitions", "station_job_prefix"]
+
+Expected = Mapping[str, int | None]
+"""What a dispatcher believes Redis holds: the next offset of each ``TOPIC:PARTITION`` field, None
+when nothing is stored.  Ingest without it (tools, tests) is not fenced."""
+
+
+def _expected_arg(expected: Expected | None, name: str) -> str:
+    if expected is None:
+        return "*"
+    value = expected.get(name)
+    return "" if value is None else str(value)
+
+
+def _fenced(name: str, expected: Expected | None, stored: Any) -> FencedOffsetError:
+    return FencedOffsetError(name, (expected or {}).get(name), None if stored is None else int(stored))
+
 
 _RECORD_KINDS = ("recorded", "complete", "quorum", "duplicate", "late", "unknown")
 
@@ -60,11 +76,15 @@ class Transitions(StoreBase):
             stored.update({f: int(v) for f, v in zip(names, values, strict=True) if v is not None})
         return stored
 
-    async def create_batch(self, spec: BatchSpec, *, extra_meta: dict[str, str] | None = None) -> tuple[bool, int]:
+    async def create_batch(
+        self, spec: BatchSpec, *, extra_meta: dict[str, str] | None = None, expected: Expected | None = None
+    ) -> tuple[bool, int]:
         """Write the batch, its station jobs and the partitions' next offsets in one atomic step.
 
         Returns (created, created_ms); ``created`` is False when the batch already existed.
-        Raises StaleOffsetError when the offsets were already ingested (nothing written).
+        Raises FencedOffsetError when Redis holds another next offset than ``expected`` for one of
+        the batch's partitions, StaleOffsetError when the offsets were already ingested (nothing
+        written either way).
         """
         k = self.keys
         bid = spec.batch_id
@@ -95,7 +115,8 @@ class Transitions(StoreBase):
             args += [name, value]
         args.append(len(spec.ranges))
         for r in spec.ranges:
-            args += [offset_field(r.topic, r.partition), r.first_offset, r.next_offset]
+            name = offset_field(r.topic, r.partition)
+            args += [name, _expected_arg(expected, name), r.first_offset, r.next_offset]
         args += station_args
         keys = [
             k.batch(bid),
@@ -108,7 +129,9 @@ class Transitions(StoreBase):
             *job_keys,
         ]
         reply = await self.scripts.run("create_batch", keys, args)
-        kind = reply_kind("create_batch", reply, ("created", "exists", "stale"))
+        kind = reply_kind("create_batch", reply, ("created", "exists", "fenced", "stale"))
+        if kind == "fenced":
+            raise _fenced(text(reply[1]), expected, reply[2])
         if kind == "stale":
             raise StaleOffsetError(text(reply[1]), int(reply[2]))
         return kind == "created", int(reply[1])
@@ -123,8 +146,11 @@ class Transitions(StoreBase):
             )
         return shard
 
-    async def quarantine(self, entry: QuarantineEntry, *, retention_s: int, max_entries: int) -> bool:
-        """Keep a bad message with its reason.  True when newly quarantined (False: already there)."""
+    async def quarantine(
+        self, entry: QuarantineEntry, *, retention_s: int, max_entries: int, expected: Expected | None = None
+    ) -> bool:
+        """Keep a bad message with its reason.  True when newly quarantined (False: already there).
+        Raises FencedOffsetError / StaleOffsetError as :meth:`create_batch` does (nothing written)."""
         mid = message_id_for(entry.topic, entry.partition, entry.offset)
         fields: list[bytes | str | int] = [
             "reason",
@@ -143,19 +169,23 @@ class Transitions(StoreBase):
         shard = self.keys.shard_of_partition(entry.topic, entry.partition)
         k = self.keys
         keys = [k.quarantined(mid), k.quarantine(shard), k.offsets(shard), k.stats(shard)]
+        name = offset_field(entry.topic, entry.partition)
         args: list[bytes | str | int] = [
             mid,
-            offset_field(entry.topic, entry.partition),
+            name,
             entry.offset,
             "1" if entry.advance_offset else "0",
+            _expected_arg(expected, name),
             retention_s,
             max_entries,
             *fields,
         ]
         reply = await self.scripts.run("quarantine_message", keys, args)
-        kind = reply_kind("quarantine_message", reply, ("quarantined", "exists", "stale"))
+        kind = reply_kind("quarantine_message", reply, ("quarantined", "exists", "fenced", "stale"))
+        if kind == "fenced":
+            raise _fenced(name, expected, reply[1])
         if kind == "stale":
-            raise StaleOffsetError(offset_field(entry.topic, entry.partition), int(reply[1]))
+            raise StaleOffsetError(name, int(reply[1]))
         return kind == "quarantined"
 
     # -- workers -----------------------------------------------------------------------------

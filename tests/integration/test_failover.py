@@ -1,0 +1,230 @@
+"""Fenced ingest against real servers: Redis goes back in time (a failover that lost acknowledged
+writes, an AOF restart that lost its tail) under a running dispatcher, and no message is skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from batchfleet.errors import FencedOffsetError, StaleOffsetError
+from batchfleet.keys import offset_field
+from batchfleet.models import QuarantineEntry
+from batchfleet.store import BatchStore
+from batchfleet_dev.localstack import KafkaBroker, RedisServer
+from batchfleet_dev.tcpproxy import TcpProxy
+from tests.integration.fleet import TEST_SHARDS, batches_uploaded, fleet, make_settings, message, produce, read_uploads, wait_until
+from tests.integration.webdata import spec
+
+
+# -- the scripts' fence ------------------------------------------------------------------------
+async def test_create_batch_is_fenced_on_any_mismatch_and_writes_nothing(store: BatchStore) -> None:
+    name = offset_field("F", 0)
+    assert await store.create_batch(spec("F:0:0", ["S1"]), expected={name: None})
+    stats = await store.stats()
+    cases: list[tuple[int | None, str]] = [(None, "believes nothing stored"), (0, "stored is ahead"), (5, "stored is behind")]
+    for believed, why in cases:
+        with pytest.raises(FencedOffsetError) as fenced:
+            await store.create_batch(spec("F:0:1", ["S1"]), expected={name: believed})
+        assert (fenced.value.expected, fenced.value.stored_offset) == (believed, 1), why
+    assert await store.redis.exists(store.keys.batch("F:0:1")) == 0
+    assert (await store.load_offsets([name]))[name] == 1
+    after = await store.stats()
+    assert after.get("ingest_fenced", 0) - stats.get("ingest_fenced", 0) == 3
+    assert after["batches_created"] == stats["batches_created"]
+    # the offset vanished (Redis lost it) while the dispatcher expected one
+    await store.redis.hdel(store.keys.offsets(store.keys.shard_of_partition("F", 0)), name)
+    with pytest.raises(FencedOffsetError) as vanished:
+        await store.create_batch(spec("F:0:1", ["S1"]), expected={name: 1})
+    assert vanished.value.stored_offset is None
+    assert await store.create_batch(spec("F:0:1", ["S1"]), expected={name: None})  # matching: accepted
+
+
+async def test_stale_stays_distinct_from_fenced(store: BatchStore) -> None:
+    name = offset_field("G", 0)
+    await store.create_batch(spec("G:0:3", ["S1"]), expected={name: None})
+    with pytest.raises(StaleOffsetError):  # the dispatcher agrees with Redis but re-reads old messages
+        await store.create_batch(spec("G:0:2", ["S1"]), expected={name: 4})
+
+
+async def test_quarantine_is_fenced_and_writes_nothing(store: BatchStore) -> None:
+    name = offset_field("Q", 0)
+    entry = QuarantineEntry(topic="Q", partition=0, offset=7, reason="bad", value=b"x", size=1, advance_offset=True)
+    with pytest.raises(FencedOffsetError):
+        await store.quarantine(entry, retention_s=60, max_entries=10, expected={name: 7})  # nothing stored
+    assert await store.load_offsets([name]) == {}
+    assert await store.quarantine(entry, retention_s=60, max_entries=10, expected={name: None})
+    assert await store.load_offsets([name]) == {name: 8}
+    with pytest.raises(FencedOffsetError) as fenced:
+        await store.quarantine(entry, retention_s=60, max_entries=10, expected={name: 3})
+    assert fenced.value.stored_offset == 8
+
+
+# -- a failover that lost acknowledged writes --------------------------------------------------
+async def _wait_replica_in_sync(primary: aioredis.Redis, replica: aioredis.Redis) -> None:
+    async def synced() -> bool:
+        info = await replica.info("replication")
+        if info.get("master_link_status") != "up":
+            return False
+        return bool(info.get("slave_repl_offset") == (await primary.info("replication")).get("master_repl_offset"))
+
+    await wait_until(synced, 30, "the replica to catch up with the primary")
+
+
+def _assert_each_once(out: Path, expected: set[str]) -> None:
+    counts = Counter(p["batch_id"] for p in read_uploads(out))
+    assert set(counts) == expected, f"missing {sorted(expected - set(counts))}, extra {sorted(set(counts) - expected)}"
+    assert all(n == 1 for n in counts.values()), {b: n for b, n in counts.items() if n > 1}
+
+
+@pytest.mark.slow
+async def test_failover_that_lost_writes_is_fenced_and_nothing_is_skipped(
+    broker: KafkaBroker, make_topic, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="batchfleet.dispatcher.service")
+    primary = RedisServer().start()
+    replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    proxy = await TcpProxy(primary.port).start()
+    p_client = aioredis.Redis(port=primary.port)
+    r_client = aioredis.Redis(port=replica.port)
+    topic = await make_topic()
+    out = tmp_path / "u.jsonl"
+    settings = make_settings(proxy.url, broker.bootstrap, [topic], f"file://{out}", batching="message")
+    store = BatchStore.from_url(replica.url, shards=TEST_SHARDS)
+    name = offset_field(topic, 0)
+    try:
+        async with fleet(settings, workers=0, aggregators=0) as ingest:
+            dispatcher = ingest.dispatchers[0]
+            async with fleet(settings, dispatchers=0):  # phase 1: ingested, uploaded, replicated
+                await produce(broker.bootstrap, topic, [message([f"A{i}"]) for i in range(5)], partition=0)
+                await wait_until(lambda: batches_uploaded(store, 5), 30, "phase 1 uploaded (read on the replica)")
+            await _wait_replica_in_sync(p_client, r_client)
+            await r_client.execute_command("REPLICAOF", "NO", "ONE")  # replication cut: the replica keeps offset 5
+            await produce(broker.bootstrap, topic, [message([f"B{i}"]) for i in range(5)], partition=0)
+
+            async def primary_ingested() -> bool:
+                return dispatcher.expected.get(name) == 10
+
+            await wait_until(primary_ingested, 30, "phase 2 ingested on the old primary only")
+            assert (await store.load_offsets([name]))[name] == 5  # acknowledged by the primary, lost by the replica
+            failed_over_at = time.monotonic()
+            await proxy.switch(replica.port)  # "failover": the address now leads to the promoted replica
+            primary.kill()
+            await produce(broker.bootstrap, topic, [message([f"C{i}"]) for i in range(5)], partition=0)
+            async with fleet(settings, dispatchers=0):
+                await wait_until(lambda: batches_uploaded(store, 15), 60, "every batch uploaded on the new primary")
+                recovered_s = time.monotonic() - failed_over_at
+            fenced = dispatcher.fenced
+    finally:
+        await store.aclose()
+        await p_client.aclose()
+        await r_client.aclose()
+        await proxy.close()
+        primary.stop()
+        replica.stop()
+    print(f"\nfailover lost 5 acknowledged batches -> fenced {fenced}x, every batch uploaded {recovered_s:.1f}s after it")
+    _assert_each_once(out, {f"{topic}:0:{i}" for i in range(15)})
+    assert fenced >= 1
+    assert any(f"fenced {topic}[0]: expected redis to hold next offset 10, it holds 5" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+async def test_aof_restart_that_lost_its_tail_is_fenced_and_nothing_is_skipped(
+    broker: KafkaBroker, make_topic, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A host crash with ``appendfsync everysec`` loses the AOF's last second: simulated exactly by
+    restarting Redis on a copy of its AOF taken before the last writes."""
+    caplog.set_level(logging.WARNING, logger="batchfleet.dispatcher.service")
+    redis = RedisServer(appendonly=True).start()
+    topic = await make_topic()
+    out = tmp_path / "u.jsonl"
+    settings = make_settings(redis.url, broker.bootstrap, [topic], f"file://{out}", batching="message")
+    store = BatchStore.from_url(redis.url, shards=TEST_SHARDS)
+    client = aioredis.Redis(port=redis.port)
+    saved = tmp_path / "aof-before"
+    name = offset_field(topic, 0)
+    try:
+        async with fleet(settings, workers=0, aggregators=0) as ingest:
+            dispatcher = ingest.dispatchers[0]
+            async with fleet(settings, dispatchers=0):
+                await produce(broker.bootstrap, topic, [message([f"A{i}"]) for i in range(5)], partition=0)
+                await wait_until(lambda: batches_uploaded(store, 5), 30, "phase 1 uploaded")
+            await client.config_set("appendfsync", "always")  # the copy below is a whole AOF
+            await asyncio.to_thread(_copy_aof, redis.directory, saved)
+            await produce(broker.bootstrap, topic, [message([f"B{i}"]) for i in range(5)], partition=0)
+
+            async def ingested() -> bool:
+                return dispatcher.expected.get(name) == 10
+
+            await wait_until(ingested, 30, "phase 2 ingested")
+            redis.kill()
+            await asyncio.to_thread(_restore_aof, saved, redis.directory)
+            redis.start()  # same port: the AOF misses phase 2, as after a crash that lost the tail
+            restarted_at = time.monotonic()
+            assert (await store.load_offsets([name]))[name] == 5
+            await produce(broker.bootstrap, topic, [message([f"C{i}"]) for i in range(5)], partition=0)
+            async with fleet(settings, dispatchers=0):
+                await wait_until(lambda: batches_uploaded(store, 15), 60, "every batch uploaded after the restart")
+                recovered_s = time.monotonic() - restarted_at
+            fenced = dispatcher.fenced
+    finally:
+        await store.aclose()
+        await client.aclose()
+        redis.stop()
+    print(f"\nAOF restart lost 5 batches -> fenced {fenced}x, every batch uploaded {recovered_s:.1f}s after the restart")
+    _assert_each_once(out, {f"{topic}:0:{i}" for i in range(15)})
+    assert fenced >= 1
+    assert any(f"fenced {topic}[0]: expected redis to hold next offset 10, it holds 5" in r.getMessage() for r in caplog.records)
+
+
+def _copy_aof(directory: Path, to: Path) -> None:
+    import shutil
+
+    shutil.copytree(directory / "appendonlydir", to)
+
+
+def _restore_aof(saved: Path, directory: Path) -> None:
+    import shutil
+
+    shutil.rmtree(directory / "appendonlydir")
+    shutil.copytree(saved, directory / "appendonlydir")
+
+
+# -- an offset that vanished entirely ----------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("began_here", [True, False], ids=["began-here", "inherited"])
+async def test_vanished_offset_reseeks_to_where_ingest_began_never_to_the_kafka_commit(
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path, began_here: bool
+) -> None:
+    """Redis loses everything (FLUSHALL stands for a replica promoted before it ever got the partition)
+    under a running dispatcher, whose Kafka commits already say 5 or 8.  The dispatcher re-ingests
+    from where it began the partition (0) when it did, else from the partition's beginning: every
+    message is in Redis again, none skipped."""
+    topic = await make_topic()
+    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{tmp_path / 'u.jsonl'}", batching="message")
+    name = offset_field(topic, 0)
+
+    def stored(n: int) -> object:
+        async def check() -> bool:
+            return (await store.load_offsets([name])).get(name) == n
+
+        return check
+
+    await produce(broker.bootstrap, topic, [message([f"A{i}"]) for i in range(5)], partition=0)
+    if not began_here:  # another dispatcher ingested 0..4 and left; ours inherits offset 5 from Redis
+        async with fleet(settings, workers=0, aggregators=0):
+            await wait_until(stored(5), 30, "the first dispatcher's batches")  # type: ignore[arg-type]
+    async with fleet(settings, workers=0, aggregators=0) as ingest:
+        await produce(broker.bootstrap, topic, [message([f"B{i}"]) for i in range(3)], partition=0)
+        await wait_until(stored(8), 30, "8 messages ingested")  # type: ignore[arg-type]
+        await store.redis.flushall()
+        await produce(broker.bootstrap, topic, [message([f"C{i}"]) for i in range(2)], partition=0)
+        await wait_until(stored(10), 30, "re-ingested up to the end")  # type: ignore[arg-type]
+        assert ingest.dispatchers[0].fenced >= 1
+    missing = [i for i in range(10) if not await store.redis.exists(store.keys.batch(f"{topic}:0:{i}"))]
+    assert missing == []
