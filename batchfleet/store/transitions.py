@@ -6,6 +6,7 @@ checked against the kinds its contract documents (:func:`~batchfleet.store.scrip
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -254,10 +255,12 @@ class Transitions(StoreBase):
         return text(reply[1]) if reply else None
 
     async def claim(self, batch_id: str, lease_ms: int) -> Claim | None:
+        """Lease the batch's upload.  The fencing token is the shard's counter plus a random nonce of
+        this claim: unique even when Redis lost writes and the counter went backwards."""
         k = self.keys
         shard = k.shard_of_batch(batch_id)
         keys = [k.batch(batch_id), k.outcomes(batch_id), k.payload(batch_id), k.due(shard), k.leases(shard), k.fence(shard)]
-        reply = await self.scripts.run("claim_batch", keys, [batch_id, lease_ms])
+        reply = await self.scripts.run("claim_batch", keys, [batch_id, lease_ms, secrets.token_hex(8)])
         if reply_kind("claim_batch", reply, ("claimed", "not_due", "gone")) != "claimed":
             return None
         meta = {name: text(v) for name, v in pairs(reply[3]).items()}

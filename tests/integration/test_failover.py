@@ -228,3 +228,36 @@ async def test_vanished_offset_reseeks_to_where_ingest_began_never_to_the_kafka_
         assert ingest.dispatchers[0].fenced >= 1
     missing = [i for i in range(10) if not await store.redis.exists(store.keys.batch(f"{topic}:0:{i}"))]
     assert missing == []
+
+
+# -- upload leases across lost writes ----------------------------------------------------------
+async def test_a_rolled_back_fence_counter_never_hands_out_a_token_twice(store: BatchStore) -> None:
+    """Redis loses the first claim (its counter increment, lease and owner token: restored from a
+    DUMP taken before it, as a promoted replica would have them); the second claim draws the same
+    counter value, yet gets another token, and the first holder can neither freeze nor ack."""
+    await store.create_batch(spec("L:0:0", ["S1"], timeout_s=0.001))
+    shard = store.keys.shard_of_batch("L:0:0")
+    rolled = [store.keys.batch("L:0:0"), store.keys.due(shard), store.keys.leases(shard), store.keys.fence(shard)]
+    await store.redis.incr(store.keys.fence(shard))  # the counter exists before the lost claim
+    before = {key: await store.redis.dump(key) for key in rolled}
+
+    async def due() -> bool:  # Redis time has passed the 1 ms deadline
+        seconds, micros = await store.redis.time()
+        score = await store.redis.zscore(store.keys.due(shard), "L:0:0")
+        return score is not None and score <= seconds * 1000 + micros // 1000
+
+    await wait_until(due, 5, "the batch to be due")
+    first = await store.claim("L:0:0", lease_ms=60_000)
+    assert first is not None
+    for key, value in before.items():  # the claim is lost: every key it wrote goes back
+        await store.redis.delete(key)
+        if value is not None:
+            await store.redis.restore(key, 0, value)
+    second = await store.claim("L:0:0", lease_ms=60_000)
+    assert second is not None
+    assert first.token.split("-")[0] == second.token.split("-")[0]  # the counter went back
+    assert first.token != second.token
+    assert await store.freeze_payload(first, b'{"a": 1}') is None  # fenced: may not upload
+    assert await store.ack_upload(first, retention_s=60, upload_ms=1.0) is None  # fenced
+    assert await store.freeze_payload(second, b'{"b": 2}') == b'{"b": 2}'
+    assert await store.ack_upload(second, retention_s=60, upload_ms=1.0) is not None
