@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from batchfleet.errors import ConfigError
@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     redis_tls_ca_file: Path | None = None  # CA bundle for rediss:// servers with a private CA
     redis_cluster: bool = False  # redis_url names any one node of a Redis Cluster
     redis_socket_timeout_s: float = Field(default=5.0, ge=1)  # no reply this long: drop the connection (a cut link)
+    # Sentinel: "host:port,host:port" of the Sentinels and the master name they monitor; every role
+    # then asks them for the current primary (redis_url still gives user, password, db and scheme)
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str = ""
     key_prefix: str = Field(default="bf", pattern=r"^[A-Za-z0-9_.-]+$")
     shards: int = Field(default=1, ge=1, le=1024)  # hash-tagged shards of the keyspace (see README "Shards")
 
@@ -143,10 +147,31 @@ class Settings(BaseSettings):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
 
-    @field_validator("web_allowed_hosts", mode="before")
+    @field_validator("web_allowed_hosts", "redis_sentinels", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         return cls._split_topics(value)
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{address!r} is not host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_complete(self) -> Settings:
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ValueError("BATCHFLEET_REDIS_SENTINELS and BATCHFLEET_REDIS_SENTINEL_MASTER go together: set both or neither")
+        if self.redis_sentinels and self.redis_cluster:
+            raise ValueError("BATCHFLEET_REDIS_SENTINELS and BATCHFLEET_REDIS_CLUSTER exclude each other")
+        return self
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of each Sentinel; empty when the fleet does not use Sentinel."""
+        return [(a.rpartition(":")[0], int(a.rpartition(":")[2])) for a in self.redis_sentinels]
 
     @field_validator("web_token", mode="before")
     @classmethod
@@ -186,7 +211,7 @@ class Settings(BaseSettings):
             if name in ("redis_url", "upload_auth_header", "web_token"):
                 secret = getattr(self, name)
                 value = secret.get_secret_value() if secret is not None else None
-            elif name in ("topics", "web_allowed_hosts"):
+            elif name in ("topics", "web_allowed_hosts", "redis_sentinels"):
                 value = ",".join(value)
             elif isinstance(value, dict | list):
                 value = json.dumps(value)

@@ -30,6 +30,10 @@ def json_loads(raw: bytes) -> Any:
 
 def _redis_settings(settings: Settings) -> RedisSettings:
     redis = RedisSettings.from_dsn(settings.redis_url.get_secret_value())
+    if settings.redis_sentinels:  # arq asks the Sentinels for the primary (after every reconnect too)
+        redis.host = settings.sentinel_addresses()
+        redis.sentinel = True
+        redis.sentinel_master = settings.redis_sentinel_master
     if settings.redis_tls_ca_file is not None:
         redis.ssl_ca_certs = str(settings.redis_tls_ca_file)
     return redis

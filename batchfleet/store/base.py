@@ -8,6 +8,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel
 
 from batchfleet.errors import LayoutError
 from batchfleet.keys import Keys
@@ -71,11 +73,16 @@ def make_client(
     tls_ca_file: str | None = None,
     cluster: bool = False,
     socket_timeout_s: float | None = None,
+    sentinels: Sequence[tuple[str, int]] = (),
+    sentinel_master: str = "",
 ) -> Client:
     """A redis-py asyncio client; with ``cluster`` a ``RedisCluster`` that discovers every node from
-    the one ``url`` names and follows MOVED/ASK and failovers by itself.  A dropped connection is
-    re-opened on the next command; the services' own loops retry with backoff (redis-py's Retry
-    would also retry authentication errors, which hangs a misconfigured client instead of failing).
+    the one ``url`` names and follows MOVED/ASK and failovers by itself; with ``sentinels`` a client
+    of the primary those Sentinels name for ``sentinel_master`` (asked again after every connection
+    error, so it follows a failover; ``url`` then gives only user, password, db and the scheme).
+    A dropped connection is re-opened on the next command; the services' own loops retry with
+    backoff (redis-py's Retry would also retry authentication errors, which hangs a misconfigured
+    client instead of failing).
     ``socket_timeout_s`` bounds the wait for a reply: without it, a command sent into a cut link
     waits for TCP's retransmission backoff after the heal (measured: an aggregator cut for 30 s
     uploaded again 25.9 s after the heal; 2.1 s with the timeout), or ~15 minutes if the peer never
@@ -91,7 +98,19 @@ def make_client(
     }
     if cluster:
         return cast(aioredis.RedisCluster, _Cluster.from_url(url, **options))
+    if sentinels:
+        return _sentinel_client(url, sentinels, sentinel_master, options)
     return cast(aioredis.Redis, aioredis.Redis.from_url(url, **options, health_check_interval=15))
+
+
+def _sentinel_client(url: str, sentinels: Sequence[tuple[str, int]], master: str, options: dict[str, Any]) -> aioredis.Redis:
+    parsed = parse_url(url)
+    auth = {k: parsed[k] for k in ("username", "password", "db") if parsed.get(k) is not None}
+    tls: dict[str, Any] = {"ssl": True} if url.startswith("rediss://") else {}
+    if "ssl_ca_certs" in options:
+        tls["ssl_ca_certs"] = options.pop("ssl_ca_certs")
+    sentinel = Sentinel(list(sentinels), sentinel_kwargs={"socket_connect_timeout": 5, **tls}, **options, **auth, **tls)  # type: ignore[no-untyped-call]
+    return cast(aioredis.Redis, sentinel.master_for(master, health_check_interval=15))
 
 
 class StoreBase:
@@ -113,8 +132,18 @@ class StoreBase:
         name: str = "batchfleet",
         tls_ca_file: str | None = None,
         socket_timeout_s: float | None = None,
+        sentinels: Sequence[tuple[str, int]] = (),
+        sentinel_master: str = "",
     ) -> Self:
-        client = make_client(url, name=name, tls_ca_file=tls_ca_file, cluster=cluster, socket_timeout_s=socket_timeout_s)
+        client = make_client(
+            url,
+            name=name,
+            tls_ca_file=tls_ca_file,
+            cluster=cluster,
+            socket_timeout_s=socket_timeout_s,
+            sentinels=sentinels,
+            sentinel_master=sentinel_master,
+        )
         return cls(client, prefix=prefix, shards=shards)
 
     @classmethod
@@ -128,6 +157,8 @@ class StoreBase:
             name=name,
             tls_ca_file=ca,
             socket_timeout_s=settings.redis_socket_timeout_s,
+            sentinels=settings.sentinel_addresses(),
+            sentinel_master=settings.redis_sentinel_master,
         )
 
     @property

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from batchfleet.errors import StoreError
 
@@ -31,6 +32,7 @@ LUA_CONSTANTS: dict[str, int] = {
 RATE_SLOT_MS = LUA_CONSTANTS["RATE_SLOT_MS"]
 RATE_SLOTS = LUA_CONSTANTS["RATE_SLOTS"]
 RATE_OUTCOMES = ("ok", "failed", "empty", "missing")  # the station counts ack_upload adds to bf:rates
+_NOSCRIPT_TRIES = 3
 SCRIPT_NAMES = (
     "create_batch",
     "quarantine_message",
@@ -63,7 +65,15 @@ class Scripts:
         self._scripts = {name: register(script_source(name)) for name in SCRIPT_NAMES}
 
     async def run(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run a script.  redis-py reloads a script Redis does not know (NOSCRIPT) and tries once
+        more; during a Sentinel failover the load and the retry can reach different servers, so a
+        second NOSCRIPT is retried here too (a script that did not run wrote nothing)."""
         script: AsyncScript = self._scripts[name]
+        for _ in range(_NOSCRIPT_TRIES - 1):
+            try:
+                return await script(keys=list(keys), args=list(args))
+            except NoScriptError:
+                continue
         return await script(keys=list(keys), args=list(args))
 
 

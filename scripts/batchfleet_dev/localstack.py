@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["KafkaBroker", "RedisServer", "create_topics", "find_redis_server", "free_port", "wait_for_port"]
+__all__ = ["KafkaBroker", "RedisServer", "SentinelServer", "create_topics", "find_redis_server", "free_port", "wait_for_port"]
 
 
 def free_port() -> int:
@@ -184,6 +184,41 @@ class RedisServer:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+@dataclass
+class SentinelServer:
+    """One ``redis-server FILE.conf --sentinel`` monitoring ``master`` at 127.0.0.1:``primary_port``
+    (quorum 2, down after 1 s); its conf file and log live in ``directory``."""
+
+    primary_port: int
+    directory: Path
+    master: str = "bf"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SentinelServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conf = self.directory / f"sentinel-{self.port}.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndaemonize no\ndir {self.directory}\n"
+            f"logfile {self.directory / f'sentinel-{self.port}.log'}\n"
+            f"sentinel monitor {self.master} 127.0.0.1 {self.primary_port} 2\n"
+            f"sentinel down-after-milliseconds {self.master} 1000\n"
+            f"sentinel failover-timeout {self.master} 5000\n"
+        )
+        self.proc = subprocess.Popen(
+            [find_redis_server(), str(conf), "--sentinel"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
 
 
 @dataclass

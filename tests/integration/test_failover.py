@@ -16,7 +16,7 @@ from batchfleet.errors import FencedOffsetError, StaleOffsetError
 from batchfleet.keys import offset_field
 from batchfleet.models import QuarantineEntry
 from batchfleet.store import BatchStore
-from batchfleet_dev.localstack import KafkaBroker, RedisServer
+from batchfleet_dev.localstack import KafkaBroker, RedisServer, SentinelServer
 from batchfleet_dev.tcpproxy import TcpProxy
 from tests.integration.fleet import TEST_SHARDS, batches_uploaded, fleet, make_settings, message, produce, read_uploads, wait_until
 from tests.integration.webdata import spec
@@ -261,3 +261,72 @@ async def test_a_rolled_back_fence_counter_never_hands_out_a_token_twice(store: 
     assert await store.ack_upload(first, retention_s=60, upload_ms=1.0) is None  # fenced
     assert await store.freeze_payload(second, b'{"b": 2}') == b'{"b": 2}'
     assert await store.ack_upload(second, retention_s=60, upload_ms=1.0) is not None
+
+
+# -- Sentinel: every role follows a failover by itself -----------------------------------------
+async def _master_port(sentinel: int) -> int:
+    async with aioredis.Redis(port=sentinel) as client:
+        _, port = await client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "bf")
+    return int(port)
+
+
+@pytest.mark.slow
+async def test_sentinel_failover_every_role_follows_and_every_batch_is_uploaded_once(
+    broker: KafkaBroker, make_topic, tmp_path: Path
+) -> None:
+    primary = RedisServer().start()
+    replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    sentinels = [SentinelServer(primary.port, tmp_path / "sentinels").start() for _ in range(3)]
+    topic = await make_topic()
+    out = tmp_path / "u.jsonl"
+    addresses = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+    settings = make_settings(
+        "redis://127.0.0.1:1/0",  # only the db is read: the Sentinels name the primary
+        broker.bootstrap,
+        [topic],
+        f"file://{out}",
+        batching="message",
+        redis_sentinels=addresses,
+        redis_sentinel_master="bf",
+    )
+    store = BatchStore.from_settings(settings)
+    p_client = aioredis.Redis(port=primary.port)
+    r_client = aioredis.Redis(port=replica.port)
+    try:
+
+        async def replica_known() -> bool:  # every Sentinel has found the replica (needed to fail over)
+            for s in sentinels:
+                async with aioredis.Redis(port=s.port) as client:
+                    if not await client.execute_command("SENTINEL", "REPLICAS", "bf"):
+                        return False
+            return True
+
+        await wait_until(replica_known, 30, "the Sentinels to discover the replica")
+        async with fleet(settings):
+            await produce(broker.bootstrap, topic, [message([f"A{i}"]) for i in range(5)], partition=0)
+            await wait_until(lambda: batches_uploaded(store, 5), 30, "uploads before the failover")
+            await _wait_replica_in_sync(p_client, r_client)
+            failed_over_at = time.monotonic()
+            async with aioredis.Redis(port=sentinels[0].port) as client:
+                await client.execute_command("SENTINEL", "FAILOVER", "bf")
+
+            async def promoted() -> bool:
+                return all([await _master_port(s.port) == replica.port for s in sentinels])
+
+            await wait_until(promoted, 30, "the replica promoted")
+            promoted_s = time.monotonic() - failed_over_at
+            await produce(broker.bootstrap, topic, [message([f"B{i}"]) for i in range(5)], partition=0)
+            await wait_until(lambda: batches_uploaded(store, 10), 60, "uploads after the failover")
+            recovered_s = time.monotonic() - failed_over_at
+        on_new_primary = int((await r_client.info("replication"))["connected_slaves"])
+    finally:
+        await store.aclose()
+        await p_client.aclose()
+        await r_client.aclose()
+        for s in sentinels:
+            s.stop()
+        primary.stop()
+        replica.stop()
+    print(f"\nSENTINEL FAILOVER -> replica promoted after {promoted_s:.1f}s, every batch uploaded {recovered_s:.1f}s after it")
+    _assert_each_once(out, {f"{topic}:0:{i}" for i in range(10)})
+    assert on_new_primary >= 0

@@ -223,3 +223,26 @@ def test_arq_job_timeout_covers_the_longest_topic_and_priority_deadline(tmp_path
     assert load_settings(station_timeout_s=3.0).longest_station_budget_s() == 3.0
     for field in ("late", "quorum", "priorities", "retention_s", "station_id_field"):  # every field inherits
         assert getattr(load_settings(config=str(cfg)).topic("OTHER"), field) == getattr(load_settings(config=str(cfg)), field)
+
+
+def test_sentinel_settings_go_together_and_reach_arq() -> None:
+    import pydantic
+
+    from batchfleet.workers.settings import worker_settings
+
+    with pytest.raises(pydantic.ValidationError, match="go together"):
+        Settings(redis_sentinels="127.0.0.1:26379")
+    with pytest.raises(pydantic.ValidationError, match="not host:port"):
+        Settings(redis_sentinels="nohost", redis_sentinel_master="bf")
+    with pytest.raises(pydantic.ValidationError, match="exclude each other"):
+        Settings(redis_sentinels="h:1", redis_sentinel_master="bf", redis_cluster=True)
+    s = Settings(redis_sentinels="a:26379, b:26380", redis_sentinel_master="bf", redis_url="redis://:pw@x/3")
+    assert s.sentinel_addresses() == [("a", 26379), ("b", 26380)]
+    arq = worker_settings(s)["redis_settings"]
+    assert (arq.sentinel, arq.sentinel_master, arq.host, arq.password, arq.database) == (
+        True,
+        "bf",
+        [("a", 26379), ("b", 26380)],
+        "pw",
+        3,
+    )
