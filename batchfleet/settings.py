@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # then asks them for the current primary (redis_url still gives user, password, db and scheme)
     redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
     redis_sentinel_master: str = ""
+    # durability knob: after each ingest write the dispatcher runs WAIT N TIMEOUT on the same connection
+    ingest_wait_replicas: int = Field(default=0, ge=0)
+    ingest_wait_timeout_ms: int = Field(default=500, ge=1)
     key_prefix: str = Field(default="bf", pattern=r"^[A-Za-z0-9_.-]+$")
     shards: int = Field(default=1, ge=1, le=1024)  # hash-tagged shards of the keyspace (see README "Shards")
 
@@ -167,6 +170,8 @@ class Settings(BaseSettings):
             raise ValueError("BATCHFLEET_REDIS_SENTINELS and BATCHFLEET_REDIS_SENTINEL_MASTER go together: set both or neither")
         if self.redis_sentinels and self.redis_cluster:
             raise ValueError("BATCHFLEET_REDIS_SENTINELS and BATCHFLEET_REDIS_CLUSTER exclude each other")
+        if self.ingest_wait_replicas and self.redis_cluster:
+            raise ValueError("BATCHFLEET_INGEST_WAIT_REPLICAS is for a single Redis or Sentinel, not BATCHFLEET_REDIS_CLUSTER")
         return self
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:

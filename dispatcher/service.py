@@ -68,6 +68,8 @@ class Dispatcher:
         self.settings = settings
         self.store = store
         self.name = name
+        if settings.ingest_wait_replicas:
+            store.ingest_wait = (settings.ingest_wait_replicas, settings.ingest_wait_timeout_ms)
         self.stop = asyncio.Event()  # replaced by run()'s: every wait for Redis ends when it is set
         self.consumer: AIOKafkaConsumer | None = None
         self.paused = False

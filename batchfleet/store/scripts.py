@@ -63,6 +63,7 @@ class Scripts:
     def __init__(self, client: aioredis.Redis | aioredis.RedisCluster) -> None:
         register = cast(Any, client).register_script  # typed for Redis only; RedisCluster has it too
         self._scripts = {name: register(script_source(name)) for name in SCRIPT_NAMES}
+        self._client = client
 
     async def run(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run a script.  redis-py reloads a script Redis does not know (NOSCRIPT) and tries once
@@ -75,6 +76,19 @@ class Scripts:
             except NoScriptError:
                 continue
         return await script(keys=list(keys), args=list(args))
+
+    async def run_and_wait(
+        self, name: str, keys: Sequence[Any], args: Sequence[Any], replicas: int, timeout_ms: int
+    ) -> tuple[Any, int]:
+        """Run a script, then ``WAIT replicas timeout_ms`` on the same connection (one pipeline), so
+        the WAIT covers the script's writes.  Returns the script's reply and how many replicas
+        acknowledged them.  Single Redis / Sentinel only (Settings refuses it with a cluster)."""
+        client = cast(aioredis.Redis, self._client)
+        async with client.pipeline(transaction=False) as pipe:
+            await self._scripts[name](keys=list(keys), args=list(args), client=pipe)
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            reply, acked = await pipe.execute()
+        return reply, int(acked)
 
 
 def reply_kind(script: str, reply: Any, kinds: Collection[str]) -> str:

@@ -6,6 +6,7 @@ checked against the kinds its contract documents (:func:`~batchfleet.store.scrip
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +21,8 @@ from batchfleet.store.base import StoreBase, aw, pairs, text
 from batchfleet.store.scripts import RATE_OUTCOMES, reply_kind
 
 __all__ = ["STATION_JOB", "Expected", "Transitions", "station_job_prefix"]
+
+log = logging.getLogger(__name__)
 
 Expected = Mapping[str, int | None]
 """What a dispatcher believes Redis holds: the next offset of each ``TOPIC:PARTITION`` field, None
@@ -58,6 +61,24 @@ def station_job_prefix(records: list[dict[str, Any]], budget_ms: int, enqueue_ms
 
 class Transitions(StoreBase):
     """Ingest, record, finalize and upload: what the three services do to a batch."""
+
+    ingest_wait: tuple[int, int] | None = None  # (replicas, timeout ms): WAIT after each ingest write
+
+    async def _ingest(self, name: str, keys: Sequence[Any], args: Sequence[Any], what: str) -> Any:
+        if self.ingest_wait is None:
+            return await self.scripts.run(name, keys, args)
+        replicas, timeout_ms = self.ingest_wait
+        reply, acked = await self.scripts.run_and_wait(name, keys, args, replicas, timeout_ms)
+        if acked < replicas:
+            log.warning(
+                "%s: acknowledged by %d of %d replica(s) within %d ms; a failover now could lose it "
+                "(fenced ingest would then re-ingest it)",
+                what,
+                acked,
+                replicas,
+                timeout_ms,
+            )
+        return reply
 
     # -- dispatcher --------------------------------------------------------------------------
     async def load_offsets(self, fields: Iterable[str]) -> dict[str, int]:
@@ -129,7 +150,7 @@ class Transitions(StoreBase):
             k.batches(shard),
             *job_keys,
         ]
-        reply = await self.scripts.run("create_batch", keys, args)
+        reply = await self._ingest("create_batch", keys, args, f"batch {bid}")
         kind = reply_kind("create_batch", reply, ("created", "exists", "fenced", "stale"))
         if kind == "fenced":
             raise _fenced(text(reply[1]), expected, reply[2])
@@ -181,7 +202,7 @@ class Transitions(StoreBase):
             max_entries,
             *fields,
         ]
-        reply = await self.scripts.run("quarantine_message", keys, args)
+        reply = await self._ingest("quarantine_message", keys, args, f"quarantine of {mid}")
         kind = reply_kind("quarantine_message", reply, ("quarantined", "exists", "fenced", "stale"))
         if kind == "fenced":
             raise _fenced(name, expected, reply[1])

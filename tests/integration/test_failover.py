@@ -330,3 +330,38 @@ async def test_sentinel_failover_every_role_follows_and_every_batch_is_uploaded_
     print(f"\nSENTINEL FAILOVER -> replica promoted after {promoted_s:.1f}s, every batch uploaded {recovered_s:.1f}s after it")
     _assert_each_once(out, {f"{topic}:0:{i}" for i in range(10)})
     assert on_new_primary >= 0
+
+
+# -- durability knob: WAIT after each ingest write ---------------------------------------------
+@pytest.mark.slow
+async def test_ingest_wait_counts_replica_acks_and_warns_without_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    primary = RedisServer().start()
+    replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    store = BatchStore.from_url(primary.url, shards=TEST_SHARDS)
+    p_client = aioredis.Redis(port=primary.port)
+    r_client = aioredis.Redis(port=replica.port)
+    try:
+        await _wait_replica_in_sync(p_client, r_client)
+        started = time.monotonic()
+        for i in range(50):
+            await store.create_batch(spec(f"W:0:{i}", ["S1"]))
+        plain_ms = (time.monotonic() - started) * 20  # per write
+        store.ingest_wait = (1, 2000)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="batchfleet.store.transitions"):
+            for i in range(50, 100):
+                await store.create_batch(spec(f"W:0:{i}", ["S1"]))
+            waited_ms = (time.monotonic() - started) * 20
+            assert not [r for r in caplog.records if "replica" in r.getMessage()]
+            assert await r_client.exists(store.keys.batch("W:0:99")) == 1  # on the replica when acknowledged
+            replica.kill()
+            store.ingest_wait = (1, 200)
+            await store.create_batch(spec("W:0:100", ["S1"]))
+        assert any("acknowledged by 0 of 1 replica(s) within 200 ms" in r.getMessage() for r in caplog.records)
+    finally:
+        await store.aclose()
+        await p_client.aclose()
+        await r_client.aclose()
+        primary.stop()
+        replica.stop()
+    print(f"\ncreate_batch: {plain_ms:.2f} ms without WAIT, {waited_ms:.2f} ms with WAIT 1 (loopback replica)")
