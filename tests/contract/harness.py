@@ -254,6 +254,12 @@ async def run_case(ctx: Ctx, script: str, case: Case) -> None:
 # -- arranging state ------------------------------------------------------------------------------
 
 
+def counter(token: str | bytes) -> int:
+    """The counter part of a fencing token ``COUNTER-NONCE`` (the nonce keeps tokens unique even when
+    lost writes roll the counter back)."""
+    return int(s(token).partition("-")[0])
+
+
 def spec(
     *stations: str,
     batch_id: str = BATCH,
@@ -302,7 +308,7 @@ async def taken_over(ctx: Ctx) -> Claim:
     """Our claim (token 1) whose lease ran out and that another aggregator re-claimed (token 2)."""
     ours = await claimed(ctx, lease_ms=0)
     theirs = await ctx.store.claim(BATCH, 60_000)
-    assert theirs is not None and int(theirs.token) > int(ours.token)
+    assert theirs is not None and counter(theirs.token) > counter(ours.token)
     return ours
 
 

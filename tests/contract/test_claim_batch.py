@@ -14,6 +14,7 @@ from tests.contract.harness import (
     Ctx,
     Seen,
     claimed,
+    counter,
     dead,
     open_batch,
     record,
@@ -34,13 +35,14 @@ async def assert_claimed(ctx: Ctx, seen: Seen, *, reason: str, done: int, token:
     assert seen.kind() == "claimed"
     now_ms = seen.int(2)
     assert seen.t0 <= now_ms <= seen.t1
-    assert seen.int(1) == token
+    issued = seen.text(1)
+    assert counter(issued) == token and len(issued.partition("-")[2]) >= 8  # COUNTER-NONCE
     result = seen.result
     assert isinstance(result, Claim)
-    assert (result.batch_id, result.token, result.now_ms, result.reason) == (BATCH, str(token), now_ms, reason)
+    assert (result.batch_id, result.token, result.now_ms, result.reason) == (BATCH, issued, now_ms, reason)
     meta = await ctx.meta(BATCH)
     assert result.meta == meta  # the reply carries the meta as written
-    assert (meta["state"], meta["reason"], meta["done"], meta["owner_token"]) == ("finalized", reason, str(done), str(token))
+    assert (meta["state"], meta["reason"], meta["done"], meta["owner_token"]) == ("finalized", reason, str(done), issued)
     assert result.stations == ["s1", "s2"]
     assert await ctx.zscore(ctx.due, BATCH) is None
     assert await ctx.zscore(ctx.leases, BATCH) == now_ms + LEASE_MS
@@ -116,7 +118,7 @@ async def leased_to_another(ctx: Ctx) -> Claim:
 async def then_not_due_leased(ctx: Ctx, seen: Seen) -> None:
     assert seen.reply == [b"not_due"]
     assert seen.result is None
-    assert (await ctx.meta(BATCH))["owner_token"] == "1"
+    assert counter((await ctx.meta(BATCH))["owner_token"]) == 1
     assert await ctx.zscore(ctx.leases, BATCH) == seen.given.now_ms + 60_000
     assert await ctx.redis.get(ctx.fence) == b"1"
 
@@ -147,7 +149,7 @@ def then_gone(state: str | None) -> Any:
         if state is None:
             assert meta == {} and not await ctx.exists(ctx.fence)
         else:  # claimed once (by the given), not again
-            assert (meta["state"], meta["claims"], meta["owner_token"]) == (state, "1", "1")
+            assert (meta["state"], meta["claims"], counter(meta["owner_token"])) == (state, "1", 1)
             assert await ctx.redis.get(ctx.fence) == b"1"
 
     then.__name__ = f"then_gone_{state}"

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchfleet.errors import StaleOffsetError
+from batchfleet.errors import FencedOffsetError, StaleOffsetError
 from batchfleet.models import PartitionRange
 from tests.contract.harness import BATCH, Case, Ctx, Seen, nothing, open_batch, run_case, spec
 
@@ -119,11 +119,26 @@ async def then_exists(ctx: Ctx, seen: Seen) -> None:
     assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2}
 
 
+async def create_expecting_other_offset(ctx: Ctx, given: Any) -> Any:
+    """The dispatcher believes Redis holds next offset 7 for T:0; Redis holds none (lost in a failover)."""
+    with pytest.raises(FencedOffsetError) as info:
+        await ctx.store.create_batch(spec("s1", "s2", timeout_s=30), expected={"T:0": 7})
+    return info.value
+
+
+async def then_fenced(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"fenced", b"T:0", None]  # Lua false: Redis holds no offset for T:0
+    assert (seen.result.partition_field, seen.result.expected, seen.result.stored_offset) == ("T:0", 7, None)
+    assert await ctx.redis.keys("*") == [ctx.keys.stats(ctx.shard).encode()]  # nothing written but the counter
+    assert (await ctx.stats())["ingest_fenced"] == 1
+
+
 CASES = [
     Case("created", "batch-jobs-queue-offsets-due-index-stats", nothing, create, then_created),
     Case("created", "existing-job-key-neither-overwritten-nor-queued", existing_job, create, then_job_kept),
     Case("created", "stored-offset-equal-to-first-is-not-stale", offset_at_first, create, then_created),
     Case("created", "index-capped-at-newest-100000", full_index, create, then_index_capped),
+    Case("fenced", "redis-lost-the-offset-nothing-written", nothing, create_expecting_other_offset, then_fenced),
     Case("stale", "offsets-already-ingested-nothing-written", offsets_ahead, create_catching_stale, then_stale),
     Case("exists", "same-batch-again-nothing-written", created_before, create_again_with_fresh_offsets, then_exists),
 ]

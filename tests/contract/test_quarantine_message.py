@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from batchfleet.errors import StaleOffsetError
+from batchfleet.errors import FencedOffsetError, StaleOffsetError
 from batchfleet.models import QuarantineEntry
 from tests.contract.harness import Case, Ctx, Seen, nothing, run_case
 
@@ -101,11 +101,32 @@ async def then_stale(ctx: Ctx, seen: Seen) -> None:
     assert await ctx.hash(ctx.offsets) == {"T:0": "9"}
 
 
+async def offset_behind(ctx: Ctx) -> None:
+    await ctx.redis.hset(ctx.offsets, "T:0", 3)  # Redis went back in time (a failover lost writes)
+
+
+async def quarantine_expecting_5(ctx: Ctx, given: Any) -> FencedOffsetError:
+    with pytest.raises(FencedOffsetError) as info:
+        await ctx.store.quarantine(entry(5), retention_s=RETENTION_S, max_entries=100, expected={"T:0": 5})
+    return info.value
+
+
+async def then_fenced(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"fenced", b"3"]
+    assert (seen.result.partition_field, seen.result.expected, seen.result.stored_offset) == ("T:0", 5, 3)
+    assert sorted(await ctx.redis.keys("*")) == sorted(
+        [ctx.offsets.encode(), ctx.keys.stats(ctx.shard).encode()]
+    )  # nothing written
+    assert await ctx.hash(ctx.offsets) == {"T:0": "3"}
+    assert (await ctx.stats())["ingest_fenced"] == 1
+
+
 CASES = [
     Case("quarantined", "entry-index-stats-offset-advanced", nothing, quarantine(advance=True), then_quarantined_advancing),
     Case("quarantined", "offsets-left-to-create-batch", nothing, quarantine(advance=False), then_quarantined_offsets_untouched),
     Case("quarantined", "index-trimmed-to-max-entries", two_quarantined, quarantine(max_entries=2), then_index_trimmed),
     Case("exists", "same-message-again-counted-once", quarantined_before, quarantine(advance=True), then_exists),
+    Case("fenced", "redis-behind-the-dispatcher-nothing-written", offset_behind, quarantine_expecting_5, then_fenced),
     Case("stale", "offset-already-ingested-nothing-written", offset_ingested, quarantine_catching_stale, then_stale),
 ]
 
