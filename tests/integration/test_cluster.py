@@ -20,6 +20,7 @@ from batchfleet.store import BatchStore
 from batchfleet_dev.cluster import RedisCluster
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration.fleet import (
+    ARQ_LOST_POOL,
     REPO,
     RedisTarget,
     fleet,
@@ -53,22 +54,7 @@ def _exactly_once(out: Path, total: int) -> None:
         assert p["summary"]["ok"] == 3 and p["summary"]["missing"] == 0, p
 
 
-# arq 0.28's create_pool() drops the pool it made, unclosed, when its first PING is cancelled or fails:
-# after the failover ends one in-process arq worker, its siblings still starting are cancelled and
-# their pools' connections are found unclosed when garbage-collected.  Only those warnings are
-# ignored, only here, and the test collects the garbage itself so none surfaces in a later test.
-_ARQ_LOST_POOL = [
-    f"ignore:Exception ignored in. {what}:pytest.PytestUnraisableExceptionWarning"
-    for what in (
-        "<function AbstractConnection.__del__",
-        "<function StreamWriter.__del__",
-        "<function _SelectorTransport.__del__",
-        "<socket.socket",
-    )
-]
-
-
-@pytest.mark.filterwarnings(*_ARQ_LOST_POOL)
+@pytest.mark.filterwarnings(*ARQ_LOST_POOL)
 async def test_primary_killed_and_replica_promoted_every_role_recovers(broker: KafkaBroker, make_topic, tmp_path: Path) -> None:
     cluster = RedisCluster(primaries=3, replicas=1, node_timeout_ms=1000).start()
     try:
@@ -95,7 +81,7 @@ async def test_primary_killed_and_replica_promoted_every_role_recovers(broker: K
         _exactly_once(out, 48)
     finally:
         cluster.stop()
-        gc.collect()  # the pools arq lost (see _ARQ_LOST_POOL), while this test's filters apply
+        gc.collect()  # the pools arq lost (see ARQ_LOST_POOL), while this test's filters apply
 
 
 async def _uploaded(out: Path, n: int) -> bool:
