@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -145,6 +146,19 @@ def browser() -> Iterator[WebDriver]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _heading(driver: WebDriver, expected: str) -> None:
+    """After a click that submits a form: wait (bounded) until the new page's heading is ``expected``;
+    the old page's elements go stale while the browser navigates."""
+
+    def shown() -> bool:
+        try:
+            return bool(driver.find_element(By.TAG_NAME, "h1").text == expected)
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+
+    poll(shown, 15, f"the page headed {expected!r}")
+
+
 def _text(driver: WebDriver, element_id: str) -> str:
     return str(driver.find_element(By.ID, element_id).text)
 
@@ -226,7 +240,7 @@ def test_replay_needs_the_token_and_reuploads_once(console: Console, browser: We
     browser.get(console.url + "/dead")
     browser.find_element(By.CSS_SELECTOR, f'button[data-batch="{batch_id}"]').click()
     assert _text(browser, "message") == "this action needs the console token: sign in first"
-    assert browser.find_element(By.TAG_NAME, "h1").text == "Refused"
+    _heading(browser, "Refused")
     assert console.state(batch_id) == "dead" and console.uploads_of(batch_id) == [503]
 
     # a wrong token does not sign in
@@ -240,7 +254,7 @@ def test_replay_needs_the_token_and_reuploads_once(console: Console, browser: We
     browser.find_element(By.ID, "sign-in-submit").click()
     assert browser.current_url == console.url + "/dead"
     browser.find_element(By.CSS_SELECTOR, f'button[data-batch="{batch_id}"]').click()
-    assert browser.find_element(By.TAG_NAME, "h1").text == "Replayed"
+    _heading(browser, "Replayed")
     assert _text(browser, "message") == f"{batch_id}: queued for upload"
     poll(lambda: console.state(batch_id) == "uploaded", 30, "the replayed batch's upload")
     assert console.uploads_of(batch_id) == [503, 200]
