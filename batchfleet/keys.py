@@ -27,7 +27,10 @@ Layout (prefix ``bf``; ``{T}`` is a shard's hash tag, e.g. ``{bf:s3.17}``)::
     {T}:quarantine           zset   quarantined message id -> ms when quarantined
     {T}:q:TOPIC:P:OFFSET     hash   one quarantined message: reason, topic, partition, offset, raw value
     {T}:queue                zset   the shard's arq queue
-    arq:job:{T}:BATCH:STATION string arq job (JSON); arq:in-progress:/arq:retry: keys alike
+    arq:job:{T}:BATCH#N      string arq job (JSON) of group N: several stations of the batch with their records
+    arq:job:{T}:BATCH:STATION string arq job (JSON) of one station (a re-run after its group's worker died,
+                                   or a batch dispatched while a worker of an earlier release was alive);
+                                   arq:in-progress:/arq:retry: keys alike
     bf:layout                hash   the shard count and tag scheme every process must agree with
     bf:procs                 zset   "ROLE:HOST:PID" -> ms of its last heartbeat (index for status/health)
     bf:proc:ROLE:HOST:PID    string one live process: JSON of what it is doing, short TTL
@@ -162,7 +165,7 @@ class Keys:
         base = self.batch(batch_id)
         return [base, base + ":in", base + ":out", base + ":late", base + ":payload"]
 
-    # -- station jobs (arq's key prefixes, the shard's tag in the job id) ---------------------
+    # -- jobs: one station or a group of a batch's stations (arq's key prefixes, the shard's tag) ---
     def job_id(self, batch_id: str, station_id: str) -> str:
         return f"{self.tag(self.shard_of_batch(batch_id))}:{batch_id}:{station_id}"
 
@@ -176,6 +179,21 @@ class Keys:
 
     def job(self, batch_id: str, station_id: str) -> str:
         return ARQ_JOB_PREFIX + self.job_id(batch_id, station_id)
+
+    def group_job_id(self, batch_id: str, index: int) -> str:
+        """arq job id of a batch's group ``index`` (several stations in one job): ``{TAG}:BATCH#INDEX``."""
+        return f"{self.tag(self.shard_of_batch(batch_id))}:{batch_id}#{index}"
+
+    def group_job(self, batch_id: str, index: int) -> str:
+        return ARQ_JOB_PREFIX + self.group_job_id(batch_id, index)
+
+    @staticmethod
+    def batch_of_group_job(job_id: str) -> str:
+        """The batch id of a group job id ``{TAG}:TOPIC:PARTITION:OFFSET#INDEX`` (topics hold no '#')."""
+        close, mark = job_id.find("}:"), job_id.rfind("#")
+        if not job_id.startswith("{") or close < 0 or mark < close:
+            raise ValueError(f"not a group job id: {job_id!r}")
+        return job_id[close + 2 : mark]
 
     @staticmethod
     def in_progress(job_id: str) -> str:

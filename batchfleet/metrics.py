@@ -24,7 +24,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 1
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 BATCHES_CREATED = Counter("batchfleet_batches_created", "Batches created by dispatchers", ["topic"], registry=REGISTRY)
-STATIONS_DISPATCHED = Counter("batchfleet_stations_dispatched", "Station jobs enqueued", ["topic"], registry=REGISTRY)
+STATIONS_DISPATCHED = Counter("batchfleet_stations_dispatched", "Stations enqueued (in jobs)", ["topic"], registry=REGISTRY)
+JOBS_DISPATCHED = Counter("batchfleet_jobs_dispatched", "arq jobs enqueued (stations in groups)", ["topic"], registry=REGISTRY)
 INGEST_FENCED = Counter(
     "batchfleet_ingest_fenced",
     "Times Redis held another next offset than the dispatcher expected (lost writes, stale dispatcher): re-seeked",

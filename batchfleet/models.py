@@ -11,17 +11,24 @@ from pydantic import BaseModel
 __all__ = [
     "BatchSpec",
     "Claim",
+    "JobShape",
     "Outcome",
     "OutcomeStatus",
     "PartitionRange",
     "QuarantineEntry",
     "RecordResult",
+    "RecordedOutcomes",
     "StationInput",
+    "StationRecord",
     "Summary",
     "UploadPayload",
 ]
 
 OutcomeStatus = Literal["ok", "empty", "failed"]
+# "group": a job carries several stations (run_group); "station": one station per job (run_station), the
+# shape workers of earlier releases understand
+JobShape = Literal["group", "station"]
+StationRecord = Literal["recorded", "duplicate", "late", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class BatchSpec:
     queue_boost_s: float = 0.0
     quorum_needed: int = 0  # 0: no quorum policy
     quorum_grace_s: float = 0.0
+    group_sizes: list[int] = field(default_factory=list)  # stations per job, in station order; [] = one job
+    job_shape: JobShape = "group"
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,30 @@ class RecordResult:
     status: Literal["recorded", "complete", "quorum", "duplicate", "late", "unknown"]
     done: int
     expected: int
+
+
+_RECORD_CODES: dict[str, StationRecord] = {"r": "recorded", "d": "duplicate", "l": "late", "u": "unknown"}
+
+
+@dataclass(frozen=True)
+class RecordedOutcomes:
+    """What record_outcome said about several stations of one batch recorded in one call."""
+
+    kind: Literal["complete", "quorum", "recorded", "unchanged"]
+    done: int
+    expected: int
+    codes: str  # one letter per station, in call order: r(ecorded) d(uplicate) l(ate) u(nknown)
+
+    @property
+    def event(self) -> Literal["complete", "quorum", ""]:
+        """The batch event this call caused, if any."""
+        return self.kind if self.kind in ("complete", "quorum") else ""
+
+    def status(self, index: int) -> StationRecord:
+        return _RECORD_CODES[self.codes[index]]
+
+    def count(self, status: StationRecord) -> int:
+        return self.codes.count(status[0])
 
 
 @dataclass

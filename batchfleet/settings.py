@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     processor: str = ""  # required by the worker: module:function
     station_timeout_s: float | None = Field(default=None, gt=0)
     max_result_bytes: int = Field(default=1_048_576, ge=16)
+    stations_per_job: int = Field(default=100, ge=1, le=10_000)
     worker_max_jobs: int = Field(default=50, ge=1)
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
     worker_grace_s: int = Field(default=10, ge=0)

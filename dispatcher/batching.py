@@ -11,6 +11,9 @@ Rules (pure functions, no I/O):
   ``priority_field``, else the topic's default; unknown names count as the default.  A poll batch
   takes the most urgent level (shortest deadline) of its messages: splitting a poll by level would
   break the one-range-per-partition offset rule below.
+- Stations travel in jobs of several stations (``group_sizes``): a batch becomes ``ceil(n / per_job)``
+  jobs, but never fewer than the live workers (so a small batch still spreads over the fleet) nor more
+  than its stations; the sizes differ by at most one.
 - Every message is covered by exactly one unit's offset range, so storing "next offset" with each
   unit makes ingest exactly-once.  A bad message inside a poll batch is quarantined first without
   moving offsets; the batch that follows covers its offset.  A bad message not followed by a batch
@@ -29,7 +32,7 @@ from batchfleet.keys import batch_id_for
 from batchfleet.models import BatchSpec, PartitionRange, QuarantineEntry
 from batchfleet.settings import TopicConfig
 
-__all__ = ["KafkaMessage", "Unit", "plan_dispatch"]
+__all__ = ["KafkaMessage", "Unit", "group_sizes", "plan_dispatch"]
 
 Unit = BatchSpec | QuarantineEntry
 _KEEP_BYTES = 64 * 1024  # how much of a bad message's value the quarantine keeps
@@ -159,6 +162,16 @@ def _plan_message(topic: str, msgs: list[KafkaMessage], cfg: TopicConfig, max_by
             acc.bad.append((msg, bad.reason))
         units += acc.flush()
     return units
+
+
+def group_sizes(stations: int, per_job: int, workers: int) -> list[int]:
+    """Stations per job for a batch of ``stations``: as few jobs as ``per_job`` allows, but at least one
+    per live worker (capped at one station per job), sizes balanced."""
+    if stations <= 0:
+        return []
+    jobs = min(stations, max(math.ceil(stations / max(per_job, 1)), workers, 1))
+    size, bigger = divmod(stations, jobs)
+    return [size + 1] * bigger + [size] * (jobs - bigger)
 
 
 def plan_dispatch(

@@ -20,6 +20,7 @@ writes Redis lost.  Re-ingesting is safe: batch ids are deterministic.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,11 +30,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from batchfleet import metrics
-from batchfleet.dispatcher.batching import Unit, plan_dispatch
+from batchfleet.dispatcher.batching import Unit, group_sizes, plan_dispatch
 from batchfleet.errors import FencedOffsetError, StaleOffsetError, StopRequested
 from batchfleet.heartbeat import heartbeat, process_member
 from batchfleet.keys import offset_field
-from batchfleet.models import BatchSpec, QuarantineEntry
+from batchfleet.models import BatchSpec, JobShape, QuarantineEntry
 from batchfleet.retry import REDIS_UNAVAILABLE, describe, retry
 from batchfleet.runtime import bounded, start_kafka
 from batchfleet.settings import Settings
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _QUARANTINE_RETENTION_S = 7 * 86_400
 _QUARANTINE_MAX = 100_000
+_FLEET_EVERY_S = 5.0  # how often the live workers are counted (group sizes, job shape)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -81,6 +83,9 @@ class Dispatcher:
         self._redis_was_away = False
         self._lag_measured = 0.0
         self.lag: dict[str, int] = {}
+        self._fleet_seen = -_FLEET_EVERY_S
+        self.workers_seen = 0  # live worker processes (heartbeats), at the last look
+        self.job_shape: JobShape = "group"  # "station" while a worker that knows no groups is alive
 
     # -- Kafka plumbing ----------------------------------------------------------------------
     def _consumer(self) -> AIOKafkaConsumer:
@@ -241,6 +246,7 @@ class Dispatcher:
     async def _step(self) -> None:
         if await self._backpressure():
             return
+        await self._redis_retry(self.look_at_workers)
         consumer = self.consumer
         if consumer is None:
             raise RuntimeError("dispatcher not started")
@@ -253,6 +259,29 @@ class Dispatcher:
         if messages:
             await self.dispatch(messages)
         await self._measure_lag(consumer)
+
+    async def look_at_workers(self, *, now: bool = False) -> None:
+        """Every few seconds: how many workers are live (a batch is split into at least that many jobs)
+        and whether every one of them runs group jobs.  A worker of an earlier release lists no
+        ``job_shapes`` in its heartbeat; while one is alive, batches get one-station jobs, which every
+        release runs, so a rolling upgrade may replace dispatchers and workers in any order."""
+        if not now and time.monotonic() - self._fleet_seen < _FLEET_EVERY_S:
+            return
+        self._fleet_seen = time.monotonic()
+        live = await self.store.live_processes("worker")
+        self.workers_seen = len(live)
+        old = sorted(member for member, info in live.items() if "group" not in info.get("job_shapes", ()))
+        shape: JobShape = "station" if old else "group"
+        if shape != self.job_shape:
+            if old:
+                log.warning("%s: worker(s) of an earlier release alive (%s): one station per job", self.name, ", ".join(old[:5]))
+            else:
+                log.info(
+                    "%s: every live worker runs group jobs: %d station(s) per job at most",
+                    self.name,
+                    self.settings.stations_per_job,
+                )
+        self.job_shape = shape
 
     async def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Kafka lag per partition (highwater - position): aiokafka does not expose it."""
@@ -336,18 +365,23 @@ class Dispatcher:
             )
 
     async def _write_batch(self, spec: BatchSpec) -> None:
+        sizes = group_sizes(len(spec.stations), self.settings.stations_per_job, self.workers_seen)
+        spec = dataclasses.replace(spec, group_sizes=sizes, job_shape=self.job_shape)
         created, _ = await self.store.create_batch(spec, expected=self.expected)
         if created:
             for r in spec.ranges:
                 self.expected[offset_field(r.topic, r.partition)] = r.next_offset
+            jobs = len(sizes) if self.job_shape == "group" else len(spec.stations)
             self.batches_created += 1
             metrics.BATCHES_CREATED.labels(spec.topic).inc()
             metrics.STATIONS_DISPATCHED.labels(spec.topic).inc(len(spec.stations))
+            metrics.JOBS_DISPATCHED.labels(spec.topic).inc(jobs)
             log.info(
-                "batch %s created: %d stations expected from %d message(s), deadline %.1fs",
+                "batch %s created: %d stations expected from %d message(s) in %d job(s), deadline %.1fs",
                 spec.batch_id,
                 len(spec.stations),
                 spec.messages,
+                jobs,
                 spec.timeout_s,
                 extra={"batch_id": spec.batch_id, "topic": spec.topic},
             )

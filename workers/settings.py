@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from arq.connections import RedisSettings
 from arq.worker import func
 
 from batchfleet.errors import ConfigError
 from batchfleet.keys import Keys
 from batchfleet.settings import Settings, load_settings
-from batchfleet.store import STATION_JOB
-from batchfleet.workers.station import MAX_ATTEMPTS, WorkerContext, run_station, shutdown, startup_with
+from batchfleet.store import GROUP_JOB, STATION_JOB
+from batchfleet.workers.jobs import run_group, run_station
+from batchfleet.workers.station import MAX_ATTEMPTS, WorkerContext, shutdown, startup_with
 
 __all__ = ["bound_reads", "build_worker_settings_class", "json_dumps", "json_loads", "worker_settings"]
 
@@ -25,7 +27,7 @@ def json_dumps(value: Any) -> bytes:
 
 
 def json_loads(raw: bytes) -> Any:
-    return json.loads(raw)
+    return orjson.loads(raw)
 
 
 def _redis_settings(settings: Settings) -> RedisSettings:
@@ -61,15 +63,24 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         await bound_reads(ctx["redis"], settings.redis_socket_timeout_s)
         await startup_with(ctx, settings)
 
+    # A job runs once more than MAX_ATTEMPTS: a one-station job's last run records "gave up"; a group's
+    # second run splits it into one-station jobs (a third covers a split cut short by a Redis outage).
     return {
         "functions": [
+            func(
+                run_group,  # type: ignore[arg-type]
+                name=GROUP_JOB,
+                max_tries=MAX_ATTEMPTS + 1,
+                timeout=budget + JOB_TIMEOUT_EXTRA_S,
+                keep_result=0,
+            ),
             func(
                 run_station,  # type: ignore[arg-type]
                 name=STATION_JOB,
                 max_tries=MAX_ATTEMPTS + 1,
                 timeout=budget + JOB_TIMEOUT_EXTRA_S,
                 keep_result=0,
-            )
+            ),
         ],
         "redis_settings": _redis_settings(settings),
         "queue_name": Keys(settings.key_prefix, settings.shards).queue(0),

@@ -1,4 +1,4 @@
---[[ create_batch: Kafka messages -> one open batch, its station jobs, and the partitions' next offsets.
+--[[ create_batch: Kafka messages -> one open batch, its arq jobs, and the partitions' next offsets.
 One atomic step, so a crash leaves either nothing or the whole batch (exactly-once ingest).
 
 KEYS[1]  meta hash           {T}:b:B
@@ -7,8 +7,8 @@ KEYS[3]  due zset            {T}:due            (the shard's)
 KEYS[4]  offsets hash        {T}:offsets        (the shard's)
 KEYS[5]  arq queue zset      {T}:queue          (the shard's)
 KEYS[6]  stats hash          {T}:stats          (the shard's)
-KEYS[7]  batch index zset    {T}:batches        (the shard's; capped at 100,000 newest)
-KEYS[8..7+n]  arq job key of each station, arq:job:{T}:B:STATION (same order as the stations in ARGV)
+KEYS[7]  batch index zset    {T}:batches        (the shard's; capped at BATCH_INDEX_MAX newest)
+KEYS[8..7+j]  arq job key of each job: arq:job:{T}:B#N (a group of stations) or arq:job:{T}:B:STATION
 
 ARGV[1]  batch id B
 ARGV[2]  timeout_ms         deadline = Redis server time + timeout_ms
@@ -22,9 +22,11 @@ then 4p:                    offsets field "TOPIC:PARTITION", expected stored nex
                             in this batch, next offset.  "expected" is what the dispatcher believes
                             Redis holds for the partition: a number, "" = nothing stored, or "*" = no
                             fence (tools and tests that write batches directly, not a dispatcher)
-then 2n: station id, arq job payload prefix; n = #KEYS - 7.  The prefix is the station's arq job
-         JSON, whose last key is "a": [records, budget_ms, deadline_ms], cut before the deadline
-         value: the script appends the deadline it computed and closes the list and the object.
+then     n                  number of expected stations that follow
+then n:  station ids (the inputs hash; n is the batch's "expected")
+then j:  arq job payload prefix of each job, j = #KEYS - 7, in the order of the job keys.  A prefix is
+         the job's arq JSON, whose last key is "a": [..., budget_ms, deadline_ms], cut before the
+         deadline value: the script appends the deadline it computed and closes the list and object.
 
 Returns {"created", now_ms, deadline_ms}
      or {"fenced", field, stored_offset or false}  Redis holds another next offset than the dispatcher
@@ -45,7 +47,11 @@ local m = tonumber(ARGV[5])
 local i = 6 + 2 * m
 local p = tonumber(ARGV[i])
 local part_start = i + 1
-local station_start = part_start + 4 * p
+local n_at = part_start + 4 * p
+local n = tonumber(ARGV[n_at])
+local station_start = n_at + 1
+local job_start = station_start + n
+local jobs = #KEYS - 7
 
 for j = 0, p - 1 do
   local field = ARGV[part_start + 4 * j]
@@ -74,23 +80,32 @@ end
 local now_ms = redis_now_ms()
 local deadline_ms = now_ms + timeout_ms
 local deadline_tail = string.format('%d', deadline_ms) .. ']}'
-local n = #KEYS - 7
 
 redis.call('HSET', KEYS[1], 'state', 'open', 'created_ms', now_ms, 'deadline_ms', deadline_ms,
-  'expected', n, 'late', 0)
+  'expected', n, 'late', 0, 'jobs', jobs)
 for j = 0, m - 1 do
   redis.call('HSET', KEYS[1], ARGV[6 + 2 * j], ARGV[7 + 2 * j])
 end
 
+-- the inputs hash is the set of expected stations (their records live in the arq jobs): one HSET
+-- per 500 stations instead of one per station
+local fields = {}
 for k = 0, n - 1 do
-  local a = station_start + 2 * k
-  -- the inputs hash is the set of expected stations; a station's records live in its arq job
-  redis.call('HSET', KEYS[2], ARGV[a], '')
+  fields[#fields + 1] = ARGV[station_start + k]
+  fields[#fields + 1] = ''
+  if #fields >= 1000 or k == n - 1 then
+    redis.call('HSET', KEYS[2], unpack(fields))
+    fields = {}
+  end
+end
+
+-- the queue member is the job id: the job key without arq's "arq:job:" prefix.  The score is Redis
+-- time minus JOB_SCORE_SKEW_MS (see the prelude): order is kept, clock skew tolerated.
+local score = now_ms - JOB_SCORE_SKEW_MS - boost_ms
+for k = 0, jobs - 1 do
   local job_key = KEYS[8 + k]
-  if redis.call('SET', job_key, ARGV[a + 1] .. deadline_tail, 'PX', job_expire_ms, 'NX') then
-    -- the queue member is the job id: the job key without arq's "arq:job:" prefix.  The score is
-    -- Redis time minus JOB_SCORE_SKEW_MS (see the prelude): order is kept, clock skew tolerated.
-    redis.call('ZADD', KEYS[5], now_ms - JOB_SCORE_SKEW_MS - boost_ms, string.sub(job_key, 9))
+  if redis.call('SET', job_key, ARGV[job_start + k] .. deadline_tail, 'PX', job_expire_ms, 'NX') then
+    redis.call('ZADD', KEYS[5], score, string.sub(job_key, 9))
   end
 end
 
@@ -103,4 +118,5 @@ redis.call('ZADD', KEYS[7], now_ms, batch_id)
 if redis.call('ZCARD', KEYS[7]) > BATCH_INDEX_MAX then redis.call('ZREMRANGEBYRANK', KEYS[7], 0, 0) end
 redis.call('HINCRBY', KEYS[6], 'batches_created', 1)
 redis.call('HINCRBY', KEYS[6], 'stations_dispatched', n)
+redis.call('HINCRBY', KEYS[6], 'jobs_dispatched', jobs)
 return {'created', now_ms, deadline_ms}

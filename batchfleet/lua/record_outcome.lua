@@ -1,4 +1,7 @@
---[[ record_outcome: one station's outcome, recorded at most once (first wins).
+--[[ record_outcome: the outcomes of one or more stations of one batch, each recorded at most once
+(first wins).  A worker records every station of a job that finished in the same event-loop step with
+one call; a station that finishes alone is recorded alone, so the last station of a batch is never
+held back by the rest of its job.
 
 KEYS[1]  meta hash      {T}:b:B
 KEYS[2]  inputs hash    {T}:b:B:in     (the expected stations)
@@ -9,52 +12,85 @@ KEYS[6]  ready list     {T}:ready   (the shard's; wake-up signal for aggregators
 KEYS[7]  stats hash     {T}:stats   (the shard's)
 
 ARGV[1]  batch id B
-ARGV[2]  station id
-ARGV[3]  status: "ok" | "empty" | "failed"
-ARGV[4]  outcome JSON
+ARGV[2 .. 1+3k]  per station: station id, status ("ok" | "empty" | "failed"), outcome JSON
 
-Returns {"recorded", done, expected}   first outcome of this station, batch still open
-     or {"complete", done, expected}   ... and it was the last expected station: due now, wake-up pushed
-     or {"quorum", done, expected}     ... and it brought the batch to its quorum (meta quorum_needed):
-                                       due at now + quorum_grace_ms (never later than the deadline)
-     or {"duplicate", done, expected}  the station already had an outcome: nothing changed
-     or {"late", done, expected}       the batch was finalized first: counted (and kept if late=record)
-     or {"unknown", 0, 0}              no such batch (expired) or the station is not expected
+Returns {"complete", done, expected, codes}   this call recorded the last expected station: due now,
+                                              wake-up pushed
+     or {"quorum", done, expected, codes}     this call brought the batch to its quorum (meta
+                                              quorum_needed): due at now + quorum_grace_ms (never
+                                              later than the deadline)
+     or {"recorded", done, expected, codes}   this call recorded at least one station, and neither of
+                                              the above
+     or {"unchanged", done, expected, codes}  this call recorded no station (each one's code says why)
+  done, expected: outcomes recorded so far / stations expected (0, 0 for an unknown batch)
+  codes: one letter per station, in ARGV order: "r" recorded (first outcome of the station, batch
+  open), "d" duplicate (it already had an outcome: nothing changed), "l" late (the batch was
+  finalized first: counted, and kept if its late policy is "record"), "u" unknown (no such batch,
+  e.g. expired, or the station is not expected)
 Invariant: completion is HLEN(outcomes) == expected over distinct expected stations; a re-run of a
 station can never count twice.
 All keys carry {T}, the hash tag of the batch's shard (batchfleet/keys.py): one Cluster slot.
 ]]
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state or redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then
-  return {'unknown', 0, 0}
+local k = (#ARGV - 1) / 3
+if not state then
+  return {'unchanged', 0, 0, string.rep('u', k)}
 end
 local expected = tonumber(redis.call('HGET', KEYS[1], 'expected'))
-local done = redis.call('HLEN', KEYS[3])
+local before = redis.call('HLEN', KEYS[3])
+local codes = {}
+local counts = {}
+local recorded, duplicates, late = 0, 0, 0
+local keep_late = state ~= 'open' and redis.call('HGET', KEYS[1], 'late_policy') == 'record'
 
-if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then
-  redis.call('HINCRBY', KEYS[7], 'duplicate_results', 1)
-  return {'duplicate', done, expected}
+for i = 0, k - 1 do
+  local station, status, outcome = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  local code
+  if redis.call('HEXISTS', KEYS[2], station) == 0 then
+    code = 'u'
+  elseif state == 'open' then
+    if redis.call('HSETNX', KEYS[3], station, outcome) == 1 then
+      code = 'r'
+      recorded = recorded + 1
+      counts[status] = (counts[status] or 0) + 1
+    else
+      code = 'd'
+      duplicates = duplicates + 1
+    end
+  elseif redis.call('HEXISTS', KEYS[3], station) == 1 then
+    code = 'd'
+    duplicates = duplicates + 1
+  else
+    code = 'l'
+    late = late + 1
+    if keep_late then redis.call('HSETNX', KEYS[4], station, outcome) end
+  end
+  codes[#codes + 1] = code
 end
+codes = table.concat(codes)
 
-if state ~= 'open' then
-  redis.call('HINCRBY', KEYS[1], 'late', 1)
-  redis.call('HINCRBY', KEYS[7], 'late_results', 1)
-  if redis.call('HGET', KEYS[1], 'late_policy') == 'record' then
-    redis.call('HSETNX', KEYS[4], ARGV[2], ARGV[4])
+for status, count in pairs(counts) do
+  redis.call('HINCRBY', KEYS[7], 'stations_' .. status, count)
+end
+if duplicates > 0 then redis.call('HINCRBY', KEYS[7], 'duplicate_results', duplicates) end
+if late > 0 then
+  redis.call('HINCRBY', KEYS[1], 'late', late)
+  redis.call('HINCRBY', KEYS[7], 'late_results', late)
+  if keep_late then
     local ttl = redis.call('PTTL', KEYS[1])
     if ttl > 0 then redis.call('PEXPIRE', KEYS[4], ttl) end
   end
-  return {'late', done, expected}
 end
 
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
-redis.call('HINCRBY', KEYS[7], 'stations_' .. ARGV[3], 1)
-done = done + 1
+local done = before + recorded
+if recorded == 0 then
+  return {'unchanged', done, expected, codes}
+end
 if done >= expected then
   redis.call('ZADD', KEYS[5], 'XX', 0, ARGV[1])
   redis.call('LPUSH', KEYS[6], ARGV[1])
   redis.call('LTRIM', KEYS[6], 0, LIST_LAST_INDEX)  -- only a wake-up signal: the due zset is the truth
-  return {'complete', done, expected}
+  return {'complete', done, expected, codes}
 end
 local needed = tonumber(redis.call('HGET', KEYS[1], 'quorum_needed') or '0')
 if needed > 0 and done >= needed then
@@ -66,7 +102,7 @@ if needed > 0 and done >= needed then
       redis.call('LPUSH', KEYS[6], ARGV[1])
       redis.call('LTRIM', KEYS[6], 0, LIST_LAST_INDEX)
     end
-    return {'quorum', done, expected}
+    return {'quorum', done, expected, codes}
   end
 end
-return {'recorded', done, expected}
+return {'recorded', done, expected, codes}

@@ -15,9 +15,9 @@ from __future__ import annotations
 from batchfleet.store.base import make_client
 from batchfleet.store.reads import OperatorReads
 from batchfleet.store.registry import ProcessRegistry
-from batchfleet.store.transitions import STATION_JOB, Transitions, station_job_prefix
+from batchfleet.store.transitions import GROUP_JOB, STATION_JOB, Transitions, group_job_prefix, station_job, station_job_prefix
 
-__all__ = ["STATION_JOB", "BatchStore", "make_client", "station_job_prefix"]
+__all__ = ["GROUP_JOB", "STATION_JOB", "BatchStore", "group_job_prefix", "make_client", "station_job", "station_job_prefix"]
 
 
 class BatchStore(Transitions, OperatorReads, ProcessRegistry):

@@ -38,6 +38,7 @@ SCRIPT_NAMES = (
     "quarantine_message",
     "claim_jobs",
     "record_outcome",
+    "split_group",
     "claim_batch",
     "freeze_payload",
     "ack_upload",

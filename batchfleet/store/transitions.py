@@ -16,11 +16,11 @@ import orjson
 
 from batchfleet.errors import FencedOffsetError, StaleOffsetError, StoreError
 from batchfleet.keys import Keys, message_id_for, offset_field
-from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordResult, StationInput
+from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordedOutcomes, RecordResult, StationInput
 from batchfleet.store.base import StoreBase, aw, pairs, text
 from batchfleet.store.scripts import RATE_OUTCOMES, reply_kind
 
-__all__ = ["STATION_JOB", "Expected", "Transitions", "station_job_prefix"]
+__all__ = ["GROUP_JOB", "STATION_JOB", "Expected", "Transitions", "group_job_prefix", "station_job", "station_job_prefix"]
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +40,49 @@ def _fenced(name: str, expected: Expected | None, stored: Any) -> FencedOffsetEr
     return FencedOffsetError(name, (expected or {}).get(name), None if stored is None else int(stored))
 
 
-_RECORD_KINDS = ("recorded", "complete", "quorum", "duplicate", "late", "unknown")
+_RECORD_KINDS = ("complete", "quorum", "recorded", "unchanged")
 
-STATION_JOB = "run_station"  # the arq function name of a station job
+STATION_JOB = "run_station"  # the arq function name of a one-station job
+GROUP_JOB = "run_group"  # the arq function name of a job that carries a group of stations of one batch
 _JOB_EXPIRE_EXTRA_MS = 60_000  # a job not started by deadline + this is dropped by arq unrun
 
 
 _DEADLINE_TAIL = b"0]}"
 
 
+def _job(function: str, args: list[Any], enqueue_ms: int) -> bytes:
+    return orjson.dumps({"t": None, "f": function, "et": enqueue_ms, "k": {}, "a": args})
+
+
+def group_job_prefix(stations: Mapping[str, list[dict[str, Any]]], budget_ms: int, enqueue_ms: int) -> bytes:
+    """A group job (arq JSON) up to its deadline value, which create_batch.lua appends in Redis time.
+    The job id ``{BATCH}#N`` names the batch; the arguments ``[{station: records, ...}, budget_ms,
+    deadline_ms]`` carry everything the worker needs to run the group's stations without reading Redis
+    first (positional: keyword names would cost bytes per queued job)."""
+    return _job(GROUP_JOB, [stations, budget_ms, 0], enqueue_ms)[: -len(_DEADLINE_TAIL)]
+
+
 def station_job_prefix(records: list[dict[str, Any]], budget_ms: int, enqueue_ms: int) -> bytes:
-    """A station's arq job (JSON, readable by an unmodified arq worker) up to its deadline value,
-    which create_batch.lua appends in Redis time.  The job id ``{TAG}:BATCH:STATION`` says which station;
-    the arguments ``[records, budget_ms, deadline_ms]`` carry what the worker needs to run it without
-    reading Redis first (positional: keyword names would cost ~36 bytes per queued station)."""
-    job: dict[str, Any] = {"t": None, "f": STATION_JOB, "et": enqueue_ms, "k": {}, "a": [records, budget_ms, 0]}
-    encoded = orjson.dumps(job)
-    return encoded[: -len(_DEADLINE_TAIL)]
+    """A one-station job (the shape of earlier releases) up to its deadline value.  The job id
+    ``{TAG}:BATCH:STATION`` says which station; the arguments are ``[records, budget_ms, deadline_ms]``."""
+    return _job(STATION_JOB, [records, budget_ms, 0], enqueue_ms)[: -len(_DEADLINE_TAIL)]
+
+
+def station_job(records: list[dict[str, Any]], budget_ms: int, deadline_ms: int, tried: int, enqueue_ms: int) -> bytes:
+    """A one-station job split off a group whose worker died: ``tried`` earlier attempts never finished."""
+    return _job(STATION_JOB, [records, budget_ms, deadline_ms, tried], enqueue_ms)
+
+
+def _group_slices(spec: BatchSpec) -> list[tuple[int, int]]:
+    """(start, end) of each job's stations, in station order."""
+    sizes = spec.group_sizes or [len(spec.stations)]
+    if sum(sizes) != len(spec.stations) or min(sizes) < 1:
+        raise StoreError(f"batch {spec.batch_id}: group sizes {sizes} do not cover its {len(spec.stations)} stations")
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size
+    return bounds
 
 
 class Transitions(StoreBase):
@@ -101,7 +127,7 @@ class Transitions(StoreBase):
     async def create_batch(
         self, spec: BatchSpec, *, extra_meta: dict[str, str] | None = None, expected: Expected | None = None
     ) -> tuple[bool, int]:
-        """Write the batch, its station jobs and the partitions' next offsets in one atomic step.
+        """Write the batch, its jobs and the partitions' next offsets in one atomic step.
 
         Returns (created, created_ms); ``created`` is False when the batch already existed.
         Raises FencedOffsetError when Redis holds another next offset than ``expected`` for one of
@@ -124,13 +150,8 @@ class Transitions(StoreBase):
             "source": ",".join(f"{r.partition}@{r.first_offset}-{r.next_offset - 1}" for r in spec.ranges),
             **(extra_meta or {}),
         }
-        et = int(time.time() * 1000)
         timeout_ms = int(spec.timeout_s * 1000)
-        station_args: list[bytes | str] = []
-        job_keys: list[str] = []
-        for station, records in spec.stations.items():
-            station_args += [station, station_job_prefix(records, timeout_ms, et)]
-            job_keys.append(k.job(bid, station))
+        job_keys, payloads = self._jobs(spec, timeout_ms)
         args: list[bytes | str | int] = [bid, timeout_ms, timeout_ms + _JOB_EXPIRE_EXTRA_MS, int(spec.queue_boost_s * 1000)]
         args.append(len(meta))
         for name, value in meta.items():
@@ -139,7 +160,9 @@ class Transitions(StoreBase):
         for r in spec.ranges:
             name = offset_field(r.topic, r.partition)
             args += [name, _expected_arg(expected, name), r.first_offset, r.next_offset]
-        args += station_args
+        args.append(len(spec.stations))
+        args += spec.stations.keys()
+        args += payloads
         keys = [
             k.batch(bid),
             k.inputs(bid),
@@ -167,6 +190,21 @@ class Transitions(StoreBase):
                 f"batch {spec.batch_id} spans shards: partitions {[r.partition for r in other]} are not in shard {shard}"
             )
         return shard
+
+    def _jobs(self, spec: BatchSpec, timeout_ms: int) -> tuple[list[str], list[bytes]]:
+        """The arq job key and payload prefix of each job of a batch: one per group of stations, or one
+        per station for the "station" shape."""
+        et = int(time.time() * 1000)
+        bid = spec.batch_id
+        if spec.job_shape == "station":
+            keys = [self.keys.job(bid, station) for station in spec.stations]
+            return keys, [station_job_prefix(records, timeout_ms, et) for records in spec.stations.values()]
+        items = list(spec.stations.items())
+        keys, payloads = [], []
+        for index, (start, end) in enumerate(_group_slices(spec)):
+            keys.append(self.keys.group_job(bid, index))
+            payloads.append(group_job_prefix(dict(items[start:end]), timeout_ms, et))
+        return keys, payloads
 
     async def quarantine(
         self, entry: QuarantineEntry, *, retention_s: int, max_entries: int, expected: Expected | None = None
@@ -231,7 +269,8 @@ class Transitions(StoreBase):
         reply = await self.scripts.run("claim_jobs", keys, [now_ms, in_progress_ms, want, *job_ids])
         return [(text(reply[i]), int(float(reply[i + 1]))) for i in range(0, len(reply), 2)]
 
-    async def record_outcome(self, batch_id: str, station_id: str, outcome: Outcome) -> RecordResult:
+    async def record_outcomes(self, batch_id: str, outcomes: Sequence[tuple[str, Outcome]]) -> RecordedOutcomes:
+        """Record several stations of one batch in one script call (each at most once, first wins)."""
         k = self.keys
         shard = k.shard_of_batch(batch_id)
         keys = [
@@ -243,9 +282,42 @@ class Transitions(StoreBase):
             k.ready(shard),
             k.stats(shard),
         ]
-        reply = await self.scripts.run("record_outcome", keys, [batch_id, station_id, outcome.status, outcome.to_json()])
-        status = reply_kind("record_outcome", reply, _RECORD_KINDS)
-        return RecordResult(status, int(reply[1]), int(reply[2]))  # type: ignore[arg-type]
+        args: list[bytes | str] = [batch_id]
+        for station_id, outcome in outcomes:
+            args += [station_id, outcome.status, outcome.to_json()]
+        reply = await self.scripts.run("record_outcome", keys, args)
+        kind = reply_kind("record_outcome", reply, _RECORD_KINDS)
+        codes = text(reply[3])
+        if len(codes) != len(outcomes):
+            raise StoreError(f"record_outcome.lua returned {reply!r} for {len(outcomes)} station(s)")
+        return RecordedOutcomes(kind, int(reply[1]), int(reply[2]), codes)  # type: ignore[arg-type]
+
+    async def record_outcome(self, batch_id: str, station_id: str, outcome: Outcome) -> RecordResult:
+        """Record one station's outcome (at most once, first wins)."""
+        rec = await self.record_outcomes(batch_id, [(station_id, outcome)])
+        return RecordResult(rec.event or rec.status(0), rec.done, rec.expected)
+
+    async def batch_state(self, batch_id: str) -> str | None:
+        """The batch's state (open, finalized, uploaded, dead), None when it does not exist."""
+        state = await aw(self.redis.hget(self.keys.batch(batch_id), "state"))
+        return text(state) if state is not None else None
+
+    async def split_group(
+        self, batch_id: str, jobs: Mapping[str, bytes], *, score: int, job_expire_ms: int
+    ) -> tuple[str, int, int]:
+        """Queue a one-station job (``jobs``: station id -> its arq job JSON) for each station of a group
+        that has no outcome yet.  Returns ("split", jobs created, stations already recorded) or
+        ("closed", 0, 0) when the batch is no longer open."""
+        k = self.keys
+        queue = k.queue(k.shard_of_batch(batch_id))
+        keys = [k.batch(batch_id), k.outcomes(batch_id), queue, *(k.job(batch_id, s) for s in jobs)]
+        args: list[bytes | str | int] = [job_expire_ms, score]
+        for station_id, job in jobs.items():
+            args += [station_id, job]
+        reply = await self.scripts.run("split_group", keys, args)
+        if reply_kind("split_group", reply, ("split", "closed")) == "closed":
+            return "closed", 0, 0
+        return "split", int(reply[1]), int(reply[2])
 
     # -- aggregator --------------------------------------------------------------------------
     async def due_batches(self, now_ms: int, limit: int) -> list[str]:
@@ -357,7 +429,7 @@ class Transitions(StoreBase):
         return len(gone)
 
     async def open_batches(self) -> tuple[int, int]:
-        """(batches created but not yet uploaded or dead-lettered, station jobs queued), all shards."""
+        """(batches created but not yet uploaded or dead-lettered, jobs queued), all shards."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for shard in range(self.keys.shards):
                 pipe.zcard(self.keys.due(shard))

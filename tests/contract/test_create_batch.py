@@ -1,5 +1,6 @@
-"""create_batch.lua through BatchStore.create_batch: Kafka messages -> one open batch, its station
-jobs and the partitions' next offsets, atomically (or nothing at all)."""
+"""create_batch.lua through BatchStore.create_batch: Kafka messages -> one open batch, its arq jobs
+(groups of stations, or one per station for workers of an earlier release) and the partitions' next
+offsets, atomically (or nothing at all)."""
 
 from __future__ import annotations
 
@@ -21,53 +22,83 @@ async def create(ctx: Ctx, given: Any) -> Any:
     return await ctx.store.create_batch(spec("s1", "s2", timeout_s=30, queue_boost_s=5))
 
 
+async def create_in_station_jobs(ctx: Ctx, given: Any) -> Any:
+    return await ctx.store.create_batch(spec("s1", "s2", timeout_s=30, queue_boost_s=5, job_shape="station"))
+
+
+async def create_in_two_groups(ctx: Ctx, given: Any) -> Any:
+    return await ctx.store.create_batch(spec("s1", "s2", "s3", timeout_s=30, queue_boost_s=5, group_sizes=[2, 1]))
+
+
 async def create_catching_stale(ctx: Ctx, given: Any) -> Any:
     with pytest.raises(StaleOffsetError) as info:
         await create(ctx, given)
     return info.value
 
 
-async def assert_created(ctx: Ctx, seen: Seen) -> None:
+async def assert_created(ctx: Ctx, seen: Seen, stations: tuple[str, ...] = ("s1", "s2"), jobs: int = 1) -> None:
     now_ms, deadline_ms = seen.int(1), seen.int(2)
     assert seen.t0 <= now_ms <= seen.t1
     assert deadline_ms == now_ms + 30_000
     assert seen.result == (True, now_ms)
     meta = await ctx.meta(BATCH)
-    assert {k: meta[k] for k in ("state", "created_ms", "deadline_ms", "expected", "late")} == {
+    assert {k: meta[k] for k in ("state", "created_ms", "deadline_ms", "expected", "late", "jobs")} == {
         "state": "open",
         "created_ms": str(now_ms),
         "deadline_ms": str(deadline_ms),
-        "expected": "2",
+        "expected": str(len(stations)),
         "late": "0",
+        "jobs": str(jobs),
     }
     assert meta["topic"] == "T" and meta["timeout_ms"] == "30000" and meta["source"] == "0@10-11"
-    assert await ctx.hash(ctx.keys.inputs(BATCH)) == {"s1": "", "s2": ""}
+    assert await ctx.hash(ctx.keys.inputs(BATCH)) == dict.fromkeys(stations, "")
     assert await ctx.zset(ctx.due) == {BATCH: deadline_ms}
     assert await ctx.zset(ctx.batches) == {BATCH: now_ms}
     assert await ctx.hash(ctx.offsets) == {"T:0": "12"}
-    assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2}
+    assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": len(stations), "jobs_dispatched": jobs}
 
 
 async def then_created(ctx: Ctx, seen: Seen) -> None:
+    """One group job (no group sizes given) carries both stations' records."""
     await assert_created(ctx, seen)
+    now_ms, deadline_ms = seen.int(1), seen.int(2)
+    assert await ctx.zset(ctx.queue) == {ctx.keys.group_job_id(BATCH, 0): now_ms - QUEUE_LAG_MS - 5_000}
+    job = orjson.loads(await ctx.redis.get(ctx.keys.group_job(BATCH, 0)))
+    assert job["f"] == "run_group" and job["t"] is None
+    stations = {"s1": [{"stationId": "s1", "v": 0}], "s2": [{"stationId": "s2", "v": 1}]}
+    assert job["a"] == [stations, 30_000, deadline_ms]  # deadline appended in Redis time
+    assert 0 < await ctx.pttl(ctx.keys.group_job(BATCH, 0)) <= 30_000 + 60_000
+
+
+async def then_created_in_groups(ctx: Ctx, seen: Seen) -> None:
+    await assert_created(ctx, seen, ("s1", "s2", "s3"), jobs=2)
+    score = seen.int(1) - QUEUE_LAG_MS - 5_000
+    assert await ctx.zset(ctx.queue) == {ctx.keys.group_job_id(BATCH, 0): score, ctx.keys.group_job_id(BATCH, 1): score}
+    groups = [orjson.loads(await ctx.redis.get(ctx.keys.group_job(BATCH, i)))["a"][0] for i in (0, 1)]
+    assert [list(g) for g in groups] == [["s1", "s2"], ["s3"]]  # station order kept
+
+
+async def then_created_in_station_jobs(ctx: Ctx, seen: Seen) -> None:
+    """The shape workers of an earlier release run: one job per station."""
+    await assert_created(ctx, seen, jobs=2)
     now_ms, deadline_ms = seen.int(1), seen.int(2)
     score = now_ms - QUEUE_LAG_MS - 5_000
     assert await ctx.zset(ctx.queue) == {ctx.keys.job_id(BATCH, "s1"): score, ctx.keys.job_id(BATCH, "s2"): score}
     for i, station in enumerate(("s1", "s2")):
         job = orjson.loads(await ctx.redis.get(ctx.keys.job(BATCH, station)))
         assert job["f"] == "run_station"
-        assert job["a"] == [[{"stationId": station, "v": i}], 30_000, deadline_ms]  # deadline appended in Redis time
+        assert job["a"] == [[{"stationId": station, "v": i}], 30_000, deadline_ms]
         assert 0 < await ctx.pttl(ctx.keys.job(BATCH, station)) <= 30_000 + 60_000
 
 
 async def existing_job(ctx: Ctx) -> None:
-    await ctx.redis.set(ctx.keys.job(BATCH, "s1"), b"an earlier job")
+    await ctx.redis.set(ctx.keys.group_job(BATCH, 0), b"an earlier job")
 
 
 async def then_job_kept(ctx: Ctx, seen: Seen) -> None:
     await assert_created(ctx, seen)
-    assert await ctx.redis.get(ctx.keys.job(BATCH, "s1")) == b"an earlier job"
-    assert list(await ctx.zset(ctx.queue)) == [ctx.keys.job_id(BATCH, "s2")]
+    assert await ctx.redis.get(ctx.keys.group_job(BATCH, 0)) == b"an earlier job"
+    assert await ctx.zset(ctx.queue) == {}
 
 
 async def offset_at_first(ctx: Ctx) -> None:
@@ -113,10 +144,10 @@ async def then_exists(ctx: Ctx, seen: Seen) -> None:
     assert seen.result == (False, created_ms)
     assert (await ctx.meta(BATCH))["expected"] == "2"  # nothing written
     assert await ctx.hash(ctx.keys.inputs(BATCH)) == {"s1": "", "s2": ""}
-    assert not await ctx.exists(ctx.keys.job(BATCH, "s3"))
-    assert await ctx.redis.zcard(ctx.queue) == 2
+    assert not await ctx.exists(ctx.keys.group_job(BATCH, 1))
+    assert await ctx.redis.zcard(ctx.queue) == 1
     assert not await ctx.exists(ctx.offsets)
-    assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2}
+    assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2, "jobs_dispatched": 1}
 
 
 async def create_expecting_other_offset(ctx: Ctx, given: Any) -> Any:
@@ -134,7 +165,9 @@ async def then_fenced(ctx: Ctx, seen: Seen) -> None:
 
 
 CASES = [
-    Case("created", "batch-jobs-queue-offsets-due-index-stats", nothing, create, then_created),
+    Case("created", "batch-group-job-queue-offsets-due-index-stats", nothing, create, then_created),
+    Case("created", "group-sizes-one-job-each-station-order-kept", nothing, create_in_two_groups, then_created_in_groups),
+    Case("created", "one-station-jobs-for-earlier-workers", nothing, create_in_station_jobs, then_created_in_station_jobs),
     Case("created", "existing-job-key-neither-overwritten-nor-queued", existing_job, create, then_job_kept),
     Case("created", "stored-offset-equal-to-first-is-not-stale", offset_at_first, create, then_created),
     Case("created", "index-capped-at-newest-100000", full_index, create, then_index_capped),

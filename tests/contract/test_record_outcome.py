@@ -1,5 +1,6 @@
-"""record_outcome.lua through BatchStore.record_outcome: one station's outcome, recorded at most
-once (first wins); completion and quorum make the batch due."""
+"""record_outcome.lua through BatchStore.record_outcome / record_outcomes: the outcomes of one or
+more stations of a batch, each recorded at most once (first wins), with one verdict letter each;
+completion and quorum make the batch due."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchfleet.models import RecordResult
+from batchfleet.models import RecordedOutcomes, RecordResult
 from tests.contract.harness import (
     BATCH,
     Case,
@@ -26,6 +27,16 @@ SCRIPT = "record_outcome"
 WAKE_UPS_KEPT = 100
 
 
+def record_stations(*items: tuple[str, str]) -> Any:
+    """Several stations (station, status) of BATCH in one call."""
+
+    async def when(ctx: Ctx, given: Any) -> RecordedOutcomes:
+        return await ctx.store.record_outcomes(BATCH, [(station, outcome(status)) for station, status in items])
+
+    when.__name__ = "record_" + "_".join(station for station, _ in items)
+    return when
+
+
 def record_station(station: str, status: str = "ok", **fields: Any) -> Any:
     async def when(ctx: Ctx, given: Any) -> RecordResult:
         return await ctx.store.record_outcome(BATCH, station, outcome(status, **fields))
@@ -40,11 +51,11 @@ async def two_open(ctx: Ctx) -> int:
 
 
 async def then_recorded(ctx: Ctx, seen: Seen) -> None:
-    assert seen.reply == [b"recorded", 1, 2]
+    assert seen.reply == [b"recorded", 1, 2, b"r"]
     assert seen.result == RecordResult("recorded", 1, 2)
     stored = await ctx.hash(ctx.keys.outcomes(BATCH))
     assert list(stored) == ["s1"] and orjson.loads(stored["s1"])["status"] == "failed"
-    assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2, "stations_failed": 1}
+    assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2, "jobs_dispatched": 1, "stations_failed": 1}
     assert await ctx.zscore(ctx.due, BATCH) == seen.given  # still due at its deadline
     assert await ctx.redis.llen(ctx.ready) == 0
 
@@ -55,7 +66,7 @@ async def one_of_two_recorded(ctx: Ctx) -> None:
 
 
 async def then_complete(ctx: Ctx, seen: Seen) -> None:
-    assert seen.reply == [b"complete", 2, 2]
+    assert seen.reply == [b"complete", 2, 2, b"r"]
     assert seen.result == RecordResult("complete", 2, 2)
     assert set(await ctx.hash(ctx.keys.outcomes(BATCH))) == {"s1", "s2"}
     assert await ctx.zscore(ctx.due, BATCH) == 0  # due now
@@ -88,7 +99,7 @@ def quorum_batch(grace_s: float, timeout_s: float = 60) -> Any:
 
 
 async def assert_quorum(ctx: Ctx, seen: Seen) -> int:
-    assert seen.reply == [b"quorum", 2, 3]
+    assert seen.reply == [b"quorum", 2, 3, b"r"]
     assert seen.result == RecordResult("quorum", 2, 3)
     quorum_ms = int((await ctx.meta(BATCH))["quorum_ms"])
     assert seen.t0 <= quorum_ms <= seen.t1
@@ -119,7 +130,7 @@ async def quorum_reached(ctx: Ctx) -> str:
 
 
 async def then_quorum_kept(ctx: Ctx, seen: Seen) -> None:
-    assert seen.reply == [b"recorded", 3, 4]
+    assert seen.reply == [b"recorded", 3, 4, b"r"]
     meta = await ctx.meta(BATCH)
     assert meta["quorum_ms"] == seen.given  # the quorum time (and so the due time) does not move
     assert await ctx.zscore(ctx.due, BATCH) == int(seen.given) + 5_000
@@ -132,7 +143,7 @@ async def s1_recorded(ctx: Ctx) -> bytes:
 
 
 async def then_duplicate(ctx: Ctx, seen: Seen) -> None:
-    assert seen.reply == [b"duplicate", 1, 2]
+    assert seen.reply == [b"unchanged", 1, 2, b"d"]
     assert seen.result == RecordResult("duplicate", 1, 2)
     assert await ctx.redis.hget(ctx.keys.outcomes(BATCH), "s1") == seen.given  # first wins
     stats = await ctx.stats()
@@ -144,7 +155,7 @@ async def finalized_dropping_late(ctx: Ctx) -> None:
 
 
 async def then_late_dropped(ctx: Ctx, seen: Seen) -> None:
-    assert seen.reply == [b"late", 0, 2]
+    assert seen.reply == [b"unchanged", 0, 2, b"l"]
     assert seen.result == RecordResult("late", 0, 2)
     meta = await ctx.meta(BATCH)
     assert meta["late"] == "1" and meta["state"] == "finalized"
@@ -158,7 +169,7 @@ async def finalized_recording_late(ctx: Ctx) -> None:
 
 
 async def then_late_kept(ctx: Ctx, seen: Seen) -> None:
-    assert seen.reply == [b"late", 0, 2]
+    assert seen.reply == [b"unchanged", 0, 2, b"l"]
     assert (await ctx.meta(BATCH))["late"] == "1"
     assert list(await ctx.hash(ctx.keys.late(BATCH))) == ["s1"]
     assert await ctx.pttl(ctx.keys.late(BATCH)) == -1  # the batch has no TTL yet: neither has its late hash
@@ -170,21 +181,51 @@ async def uploaded_late_record(ctx: Ctx) -> None:
 
 
 async def then_late_expires(ctx: Ctx, seen: Seen) -> None:
-    assert seen.reply == [b"late", 0, 2]
+    assert seen.reply == [b"unchanged", 0, 2, b"l"]
     late_ttl, meta_ttl = await ctx.pttl(ctx.keys.late(BATCH)), await ctx.pttl(ctx.keys.batch(BATCH))
     assert late_ttl > 0 and abs(late_ttl - meta_ttl) <= 50  # expires when the batch does
 
 
 async def then_unknown_batch(ctx: Ctx, seen: Seen) -> None:
-    assert seen.reply == [b"unknown", 0, 0]
+    assert seen.reply == [b"unchanged", 0, 0, b"u"]
     assert seen.result == RecordResult("unknown", 0, 0)
     assert await ctx.redis.keys("*") == []  # nothing written, nothing counted
 
 
 async def then_unknown_station(ctx: Ctx, seen: Seen) -> None:
-    assert seen.reply == [b"unknown", 0, 0]
+    assert seen.reply == [b"unchanged", 0, 2, b"u"]
     assert not await ctx.exists(ctx.keys.outcomes(BATCH))
-    assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2}
+    assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2, "jobs_dispatched": 1}
+
+
+async def then_group_recorded(ctx: Ctx, seen: Seen) -> None:
+    """A group's stations in one call: each its own verdict, the counters by status, one event."""
+    assert seen.reply == [b"recorded", 3, 4, b"drru"]  # s1 had an outcome; s9 is not expected
+    assert seen.result == RecordedOutcomes("recorded", 3, 4, "drru")
+    stored = await ctx.hash(ctx.keys.outcomes(BATCH))
+    assert sorted(stored) == ["s1", "s2", "s3"] and orjson.loads(stored["s1"])["status"] == "ok"  # s1: the first wins
+    assert orjson.loads(stored["s3"])["status"] == "empty"
+    stats = await ctx.stats()
+    assert (stats["stations_ok"], stats["stations_failed"], stats["stations_empty"], stats["duplicate_results"]) == (1, 1, 1, 1)
+    assert await ctx.redis.llen(ctx.ready) == 0
+
+
+async def four_one_recorded(ctx: Ctx) -> None:
+    await open_batch(ctx, "s1", "s2", "s3", "s4")
+    await record(ctx, "s1")
+
+
+async def then_group_completes(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"complete", 4, 4, b"rrr"]
+    assert await ctx.zscore(ctx.due, BATCH) == 0
+    assert await ctx.redis.lrange(ctx.ready, 0, -1) == [BATCH.encode()]  # one wake-up for the call
+
+
+async def then_group_late(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"unchanged", 0, 2, b"llu"]
+    assert (await ctx.meta(BATCH))["late"] == "2"
+    assert sorted(await ctx.hash(ctx.keys.late(BATCH))) == ["s1", "s2"]
+    assert (await ctx.stats())["late_results"] == 2
 
 
 CASES = [
@@ -195,12 +236,33 @@ CASES = [
     Case("quorum", "no-grace-due-now-wake-up", quorum_batch(0), record_station("s2"), then_quorum_now),
     Case("quorum", "grace-never-past-deadline", quorum_batch(60, timeout_s=1), record_station("s2"), then_due_at_deadline),
     Case("recorded", "after-quorum-due-unchanged", quorum_reached, record_station("s3"), then_quorum_kept),
-    Case("duplicate", "first-outcome-wins", s1_recorded, record_station("s1", "failed"), then_duplicate),
-    Case("late", "finalized-late-policy-drop", finalized_dropping_late, record_station("s1"), then_late_dropped),
-    Case("late", "finalized-late-policy-record", finalized_recording_late, record_station("s1"), then_late_kept),
-    Case("late", "uploaded-late-hash-expires-with-batch", uploaded_late_record, record_station("s1"), then_late_expires),
-    Case("unknown", "no-such-batch", nothing, record_station("s1"), then_unknown_batch),
-    Case("unknown", "station-not-expected", two_open, record_station("s9"), then_unknown_station),
+    Case(
+        "recorded",
+        "group-one-verdict-each",
+        four_one_recorded,
+        record_stations(("s1", "failed"), ("s2", "failed"), ("s3", "empty"), ("s9", "ok")),
+        then_group_recorded,
+    ),
+    Case(
+        "complete",
+        "group-holding-the-last-stations",
+        four_one_recorded,
+        record_stations(("s2", "ok"), ("s3", "ok"), ("s4", "ok")),
+        then_group_completes,
+    ),
+    Case(
+        "unchanged",
+        "group-after-finalization-late-and-unknown",
+        finalized_recording_late,
+        record_stations(("s1", "ok"), ("s2", "ok"), ("s9", "ok")),
+        then_group_late,
+    ),
+    Case("unchanged", "duplicate-first-outcome-wins", s1_recorded, record_station("s1", "failed"), then_duplicate),
+    Case("unchanged", "late-finalized-late-policy-drop", finalized_dropping_late, record_station("s1"), then_late_dropped),
+    Case("unchanged", "late-finalized-late-policy-record", finalized_recording_late, record_station("s1"), then_late_kept),
+    Case("unchanged", "late-uploaded-late-hash-expires-with-batch", uploaded_late_record, record_station("s1"), then_late_expires),
+    Case("unchanged", "unknown-no-such-batch", nothing, record_station("s1"), then_unknown_batch),
+    Case("unchanged", "unknown-station-not-expected", two_open, record_station("s9"), then_unknown_station),
 ]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 from arq.worker import Worker
 
@@ -40,6 +41,9 @@ ARQ_LOST_POOL = [
 
 
 TEST_SHARDS = 3  # the fleets of the integration tests spread their partitions over several shards
+# Run a test with one station per job and with every station of a batch in one job (1 worker: a batch
+# becomes ceil(n / stations_per_job) jobs).
+GROUPINGS = pytest.mark.parametrize("per_job", [1, 100], ids=["groups-of-one", "groups-of-many"])
 
 
 @dataclass

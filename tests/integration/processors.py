@@ -29,6 +29,13 @@ async def async_process(station_id: str, records: list[dict[str, Any]]) -> Any:
     if kind == "HOSTS":  # HOSTS-<ms>-...: the partition test; says which worker process ran it, and when
         await asyncio.sleep(int(station_id.split("-")[1]) / 1000)
         return {**_result(station_id, records), "pid": os.getpid(), "done_at": time.time()}
+    if kind == "CRASHLATE":  # the same, once the quick stations of its group are recorded
+        await asyncio.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "STAMP":  # when it ran: stations of one group run at the same time
+        started = time.time()
+        await asyncio.sleep(0.5)
+        return {"stationId": station_id, "start": started, "end": time.time()}
     if kind in _SLEEPS:
         await asyncio.sleep(_SLEEPS[kind])
     if kind == "NONJSON":
@@ -50,4 +57,12 @@ def sync_process(station_id: str, records: list[dict[str, Any]]) -> Any:
         release.wait(3600)
     if kind == "RAISE":
         raise RuntimeError(f"sync failure at {station_id}")
+    if kind == "STAMP":  # when it ran: sync stations of one group run on their own threads at once
+        started = time.time()
+        time.sleep(0.5)
+        return {"stationId": station_id, "start": started, "end": time.time()}
+    if kind == "NONE":
+        return None
+    if kind == "LIST":
+        return [1, 2]
     return _result(station_id, records)

@@ -19,6 +19,7 @@ from batchfleet.store import BatchStore
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration import uploadsink
 from tests.integration.fleet import (
+    GROUPINGS,
     REPO,
     TEST_SHARDS,
     Proc,
@@ -40,17 +41,29 @@ async def _running(store: BatchStore, station: str) -> bool:
 
 
 @pytest.mark.slow
+@GROUPINGS
 async def test_sigkilled_worker_station_is_rerun_and_recorded_once(
-    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path, per_job: int
 ) -> None:
+    """Killed while two long stations run (groups of many: in the same job as two recorded quick ones):
+    only the stations without an outcome run again, each once, as its own job."""
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
-    settings = make_settings(target, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=60.0, station_timeout_s=8.0)
+    settings = make_settings(
+        target,
+        broker.bootstrap,
+        [topic],
+        f"file://{out}",
+        batch_timeout_s=60.0,
+        station_timeout_s=8.0,
+        stations_per_job=per_job,
+    )
     env = settings_env(settings)
     first = Proc("worker", env, tmp_path / "worker-1.log")
     async with fleet(settings, workers=0):
-        await produce(broker.bootstrap, topic, [message(["LONG-1", "S001"])])
-        await wait_until(lambda: _running(target_store, "LONG-1"), 30, "LONG-1 to start on the first worker")
+        await produce(broker.bootstrap, topic, [message(["LONG-1", "S001", "S002", "LONG-2"])])
+        await wait_until(lambda: _running(target_store, "LONG-2"), 30, "LONG-2 to start on the first worker")
+        await wait_until(lambda: _recorded(target_store, f"{topic}:0:0", 2), 30, "the quick stations to be recorded")
         killed_at = time.monotonic()
         first.kill()
         second = Proc("worker", env, tmp_path / "worker-2.log")
@@ -59,28 +72,48 @@ async def test_sigkilled_worker_station_is_rerun_and_recorded_once(
             rerun_after_s = time.monotonic() - killed_at
             print(f"\nworker SIGKILL -> station re-run recorded after {rerun_after_s:.1f}s")
             outcomes = await target_store.batch_outcomes(f"{topic}:0:0")
+            meta = await target_store.batch_meta(f"{topic}:0:0")
+            stats = await target_store.stats()
         finally:
             second.stop()
     [payload] = read_uploads(out)
-    assert payload["reason"] == "complete" and payload["summary"]["ok"] == 2
-    assert outcomes["LONG-1"].attempt == 2 and outcomes["LONG-1"].worker.endswith(f":{second.pid}")
+    assert payload["reason"] == "complete" and payload["summary"]["ok"] == 4
+    assert meta["jobs"] == ("4" if per_job == 1 else "1")
+    for station in ("LONG-1", "LONG-2"):
+        assert outcomes[station].attempt == 2 and outcomes[station].worker.endswith(f":{second.pid}")
+    for station in ("S001", "S002"):  # recorded before the kill: not run again
+        assert outcomes[station].attempt == 1 and outcomes[station].worker.endswith(f":{first.pid}")
+    assert stats.get("duplicate_results", 0) == 0 and stats["stations_ok"] == 4
     # re-run bound: budget + job-timeout room + arq's in-progress margin, + the re-run itself (6 s)
     assert rerun_after_s < 8.0 + 5 + 10 + 6 + 3
 
 
+async def _recorded(store: BatchStore, batch_id: str, n: int) -> bool:
+    return len(await store.batch_outcomes(batch_id)) >= n
+
+
 @pytest.mark.slow
+@GROUPINGS
 async def test_station_that_crashes_the_worker_is_given_up(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path, per_job: int
 ) -> None:
+    """A station that kills its worker every time is given up on its own; the stations of its job that
+    were recorded before the crash are neither re-run nor given up."""
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
     settings = make_settings(
-        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=60.0, station_timeout_s=1.0
+        redis_server.url,
+        broker.bootstrap,
+        [topic],
+        f"file://{out}",
+        batch_timeout_s=60.0,
+        station_timeout_s=1.0,
+        stations_per_job=per_job,
     )
     env = settings_env(settings)
     crashes = 0
     async with fleet(settings, workers=0):
-        await produce(broker.bootstrap, topic, [message(["CRASH-1"])])
+        await produce(broker.bootstrap, topic, [message(["CRASHLATE-1", "S001", "NONE-1", "S002"])])
         deadline = time.monotonic() + 55
         while not await batches_uploaded(store, 1):  # a supervisor: restart the worker whenever it dies
             assert time.monotonic() < deadline, "the crashing station was never given up"
@@ -89,10 +122,14 @@ async def test_station_that_crashes_the_worker_is_given_up(
                 await asyncio.sleep(0.1)
             crashes += w.returncode == -signal.SIGKILL
             w.stop()
+        outcomes = await store.batch_outcomes(f"{topic}:0:0")
     [payload] = read_uploads(out)
     assert payload["reason"] == "complete"
-    assert payload["failed"]["CRASH-1"].startswith("gave up: 2 earlier attempt(s) never finished")
+    assert payload["failed"]["CRASHLATE-1"].startswith("gave up: 2 earlier attempt(s) never finished")
+    assert payload["summary"]["ok"] == 2 and payload["empty"] == ["NONE-1"]
     assert crashes == 2
+    assert outcomes["CRASHLATE-1"].attempt == 3
+    assert all(outcomes[s].attempt == 1 for s in ("S001", "NONE-1", "S002"))
 
 
 @pytest.mark.slow

@@ -67,6 +67,7 @@ async def test_metrics_endpoints_count_what_the_test_produced(
             p.stop()
     assert total(d, "batchfleet_batches_created_total", topic=topic) == 2
     assert total(d, "batchfleet_stations_dispatched_total", topic=topic) == 6
+    assert total(d, "batchfleet_jobs_dispatched_total", topic=topic) == 2  # one group of 3 per batch (one worker)
     assert total(d, "batchfleet_messages_quarantined_total", topic=topic) == 1
     assert total(w, "batchfleet_stations_total", topic=topic, outcome="ok") == 3
     assert total(w, "batchfleet_stations_total", topic=topic, outcome="failed") == 1

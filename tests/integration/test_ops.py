@@ -15,7 +15,7 @@ from batchfleet.ops import STAT_COUNTERS
 from batchfleet.store import BatchStore
 from batchfleet_dev.localstack import KafkaBroker
 from tests.integration import uploadsink
-from tests.integration.fleet import REPO, RedisTarget, fleet, make_settings, message, produce, settings_env, wait_until
+from tests.integration.fleet import GROUPINGS, REPO, RedisTarget, fleet, make_settings, message, produce, settings_env, wait_until
 
 
 async def cli(env: dict[str, str], *args: str) -> Any:
@@ -27,8 +27,9 @@ async def cli(env: dict[str, str], *args: str) -> Any:
 
 
 @pytest.mark.slow
+@GROUPINGS
 async def test_status_and_inspect_match_redis(
-    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path, per_job: int
 ) -> None:
     topic = await make_topic()
     with uploadsink.HttpSink(always_fail=True) as sink:
@@ -41,6 +42,7 @@ async def test_status_and_inspect_match_redis(
             upload_max_attempts=1,
             batch_timeout_s=60.0,
             station_timeout_s=120.0,
+            stations_per_job=per_job,
         )
         env = settings_env(settings)
         async with fleet(settings, workers=1):
@@ -86,6 +88,9 @@ async def test_status_and_inspect_match_redis(
     assert by_station["S001"]["outcome"] == "ok" and by_station["NONE-1"]["outcome"] == "empty"
     assert by_station["RAISE-1"]["error"].startswith("ValueError: bad reading")
     assert by_station["S001"]["attempt"] == 1 and by_station["S001"]["worker"]
+    # every station of a job keeps its own attempt, worker and time
+    assert all(row["attempt"] == 1 and row["worker"] and row["duration_ms"] >= 0 for row in by_station.values())
+    assert detail["meta"]["jobs"] == ("3" if per_job == 1 else "1") and detail["meta"]["expected"] == "3"
     # inspect batches: newest first, filter works
     assert [r["batch_id"] for r in listed] == [open_id, dead_id]
     assert [r["batch_id"] for r in open_only] == [open_id]

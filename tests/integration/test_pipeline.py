@@ -11,7 +11,17 @@ import pytest
 from batchfleet.store import BatchStore
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration import processors
-from tests.integration.fleet import RedisTarget, fleet, lines_uploaded, make_settings, message, produce, read_uploads, wait_until
+from tests.integration.fleet import (
+    GROUPINGS,
+    RedisTarget,
+    fleet,
+    lines_uploaded,
+    make_settings,
+    message,
+    produce,
+    read_uploads,
+    wait_until,
+)
 
 FULL = {"expected", "ok", "failed", "empty", "missing", "late"}
 
@@ -38,12 +48,15 @@ async def test_all_ok_one_upload_complete(
     assert stats["batches_uploaded"] == 1 and stats["batches_complete"] == 1 and stats["stations_ok"] == 3
 
 
+@GROUPINGS
 async def test_failures_and_hang_upload_at_deadline(
-    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path, per_job: int
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
-    settings = make_settings(target, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=2.0, station_timeout_s=30.0)
+    settings = make_settings(
+        target, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=2.0, station_timeout_s=30.0, stations_per_job=per_job
+    )
     stations = ["S001", "RAISE-1", "NONE-1", "HANG-1", "S002"]
     await produce(broker.bootstrap, topic, [message(stations)])
     async with fleet(settings, workers=1):
@@ -55,14 +68,16 @@ async def test_failures_and_hang_upload_at_deadline(
     assert payload["summary"] == {"expected": 5, "ok": 2, "failed": 1, "empty": 1, "missing": 1, "late": 0}
     assert payload["failed"]["RAISE-1"].startswith("ValueError: bad reading at RAISE-1")
     assert payload["empty"] == ["NONE-1"] and payload["missing"] == ["HANG-1"]
+    assert meta["jobs"] == ("5" if per_job == 1 else "1")  # one job per station, or one for the batch
     # finalized at the deadline (Redis server time), within a few hundred ms of it
     lateness_ms = int(meta["finalized_ms"]) - int(meta["deadline_ms"])
     assert 0 <= lateness_ms < 400, lateness_ms
     assert payload["finalized_at"] - payload["created_at"] >= 2.0
 
 
+@GROUPINGS
 async def test_station_budget_timeout_is_recorded_as_failed(
-    broker: KafkaBroker, redis_server: RedisServer, make_topic, tmp_path: Path
+    broker: KafkaBroker, redis_server: RedisServer, make_topic, tmp_path: Path, per_job: int
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
@@ -74,6 +89,7 @@ async def test_station_budget_timeout_is_recorded_as_failed(
         batch_timeout_s=5.0,
         station_timeout_s=0.5,
         processor="tests.integration.processors:sync_process",
+        stations_per_job=per_job,
     )
     await produce(broker.bootstrap, topic, [message(["S001", "SPIN-1", "BLOCK-1", "RAISE-2"])])
     try:
@@ -92,12 +108,13 @@ async def test_station_budget_timeout_is_recorded_as_failed(
     assert payload["failed"]["RAISE-2"].startswith("RuntimeError")
 
 
+@GROUPINGS
 async def test_bad_results_fail_only_their_station(
-    broker: KafkaBroker, redis_server: RedisServer, make_topic, tmp_path: Path
+    broker: KafkaBroker, redis_server: RedisServer, make_topic, tmp_path: Path, per_job: int
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
-    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}")
+    settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", stations_per_job=per_job)
     await produce(broker.bootstrap, topic, [message(["LIST-1", "HUGE-1", "NONJSON-1", "S009"])])
     async with fleet(settings, workers=1):
         await wait_until(lines_uploaded(out, 1), 30, "upload")
@@ -145,13 +162,21 @@ async def test_message_batching_one_batch_per_message(
     assert all(p["reason"] == "complete" for p in payloads)
 
 
+@GROUPINGS
 async def test_late_result_is_counted_and_upload_unchanged(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path, per_job: int
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "uploads.jsonl"
     settings = make_settings(
-        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=0.6, station_timeout_s=10.0, late="record"
+        redis_server.url,
+        broker.bootstrap,
+        [topic],
+        f"file://{out}",
+        batch_timeout_s=0.6,
+        station_timeout_s=10.0,
+        late="record",
+        stations_per_job=per_job,
     )
     await produce(broker.bootstrap, topic, [message(["S001", "SLOW-1"])])
     batch_id = f"{topic}:0:0"

@@ -10,11 +10,22 @@ from aiokafka import AIOKafkaProducer
 from batchfleet.settings import PriorityLevel
 from batchfleet.store import BatchStore
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
-from tests.integration.fleet import RedisTarget, fleet, lines_uploaded, make_settings, message, produce, read_uploads, wait_until
+from tests.integration.fleet import (
+    GROUPINGS,
+    RedisTarget,
+    fleet,
+    lines_uploaded,
+    make_settings,
+    message,
+    produce,
+    read_uploads,
+    wait_until,
+)
 
 
+@GROUPINGS
 async def test_quorum_uploads_at_quorum_plus_grace_and_counts_later_results_late(
-    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, target: RedisTarget, target_store: BatchStore, make_topic, tmp_path: Path, per_job: int
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
@@ -27,6 +38,7 @@ async def test_quorum_uploads_at_quorum_plus_grace_and_counts_later_results_late
         station_timeout_s=30.0,
         quorum=0.5,
         quorum_grace_s=0.3,
+        stations_per_job=per_job,
     )
     batch_id = f"{topic}:0:0"
     async with fleet(settings, workers=1):
@@ -49,13 +61,23 @@ async def test_quorum_uploads_at_quorum_plus_grace_and_counts_later_results_late
     assert len(read_uploads(out)) == 1
 
 
+@GROUPINGS
 async def test_quorum_with_no_grace_finalizes_at_once(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path, per_job: int
 ) -> None:
+    """With groups of many, the hanging stations run in the same job as the ones that reach the quorum:
+    those are recorded as they finish, so the quorum does not wait for the job."""
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
     settings = make_settings(
-        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=20.0, station_timeout_s=30.0, quorum=0.6
+        redis_server.url,
+        broker.bootstrap,
+        [topic],
+        f"file://{out}",
+        batch_timeout_s=20.0,
+        station_timeout_s=30.0,
+        quorum=0.6,
+        stations_per_job=per_job,
     )
     async with fleet(settings, workers=1):
         await produce(broker.bootstrap, topic, [message(["S001", "S002", "HANG-1", "HANG-2", "S003"])])
@@ -68,8 +90,21 @@ async def test_quorum_with_no_grace_finalizes_at_once(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("per_job", "kind", "max_jobs", "queued"),
+    [(1, "W", 4, 200), (100, "STAMP", 2, 20)],  # 400 jobs of 50 ms / 40 jobs of 10 stations of 0.5 s
+    ids=["groups-of-one", "groups-of-many"],
+)
 async def test_high_priority_batch_meets_its_deadline_under_a_normal_flood(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker,
+    redis_server: RedisServer,
+    store: BatchStore,
+    make_topic,
+    tmp_path: Path,
+    per_job: int,
+    kind: str,
+    max_jobs: int,
+    queued: int,
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
@@ -81,16 +116,17 @@ async def test_high_priority_batch_meets_its_deadline_under_a_normal_flood(
         batching="message",
         batch_timeout_s=60.0,
         station_timeout_s=10.0,
-        worker_max_jobs=4,
+        worker_max_jobs=max_jobs,
+        stations_per_job=per_job,
         priority_field="priority",
         priorities={"high": PriorityLevel(timeout_s=3.0, boost_s=60.0), "normal": PriorityLevel(timeout_s=60.0)},
     )
-    flood = [message([f"W-{m}-{i}" for i in range(10)]) for m in range(40)]  # 400 stations x 50 ms / 4 slots = 5 s
+    flood = [message([f"{kind}-{m}-{i}" for i in range(10)]) for m in range(40)]  # 5 s of work on one worker
     async with fleet(settings, workers=1):
         await produce(broker.bootstrap, topic, flood)
 
         async def backlog() -> bool:
-            return await store.queue_depth() >= 200
+            return await store.queue_depth() >= queued
 
         await wait_until(backlog, 30, "a backlog of normal station jobs")
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
@@ -116,13 +152,21 @@ async def test_high_priority_batch_meets_its_deadline_under_a_normal_flood(
     assert len(normal) == 40 and all(p["reason"] == "complete" for p in normal)  # normal work not starved
 
 
+@GROUPINGS
 async def test_late_drop_counts_without_keeping(
-    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path
+    broker: KafkaBroker, redis_server: RedisServer, store: BatchStore, make_topic, tmp_path: Path, per_job: int
 ) -> None:
     topic = await make_topic()
     out = tmp_path / "u.jsonl"
     settings = make_settings(
-        redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=0.6, station_timeout_s=10.0, late="drop"
+        redis_server.url,
+        broker.bootstrap,
+        [topic],
+        f"file://{out}",
+        batch_timeout_s=0.6,
+        station_timeout_s=10.0,
+        late="drop",
+        stations_per_job=per_job,
     )
     batch_id = f"{topic}:0:0"
     async with fleet(settings, workers=1):

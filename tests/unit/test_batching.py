@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from batchfleet.dispatcher.batching import Unit, plan_dispatch
+from batchfleet.dispatcher.batching import Unit, group_sizes, plan_dispatch
 from batchfleet.models import BatchSpec, PartitionRange, QuarantineEntry
 from batchfleet.settings import TopicConfig
 from tests.unit.messages import Msg
@@ -366,3 +366,12 @@ def test_every_message_offset_is_covered_by_exactly_one_unit(name: str, max_stat
     assert len(quarantined) == len(quarantines(units))
     for spec in batches(units):
         assert len(spec.stations) <= max_stations
+
+
+def test_group_sizes_make_few_jobs_of_big_batches_and_spread_small_ones() -> None:
+    assert group_sizes(10_000, 100, 2) == [100] * 100  # big: as few jobs as the setting allows
+    assert group_sizes(100, 100, 2) == [50, 50]  # one job per live worker ...
+    assert group_sizes(5, 100, 8) == [1] * 5  # ... but never more jobs than stations
+    assert group_sizes(7, 100, 0) == [7]  # no live worker seen: one job
+    assert group_sizes(10, 4, 1) == [4, 3, 3]  # balanced
+    assert group_sizes(0, 100, 2) == []

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchfleet.dispatcher.batching import Unit, plan_dispatch
+from batchfleet.dispatcher.batching import Unit, group_sizes, plan_dispatch
 from batchfleet.dispatcher.parsing import BadMessage, parse_stations
 from batchfleet.models import BatchSpec, QuarantineEntry
 from batchfleet.settings import TopicConfig
@@ -244,3 +245,20 @@ def _is_valid(m: Msg, cfg: TopicConfig) -> bool:
     except BadMessage:
         return False
     return True
+
+
+# -- (4) group sizes: every station in exactly one job, few jobs, spread over the live workers --------
+
+
+@FAST
+@given(
+    stations=st.integers(min_value=1, max_value=50_000),
+    per_job=st.integers(min_value=1, max_value=10_000),
+    workers=st.integers(min_value=0, max_value=500),
+)
+def test_group_sizes_cover_the_batch_in_balanced_jobs(stations: int, per_job: int, workers: int) -> None:
+    sizes = group_sizes(stations, per_job, workers)
+    assert sum(sizes) == stations and min(sizes) >= 1
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    assert max(sizes) <= per_job  # never more than the setting
+    assert len(sizes) == min(stations, max(math.ceil(stations / per_job), workers, 1))  # as few as that allows

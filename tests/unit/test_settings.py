@@ -218,8 +218,9 @@ def test_arq_job_timeout_covers_the_longest_topic_and_priority_deadline(tmp_path
     cfg = write(tmp_path, '[topics."SLOW-TOPIC"]\ntimeout_s = 40\n[topics."P-TOPIC".priorities.low]\ntimeout_s = 90\n')
     s = load_settings(config=str(cfg), batch_timeout_s=5.0, redis_url="redis://127.0.0.1:1/0")
     assert s.longest_station_budget_s() == 90
-    [function] = worker_settings(s)["functions"]
-    assert function.timeout_s == 90 + JOB_TIMEOUT_EXTRA_S
+    functions = worker_settings(s)["functions"]
+    assert sorted(f.name for f in functions) == ["run_group", "run_station"]  # groups, and one-station jobs
+    assert all(f.timeout_s == 90 + JOB_TIMEOUT_EXTRA_S for f in functions)
     assert load_settings(station_timeout_s=3.0).longest_station_budget_s() == 3.0
     for field in ("late", "quorum", "priorities", "retention_s", "station_id_field"):  # every field inherits
         assert getattr(load_settings(config=str(cfg)).topic("OTHER"), field) == getattr(load_settings(config=str(cfg)), field)
