@@ -9,7 +9,7 @@ import socket
 from batchfleet.aggregator.service import Aggregator
 from batchfleet.aggregator.uploaders import make_uploader
 from batchfleet.metrics import serve_metrics
-from batchfleet.runtime import bounded, wait_for_redis
+from batchfleet.runtime import bounded, freeze_startup_heap, wait_for_redis
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 
@@ -23,6 +23,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     async with BatchStore.from_settings(settings, name="batchfleet-aggregator") as store:
         await wait_for_redis(store, stop, settings.redis_location())
         await uploader.start(stop)
+        freeze_startup_heap()
         try:
             await Aggregator(settings, store, uploader, name=name).run(stop)
         finally:

@@ -1,8 +1,8 @@
 """The aggregator loop: wake on completion or at the next deadline, claim, upload, ack or retry.
 
 - Completion path: the last station's record script pushes the batch id onto its shard's ``ready``
-  list; every aggregator blocks in BLPOP on each shard's list (one task per shard) and wakes within
-  milliseconds.
+  list; every aggregator blocks in BLPOP on each shard's list (one task per shard), wakes within
+  milliseconds and claims that batch at once.
 - Deadline path: deadlines live in each shard's ``due`` zset (Redis server time); the loop sleeps exactly
   until the earliest one (capped at ``_MAX_WAIT_S``), so a deadline that passed while no aggregator
   ran is handled as soon as one starts.
@@ -110,9 +110,7 @@ class Aggregator:
         due = [b for b in await self.store.due_batches(now_ms, limit * 2) if b not in self._inflight]
         room = limit - len(self._inflight)
         for batch_id in due[: max(room, 0)]:
-            task = asyncio.create_task(self._handle(batch_id), name=f"upload:{batch_id}")
-            self._inflight[batch_id] = task
-            task.add_done_callback(self._forget)
+            self._start(batch_id)
         if due and room > 0:
             await asyncio.sleep(0)  # let the claims run before looking again
             return
@@ -120,6 +118,11 @@ class Aggregator:
             await asyncio.wait(self._inflight.values(), return_when=asyncio.FIRST_COMPLETED, timeout=_MAX_WAIT_S)
             return
         await self._wait_for_work(now_ms)
+
+    def _start(self, batch_id: str) -> None:
+        task = asyncio.create_task(self._handle(batch_id), name=f"upload:{batch_id}")
+        self._inflight[batch_id] = task
+        task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._inflight = {b: t for b, t in self._inflight.items() if t is not task}
@@ -130,7 +133,12 @@ class Aggregator:
         failures = 0
         while not stop.is_set():
             try:
-                if await self.store.wait_ready(shard, _MAX_WAIT_S) is not None:
+                ready = await self.store.wait_ready(shard, _MAX_WAIT_S)
+                if ready is not None:
+                    # a batch that just completed: claim it now, not after another look at the due sets
+                    # (the claim script checks that it is due; another aggregator may get it first)
+                    if ready not in self._inflight and len(self._inflight) < self.settings.aggregator_concurrency:
+                        self._start(ready)
                     self._ready.set()
                 failures = 0
             except REDIS_UNAVAILABLE:  # the main loop logs the outage

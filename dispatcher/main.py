@@ -9,7 +9,7 @@ import socket
 from batchfleet.dispatcher.service import Dispatcher
 from batchfleet.errors import ConfigError
 from batchfleet.metrics import serve_metrics
-from batchfleet.runtime import wait_for_redis
+from batchfleet.runtime import freeze_startup_heap, wait_for_redis
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 
@@ -23,4 +23,5 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     name = f"dispatcher@{socket.gethostname()}:{os.getpid()}"
     async with BatchStore.from_settings(settings, name="batchfleet-dispatcher") as store:
         await wait_for_redis(store, stop, settings.redis_location())
+        freeze_startup_heap()
         await Dispatcher(settings, store, name=name).run(stop)

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from batchfleet.errors import StopRequested
 from batchfleet.metrics import serve_metrics
 from batchfleet.retry import REDIS_UNAVAILABLE, Backoff, describe, log_retry, redis_problem, retry, sleep_unless_stopped
-from batchfleet.runtime import run_until_signal, wait_for_redis
+from batchfleet.runtime import freeze_startup_heap, run_until_signal, wait_for_redis
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.workers.fastclaim import StationWorker
@@ -138,15 +138,23 @@ async def _run_once(workers: list[Worker], stop: asyncio.Event, grace_s: float) 
 
 
 async def run_worker(
-    settings: Settings, *, burst: bool = False, stop: asyncio.Event | None = None, started: list[Worker] | None = None
+    settings: Settings,
+    *,
+    burst: bool = False,
+    stop: asyncio.Event | None = None,
+    started: list[Worker] | None = None,
+    own_process: bool = False,
 ) -> None:
     """Run arq workers until ``stop`` is set (or, with ``burst``, every queue is empty), replacing the
-    set that a Redis outage (or a cluster failover) ends."""
+    set that a Redis outage (or a cluster failover) ends.  ``own_process``: the workers are this
+    process's service, so its start-up heap (the processor loaded) is frozen out of the GC's way."""
     stop = stop or asyncio.Event()
     try:
         state = await retry(lambda: open_state(settings), what="worker: starting", stop=stop)
     except StopRequested:
         return
+    if own_process:
+        freeze_startup_heap()
     try:
         await _serve_shards(settings, state, stop, burst=burst, started=started)
     finally:
@@ -198,7 +206,7 @@ async def _station_workers(
 async def _serve(settings: Settings, stop: asyncio.Event, burst: bool) -> None:
     async with BatchStore.from_settings(settings, name="batchfleet-worker") as store:
         await wait_for_redis(store, stop, settings.redis_location())
-    await run_worker(settings, burst=burst, stop=stop)
+    await run_worker(settings, burst=burst, stop=stop, own_process=True)
 
 
 def serve(settings: Settings, *, burst: bool = False) -> None:

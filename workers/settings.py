@@ -11,6 +11,7 @@ from arq.worker import func
 
 from batchfleet.errors import ConfigError
 from batchfleet.keys import Keys
+from batchfleet.runtime import freeze_startup_heap
 from batchfleet.settings import Settings, load_settings
 from batchfleet.store import GROUP_JOB, STATION_JOB
 from batchfleet.workers.jobs import run_group, run_station
@@ -52,8 +53,10 @@ async def bound_reads(pool: Any, timeout_s: float) -> None:
     pool.connection_pool.reset()
 
 
-def worker_settings(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for ``arq.worker.Worker`` (also the attributes of WorkerSettings)."""
+def worker_settings(settings: Settings, *, own_process: bool = False) -> dict[str, Any]:
+    """Keyword arguments for ``arq.worker.Worker`` (also the attributes of WorkerSettings).
+    ``own_process``: the worker is the process's service (not a task in someone else's event loop), so
+    its start-up heap is frozen out of the garbage collector's way once the processor is loaded."""
     # arq's own per-job timeout is a backstop above the station budget, which the job enforces.
     # arq re-runs the job of a worker that died after job timeout + 10 s (its in-progress key TTL):
     # with the default 5 s budget, 20 s after the crashed attempt started (arq's default: 310 s).
@@ -62,6 +65,8 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     async def on_startup(ctx: WorkerContext) -> None:
         await bound_reads(ctx["redis"], settings.redis_socket_timeout_s)
         await startup_with(ctx, settings)
+        if own_process:
+            freeze_startup_heap()
 
     # A job runs once more than MAX_ATTEMPTS: a one-station job's last run records "gave up"; a group's
     # second run splits it into one-station jobs (a third covers a split cut short by a Redis outage).
@@ -108,4 +113,4 @@ def build_worker_settings_class() -> type:
             f"BATCHFLEET_REDIS_CLUSTER=false); this fleet has {settings.shards} shard(s)"
             f"{' on a cluster' if settings.redis_cluster else ''}: run `batchfleet worker` instead"
         )
-    return type("WorkerSettings", (), worker_settings(settings))
+    return type("WorkerSettings", (), worker_settings(settings, own_process=True))

@@ -15,11 +15,11 @@ import pytest
 from batchfleet_dev.bench import BenchConfig, Report, percentile, run_bench, sustained_rate
 from batchfleet_dev.localstack import KafkaBroker
 
-WORKERS = (1,)
+WORKERS = (2,)  # the targets are for 2 worker processes
 FIGURES = [
-    "e2e_w1_stations_per_s",
-    "raw_arq_w1_jobs_per_s",
-    "e2e_w1_vs_raw_arq",
+    "e2e_w2_stations_per_s",
+    "raw_arq_w2_jobs_per_s",
+    "e2e_w2_vs_raw_arq",
     "dispatch_stations_per_s",
     "raw_enqueue_jobs_per_s",
     "dispatch_vs_enqueue",
@@ -59,9 +59,19 @@ FIGURES = [
     "cpu_worker_per_1000",
     "cpu_aggregator_per_1000",
     "cpu_redis_per_1000",
+    "e2e_cpu_dispatcher_per_1000",
+    "e2e_cpu_worker_per_1000",
+    "e2e_cpu_aggregator_per_1000",
+    "e2e_cpu_redis_per_1000",
+    "celery_members_per_s",
+    "celery_cpu_worker_per_1000",
+    "celery_cpu_redis_per_1000",
 ]
 TARGETED = {
-    "e2e_w1_vs_raw_arq",
+    "e2e_w2_stations_per_s",
+    "e2e_w2_vs_raw_arq",
+    "e2e_cpu_worker_per_1000",
+    "e2e_cpu_redis_per_1000",
     "dispatch_vs_enqueue",
     "sent_worker_per_station",
     "produce_to_upload_p99_ms",
@@ -85,6 +95,7 @@ def tiny() -> BenchConfig:
         latency_load=0.2,
         big_batch=400,
         bursts=2,
+        celery_members=200,  # two chords of 100 (.venv-celery is created on first use)
     )
 
 
@@ -114,24 +125,25 @@ async def test_bench_reports_every_figure(broker: KafkaBroker, tmp_path: Path) -
         assert f.target if f.passed is not None else not f.target, f.key
 
     # throughput and the ratios built from them
-    for key in ("e2e_w1_stations_per_s", "raw_arq_w1_jobs_per_s", "dispatch_stations_per_s", "raw_enqueue_jobs_per_s"):
+    for key in ("e2e_w2_stations_per_s", "raw_arq_w2_jobs_per_s", "dispatch_stations_per_s", "raw_enqueue_jobs_per_s"):
         assert value(report, key) > 0, key
-    assert value(report, "e2e_w1_vs_raw_arq") == pytest.approx(
-        value(report, "e2e_w1_stations_per_s") / value(report, "raw_arq_w1_jobs_per_s")
+    assert value(report, "e2e_w2_vs_raw_arq") == pytest.approx(
+        value(report, "e2e_w2_stations_per_s") / value(report, "raw_arq_w2_jobs_per_s")
     )
 
     # Redis commands: arq's own counts are exact.  A batchfleet worker sends arq's run and finish
-    # commands, but claims with one claim_jobs call per poll instead of arq's six commands per job
-    # (WATCH EXISTS ZSCORE MULTI PSETEX EXEC), and records each station with one record_outcome call.
+    # commands once per job (a group of stations), claims with one claim_jobs call per poll instead of
+    # arq's six commands per job (WATCH EXISTS ZSCORE MULTI PSETEX EXEC), and records the stations of a
+    # group that finish together with one record_outcome call.
     assert value(report, "arq_enqueue_commands_per_job") == pytest.approx(6, abs=0.05)  # WATCH EXISTS MULTI PSETEX ZADD EXEC
     arq_worker = value(report, "arq_worker_commands_per_job")
     assert 10 <= arq_worker <= 25
-    assert value(report, "sent_arq_worker_per_job") == pytest.approx(arq_worker, abs=1)
+    # the tap runs one plain arq worker; commandstats come from the 2-worker baseline, where arq's per-job
+    # claims also race (more WATCH/EXISTS/ZSCORE per job)
+    assert 10 <= value(report, "sent_arq_worker_per_job") <= arq_worker + 1
     own, pool = value(report, "sent_worker_own_per_station"), value(report, "sent_worker_arq_pool_per_station")
-    assert 1 <= own <= 1.5, own  # EVALSHA record_outcome per station + EVALSHA claim_jobs per poll
-    # arq's claim (4 round trips) is one claim_jobs call per poll, and batchfleet's finish leaves out
-    # arq's ZREM of the global arq:abort set (cross-slot on a cluster; station jobs are not abortable)
-    assert pool == pytest.approx(value(report, "sent_arq_worker_per_job") - 7, abs=1), pool
+    assert 0 < own < 0.2, own  # EVALSHA record_outcome per group + EVALSHA claim_jobs per poll
+    assert 0 < pool < 1, pool  # arq's run and finish of a job, shared by the stations of its group
     assert own + pool == pytest.approx(value(report, "sent_worker_per_station"))
     assert value(report, "commands_worker_per_station") > value(report, "sent_worker_per_station")  # + inside Lua
     for role in ("dispatcher", "aggregator"):
@@ -143,20 +155,32 @@ async def test_bench_reports_every_figure(broker: KafkaBroker, tmp_path: Path) -
         assert 0 <= p50 <= p99, key
     assert value(report, "produce_to_upload_p50_ms") > value(report, "complete_to_upload_p50_ms")
 
-    # memory: an open station costs something beyond its input, and retention gives it back
+    # memory: an open station costs little beyond its input, and retention gives it back
     assert value(report, "memory_input_bytes_per_station") == pytest.approx(tiny().record_bytes, abs=10)
-    assert 50 < value(report, "memory_open_station_bytes") < 5000
+    # (a group job holds its stations' records with a few bytes of framing each: at this tiny size the
+    # figure sits within the allocator's noise, so only a gross regression is caught here)
+    assert -100 < value(report, "memory_open_station_bytes") < 1000
     assert 100 < value(report, "memory_raw_arq_job_bytes") < 5000
     assert 0 < value(report, "memory_recorded_station_bytes") < 5000
     assert value(report, "memory_after_retention_bytes") < 1024 * 1024
 
     # the big batch was dispatched, uploaded complete, and cost memory
     assert value(report, "big_dispatch_s") > 0 and value(report, "big_upload_s") > 0
-    assert report.figure("big_upload_s").passed is True  # "uploads complete": every station ok
+    assert report.details["big_batch"]["uploaded_ok"] == tiny().big_batch  # uploaded complete: every station ok
+    assert report.details["big_batch"]["reason"] == "complete"
     assert value(report, "big_peak_memory_bytes") > 0
 
     for role in ("dispatcher", "worker", "aggregator", "redis"):
         assert value(report, f"cpu_{role}_per_1000") >= 0, role
+        assert value(report, f"e2e_cpu_{role}_per_1000") >= 0, role
+
+    # the peer ran the same no-op work, and the side-by-side table has every system from this run
+    assert value(report, "celery_members_per_s") > 0 and value(report, "celery_cpu_worker_per_1000") > 0
+    assert report.details["celery"]["chords"] == 2 and report.details["celery"]["size"] == 100
+    names = [p.name for p in report.peers]
+    assert [n.split(",")[0] for n in names] == ["batchfleet end to end", "raw arq no-op jobs", "Celery chords of 100 no-op tasks"]
+    assert all(p.per_s > 0 for p in report.peers)
+    assert set(report.load) == {"start", "end"} and "load average" in report.table()
 
     # both outputs carry every figure
     data = orjson.loads(report.to_json())
