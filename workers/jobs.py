@@ -13,7 +13,8 @@ station that has no outcome yet (``split_group.lua``), so every station is re-ru
 station that keeps killing workers is given up on alone (``MAX_ATTEMPTS``), as one-station jobs always
 were.  One-station jobs are also what dispatchers queue while a worker of an earlier release (which
 knows no groups) is alive, and what such releases queued; their arguments are ``[records, budget_ms,
-deadline_ms]`` plus, for a split, how many attempts of the station never finished.
+deadline_ms]``.  A split job carries the attempts its station lost in arq's own ``"t"`` field, so arq
+starts it at the next attempt, on this release's workers and on earlier ones alike.
 """
 
 from __future__ import annotations
@@ -107,15 +108,15 @@ async def _split(
     return f"split: {created} re-queued, {recorded} recorded"
 
 
-async def run_station(ctx: WorkerContext, records: list[dict[str, Any]], budget_ms: int, deadline_ms: int, tried: int = 0) -> str:
-    """arq job: one station of one batch, named by the job id ``{TAG}:BATCH:STATION``; ``tried`` counts
-    earlier attempts that never finished (the group it was split from)."""
+async def run_station(ctx: WorkerContext, records: list[dict[str, Any]], budget_ms: int, deadline_ms: int) -> str:
+    """arq job: one station of one batch, named by the job id ``{TAG}:BATCH:STATION``.  A job split off a
+    group starts at the attempt after its group's lost ones (arq's ``job_try``, set from the job)."""
     state = ctx["batchfleet"]
     batch_id, station_id = state.store.keys.parse_job_id(ctx["job_id"])
     topic = topic_of_batch(batch_id)
     if await _finalized(state, batch_id, deadline_ms, 1):
         return "skipped"
-    attempt = int(ctx.get("job_try") or 1) + tried
+    attempt = int(ctx.get("job_try") or 1)
     if attempt > MAX_ATTEMPTS:
         return await _give_up(state, batch_id, station_id, attempt, topic)
     tally = await run_stations(state, batch_id, topic, {station_id: records}, budget_s=_budget_s(state, budget_ms), attempt=attempt)

@@ -50,8 +50,9 @@ _JOB_EXPIRE_EXTRA_MS = 60_000  # a job not started by deadline + this is dropped
 _DEADLINE_TAIL = b"0]}"
 
 
-def _job(function: str, args: list[Any], enqueue_ms: int) -> bytes:
-    return orjson.dumps({"t": None, "f": function, "et": enqueue_ms, "k": {}, "a": args})
+def _job(function: str, args: list[Any], enqueue_ms: int, job_try: int | None = None) -> bytes:
+    """An arq job as arq's own enqueue_job writes it (JSON); ``job_try``: the attempt arq starts it at."""
+    return orjson.dumps({"t": job_try, "f": function, "et": enqueue_ms, "k": {}, "a": args})
 
 
 def group_job_prefix(stations: Mapping[str, list[dict[str, Any]]], budget_ms: int, enqueue_ms: int) -> bytes:
@@ -69,8 +70,10 @@ def station_job_prefix(records: list[dict[str, Any]], budget_ms: int, enqueue_ms
 
 
 def station_job(records: list[dict[str, Any]], budget_ms: int, deadline_ms: int, tried: int, enqueue_ms: int) -> bytes:
-    """A one-station job split off a group whose worker died: ``tried`` earlier attempts never finished."""
-    return _job(STATION_JOB, [records, budget_ms, deadline_ms, tried], enqueue_ms)
+    """A one-station job split off a group whose worker died: ``tried`` earlier attempts never finished,
+    so arq starts it at attempt ``tried + 1`` (its own ``"t"`` field: the job's retry count follows,
+    and any release's ``run_station`` reads the attempt from arq's ``job_try``)."""
+    return _job(STATION_JOB, [records, budget_ms, deadline_ms], enqueue_ms, job_try=tried + 1)
 
 
 def _group_slices(spec: BatchSpec) -> list[tuple[int, int]]:
