@@ -1,4 +1,4 @@
-"""arq's Worker, serving every shard's queue and claiming jobs several at a time.
+"""arq's Worker, serving every shard's queue and claiming jobs (groups of stations) several at a time.
 
 Two changes to arq 0.28's Worker, nothing else (running, retries, timeouts, shutdown are arq's):
 
@@ -35,8 +35,9 @@ __all__ = ["CLAIM_CHUNK", "StationWorker"]
 
 # Jobs claimed per script call.  Claiming a whole poll at once starts every job in the same event-loop
 # step, and a long step delays the record of the station that completes a batch.  Measured on 2 cores
-# (2 workers, 100-station batches at ~250 stations/s; end-to-end throughput / raw arq at full load):
-# chunk 1: completion -> upload p99 10 ms, 0.90x;  3: 15-16 ms, 1.2-1.4x;  10: 22-37 ms, 1.45x.
+# when a job was one station (2 workers, 100-station batches at ~250 stations/s; end-to-end throughput
+# / raw arq at full load): chunk 1: completion -> upload p99 10 ms, 0.90x;  3: 15-16 ms, 1.2-1.4x;
+# 10: 22-37 ms, 1.45x.  A job is now a group of up to STATIONS_PER_JOB stations, so 3 is a ceiling.
 CLAIM_CHUNK = 3
 CLAIM_WINDOW = 4  # candidates passed per claim call, per job wanted (other workers' running jobs lead the queue)
 
