@@ -18,7 +18,6 @@ __all__ = [
     "QuarantineEntry",
     "RecordResult",
     "RecordedOutcomes",
-    "StationInput",
     "StationRecord",
     "Summary",
     "UploadPayload",
@@ -94,14 +93,6 @@ class Outcome:
             worker=data.get("worker", ""),
             attempt=int(data.get("attempt", 1)),
         )
-
-
-@dataclass(frozen=True)
-class StationInput:
-    """What a worker reads before running a station."""
-
-    state: str | None
-    timeout_ms: int | None
 
 
 @dataclass(frozen=True)

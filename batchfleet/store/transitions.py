@@ -16,7 +16,7 @@ import orjson
 
 from batchfleet.errors import FencedOffsetError, StaleOffsetError, StoreError
 from batchfleet.keys import Keys, message_id_for, offset_field
-from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordedOutcomes, RecordResult, StationInput
+from batchfleet.models import BatchSpec, Claim, Outcome, QuarantineEntry, RecordedOutcomes, RecordResult
 from batchfleet.store.base import StoreBase, aw, pairs, text
 from batchfleet.store.scripts import RATE_OUTCOMES, reply_kind
 
@@ -252,15 +252,6 @@ class Transitions(StoreBase):
         return kind == "quarantined"
 
     # -- workers -----------------------------------------------------------------------------
-    async def station_input(self, batch_id: str, station_id: str) -> StationInput:
-        """The batch's state (None once it expired) and its timeout, read before running a station of
-        a batch that may already be finalized."""
-        state, timeout_ms = await aw(self.redis.hmget(self.keys.batch(batch_id), ["state", "timeout_ms"]))
-        return StationInput(
-            state=text(state) if state is not None else None,
-            timeout_ms=int(timeout_ms) if timeout_ms is not None else None,
-        )
-
     async def claim_jobs(
         self, shard: int, job_ids: Sequence[str], *, now_ms: int, in_progress_ms: int, want: int
     ) -> list[tuple[str, int]]:
