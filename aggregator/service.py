@@ -194,13 +194,8 @@ class Aggregator:
 
     async def _upload(self, claim: Claim) -> None:
         payload = build_payload(claim)
-        body = claim.payload or await self.store.freeze_payload(claim, payload.model_dump_json().encode())
+        body = await self._frozen_body(claim, payload.model_dump_json().encode())
         if body is None:
-            log.warning(
-                "batch %s: lease taken over before the upload started; leaving it to the new owner",
-                claim.batch_id,
-                extra={"batch_id": claim.batch_id, "topic": claim.topic},
-            )
             return
         retention_s = int(claim.meta.get("retention_s", self.settings.retention_s))
         started = time.perf_counter()
@@ -230,6 +225,49 @@ class Aggregator:
             )
         else:
             log.warning("batch %s: lease was taken over during upload; the new owner acks it", claim.batch_id, extra=extra)
+
+    async def _frozen_body(self, claim: Claim, built: bytes) -> bytes | None:
+        """The body to upload: frozen once per batch, so every attempt by any aggregator sends the same
+        bytes.  With an upload WAIT (Sentinel, or BATCHFLEET_UPLOAD_WAIT_REPLICAS) the body is only
+        sent once that many replicas hold it: a failover can then not lose it and let the next owner
+        freeze a different one.  None: do not upload now (logged)."""
+        extra = {"batch_id": claim.batch_id, "topic": claim.topic}
+        wait = self.settings.upload_wait()
+        if wait is None:
+            body = claim.payload or await self.store.freeze_payload(claim, built)
+        else:
+            body = await self._frozen_on_replicas(claim, built, *wait)
+        if body is None:
+            log.warning(
+                "batch %s: lease taken over before the upload started; leaving it to the new owner", claim.batch_id, extra=extra
+            )
+        return body or None  # b"": held back until enough replicas hold it
+
+    async def _frozen_on_replicas(self, claim: Claim, built: bytes, replicas: int, timeout_ms: int) -> bytes | None:
+        """freeze + WAIT until ``replicas`` hold the body, for up to half the lease; then give up
+        this attempt (b"" -- the lease runs out and the batch is claimed again)."""
+        give_up_at = time.monotonic() + self.settings.lease_s / 2
+        tries = 0
+        while True:
+            body, acked = await self.store.freeze_payload_replicated(claim, built, replicas, timeout_ms)
+            tries += 1
+            if body is None or acked >= replicas:
+                return body
+            if time.monotonic() >= give_up_at:
+                metrics.UPLOAD_UNREPLICATED.labels(claim.topic).inc()
+                log.warning(
+                    "batch %s: its upload body is on %d of %d replica(s) after %d WAIT(s) of %d ms; not uploading "
+                    "(a failover could lose the body and another aggregator upload a different one); "
+                    "retried when the lease runs out",
+                    claim.batch_id,
+                    acked,
+                    replicas,
+                    tries,
+                    timeout_ms,
+                    extra={"batch_id": claim.batch_id, "topic": claim.topic},
+                )
+                return b""
+            await asyncio.sleep(_ACK_BACKOFF.delay_s(tries))
 
     async def _ack(self, claim: Claim, retention_s: int, upload_ms: float, counts: dict[str, int]) -> int | None:
         """Ack with patience: the upload happened, so a Redis blip must not cause a repeat upload.

@@ -53,6 +53,12 @@ BATCHES_DEAD = Counter("batchfleet_batches_dead_lettered", "Batches moved to the
 STATIONS_UPLOADED = Counter(
     "batchfleet_stations_uploaded", "Stations in uploaded batches, by outcome", ["topic", "outcome"], registry=REGISTRY
 )
+UPLOAD_UNREPLICATED = Counter(
+    "batchfleet_upload_unreplicated",
+    "Upload attempts held back: the frozen body was not on the WAIT's replicas within half the lease",
+    ["topic"],
+    registry=REGISTRY,
+)
 UPLOAD_FAILURES = Counter("batchfleet_upload_failures", "Failed upload attempts", ["topic"], registry=REGISTRY)
 UPLOAD_SECONDS = Histogram(
     "batchfleet_upload_duration_seconds", "Upload attempt duration", ["topic"], buckets=_FAST_BUCKETS, registry=REGISTRY

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # durability knob: after each ingest write the dispatcher runs WAIT N TIMEOUT on the same connection
     ingest_wait_replicas: int = Field(default=0, ge=0)
     ingest_wait_timeout_ms: int = Field(default=500, ge=1)
+    # upload safety: before uploading, the aggregator WAITs until N replicas hold the frozen body (and
+    # everything written before it); None = 1 with Sentinel, else 0 (see README "Failure semantics")
+    upload_wait_replicas: int | None = Field(default=None, ge=0)
+    upload_wait_timeout_ms: int = Field(default=500, ge=1)
     key_prefix: str = Field(default="bf", pattern=r"^[A-Za-z0-9_.-]+$")
     shards: int = Field(default=1, ge=1, le=1024)  # hash-tagged shards of the keyspace (see README "Shards")
 
@@ -173,7 +177,16 @@ class Settings(BaseSettings):
             raise ValueError("BATCHFLEET_REDIS_SENTINELS and BATCHFLEET_REDIS_CLUSTER exclude each other")
         if self.ingest_wait_replicas and self.redis_cluster:
             raise ValueError("BATCHFLEET_INGEST_WAIT_REPLICAS is for a single Redis or Sentinel, not BATCHFLEET_REDIS_CLUSTER")
+        if self.upload_wait_replicas and self.redis_cluster:
+            raise ValueError("BATCHFLEET_UPLOAD_WAIT_REPLICAS is for a single Redis or Sentinel, not BATCHFLEET_REDIS_CLUSTER")
         return self
+
+    def upload_wait(self) -> tuple[int, int] | None:
+        """(replicas, timeout ms) the aggregator WAITs for after freezing a batch's body, or None."""
+        replicas = self.upload_wait_replicas
+        if replicas is None:
+            replicas = 1 if self.redis_sentinels else 0
+        return (replicas, self.upload_wait_timeout_ms) if replicas else None
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         """(host, port) of each Sentinel; empty when the fleet does not use Sentinel."""

@@ -11,10 +11,11 @@ Fenced ingest: the dispatcher remembers, per partition, the next offset it belie
 it.  When Redis holds something else (a failover or an AOF restart lost acknowledged writes, or
 another dispatcher owns the partition now) the write is refused (FencedOffsetError), the rest of
 the poll is dropped and every assigned partition re-seeks to what Redis holds.  The same reload
-runs after every Redis outage.  A partition whose offset vanished from Redis re-seeks to where
-this dispatcher started ingesting it when Redis held nothing (``origin``), or to the beginning of
-the partition when it never knew that: never to Kafka's committed offset, which mirrors the very
-writes Redis lost.  Re-ingesting is safe: batch ids are deterministic.
+runs after every Redis outage, and every 2 s a read-only comparison catches a quiet partition.
+A partition whose offset vanished from Redis re-seeks to where this dispatcher started ingesting
+it when Redis held nothing (``origin``), or to the beginning of the partition when it never knew
+that: never to Kafka's committed offset, which mirrors the very writes Redis lost.
+Re-ingesting is safe: batch ids are deterministic.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ T = TypeVar("T")
 _QUARANTINE_RETENTION_S = 7 * 86_400
 _QUARANTINE_MAX = 100_000
 _FLEET_EVERY_S = 5.0  # how often the live workers are counted (group sizes, job shape)
+_VERIFY_EVERY_S = 2.0  # how often the stored offsets are compared with what we believe (quiet partitions too)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -84,6 +86,7 @@ class Dispatcher:
         self._lag_measured = 0.0
         self.lag: dict[str, int] = {}
         self._fleet_seen = -_FLEET_EVERY_S
+        self._verified_at = time.monotonic()
         self.workers_seen = 0  # live worker processes (heartbeats), at the last look
         self.job_shape: JobShape = "group"  # "station" while a worker that knows no groups is alive
 
@@ -127,6 +130,18 @@ class Dispatcher:
             return
         for tp in partitions:
             await self._seek(self.consumer, tp, stored.get(offset_field(tp.topic, tp.partition)))
+
+    async def verify_offsets(self, partitions: list[TopicPartition]) -> None:
+        """Compare what Redis holds with what we believe, without a write: a failover or restart that
+        lost writes is noticed on a quiet partition too (and when the client reconnected silently).
+        Only the partitions that disagree are re-seeked (a seek drops what was prefetched)."""
+        if self.consumer is None or not partitions:
+            return
+        stored = await self._redis_retry(lambda: self.store.load_offsets(offset_field(tp.topic, tp.partition) for tp in partitions))
+        for tp in partitions:
+            name = offset_field(tp.topic, tp.partition)
+            if name in self.expected and self.expected[name] != stored.get(name):
+                await self._seek(self.consumer, tp, stored.get(name))
 
     async def _seek(self, consumer: AIOKafkaConsumer, tp: TopicPartition, stored: int | None) -> None:
         name = offset_field(tp.topic, tp.partition)
@@ -254,6 +269,10 @@ class Dispatcher:
             self._redis_was_away = False
             log.info("%s: redis answers again; re-seeking to the offsets it holds", self.name)
             await self.reseek(list(consumer.assignment()))
+            self._verified_at = time.monotonic()
+        elif time.monotonic() - self._verified_at >= _VERIFY_EVERY_S:
+            await self.verify_offsets(list(consumer.assignment()))
+            self._verified_at = time.monotonic()
         polled = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.poll_max_records)
         messages = [m for batch in polled.values() for m in batch]
         if messages:

@@ -8,6 +8,9 @@ ARGV[2]  the payload JSON built from the batch's recorded state
 
 Returns {"frozen", body}   the body every attempt must send (the stored one if it existed)
      or {"fenced"}         our lease was taken over: do not upload
+Writes meta.frozen_token = ARGV[1] on every "frozen" reply, even when the body existed: a WAIT sent
+right after on the same connection then covers the body and everything written before it (a WAIT
+after a script that wrote nothing would count replicas that never saw the body).
 Invariant: every upload of a batch sends the same bytes; a stalled former owner can neither upload
 nor re-create the payload key after the batch expired.
 All keys carry {T}, the hash tag of the batch's shard (batchfleet/keys.py): one Cluster slot.
@@ -15,6 +18,7 @@ All keys carry {T}, the hash tag of the batch's shard (batchfleet/keys.py): one 
 if redis.call('HGET', KEYS[1], 'owner_token') ~= ARGV[1] then
   return {'fenced'}
 end
+redis.call('HSET', KEYS[1], 'frozen_token', ARGV[1])
 local existing = redis.call('GET', KEYS[2])
 if existing then
   return {'frozen', existing}

@@ -361,6 +361,18 @@ class Transitions(StoreBase):
         reply = await self.scripts.run("freeze_payload", keys, [claim.token, payload])
         return bytes(reply[1]) if reply_kind("freeze_payload", reply, ("frozen", "fenced")) == "frozen" else None
 
+    async def freeze_payload_replicated(
+        self, claim: Claim, payload: bytes, replicas: int, timeout_ms: int
+    ) -> tuple[bytes | None, int]:
+        """freeze_payload, then ``WAIT replicas timeout_ms`` on the same connection: the body to send
+        (None when our lease was taken over) and how many replicas hold it and everything before it.
+        Safe to repeat: the script writes on every call, so each WAIT covers the body."""
+        keys = [self.keys.batch(claim.batch_id), self.keys.payload(claim.batch_id)]
+        reply, acked = await self.scripts.run_and_wait("freeze_payload", keys, [claim.token, payload], replicas, timeout_ms)
+        if reply_kind("freeze_payload", reply, ("frozen", "fenced")) != "frozen":
+            return None, acked
+        return bytes(reply[1]), acked
+
     async def ack_upload(
         self,
         claim: Claim,

@@ -29,12 +29,15 @@ async def then_frozen_now(ctx: Ctx, seen: Seen) -> None:
     assert seen.result == b"first body"
     assert await ctx.redis.get(ctx.keys.payload(BATCH)) == b"first body"
     assert await ctx.pttl(ctx.keys.payload(BATCH)) == -1  # expires with the batch, after the ack
+    assert (await ctx.meta(BATCH))["frozen_token"] == (await ctx.meta(BATCH))["owner_token"]
 
 
 async def then_frozen_before(ctx: Ctx, seen: Seen) -> None:
     assert seen.reply == [b"frozen", b"first body"]  # every attempt sends the same bytes
     assert seen.result == b"first body"
     assert await ctx.redis.get(ctx.keys.payload(BATCH)) == b"first body"
+    # written again although the body existed, so a WAIT right after covers it
+    assert (await ctx.meta(BATCH))["frozen_token"] == (await ctx.meta(BATCH))["owner_token"]
 
 
 async def then_fenced(ctx: Ctx, seen: Seen) -> None:
