@@ -208,7 +208,12 @@ class StoreBase:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the client and, with Sentinel, the clients it asks the Sentinels with (redis-py
+        leaves those open)."""
+        manager = getattr(getattr(self.redis, "connection_pool", None), "sentinel_manager", None)
         await self.redis.aclose()
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
 
     async def server_time_ms(self) -> int:
         """Redis server time: the only clock that deadlines, leases and retention use."""

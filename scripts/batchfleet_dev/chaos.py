@@ -1,11 +1,15 @@
 """The chaos run: the real fleet under a producer while processes are SIGKILLed, then an exact audit.
 
-``scripts/chaos --minutes 10 [--seed N] [--json]`` (long version; a ~1 minute version runs in the
-test suite, ``tests/integration/test_chaos.py``).  Loopback only, bounded in time:
+``scripts/chaos --minutes 10 [--sentinel] [--seed N] [--json]`` (long version) and
+``scripts/chaos --soak`` (50 minutes, Sentinel, >= 1,000 SIGKILLs, >= 10 Redis restarts and >= 5
+Sentinel failovers required); ~1 minute versions of both run in the test suite
+(``tests/integration/test_chaos.py``).  Loopback only, bounded in time:
 
 1. A local stack: redis-server with AOF (``appendonly yes``, ``appendfsync everysec``; restarted on
-   the same port and directory, so a kill -9 keeps its state) and the tansu Kafka-protocol broker
-   (or a given bootstrap address).  2 dispatchers, 3 workers and 2 aggregators run as real
+   the same port and directory, so a kill -9 keeps its state) -- or, with ``--sentinel``, a primary,
+   2 replicas (AOF) and 3 Sentinels, the fleet finding the primary through the Sentinels and
+   waiting for both replicas before each upload (``BATCHFLEET_UPLOAD_WAIT_REPLICAS=2``) -- and the
+   tansu Kafka-protocol broker (or a given bootstrap address).  2 dispatchers, 3 workers and 2 aggregators run as real
    subprocesses (``python -m batchfleet ROLE``), configured with ``BATCHFLEET_*`` variables built
    from one :class:`~batchfleet.settings.Settings`: 2 s batch deadline, 5 s retention, 5 s upload
    lease, a file uploader (``file://WORKDIR/uploads.jsonl``) and :func:`chaos_processor`.
@@ -16,7 +20,10 @@ test suite, ``tests/integration/test_chaos.py``).  Loopback only, bounded in tim
    from any upload even after the batch's Redis keys expired.  Now and then a malformed message
    (truncated JSON, an entry without ``stationId``, an empty list, not UTF-8, NaN) is produced.
 3. For the whole window, every 2-5 s a random role process is SIGKILLed and restarted 0.5-1 s
-   later; redis-server is SIGKILLed and restarted 2-3 times (never in the last 20 s).  A process
+   later; redis-server is SIGKILLed and restarted 2-3 times (never in the last 20 s).  With
+   Sentinel the Redis faults cycle through: SIGKILL of the primary (Sentinel promotes a replica;
+   the old primary is restarted as a replica), ``SENTINEL FAILOVER``, SIGKILL of a replica (restarted);
+   each on a settled group (every replica online), timed until the group is settled again.  A process
    that exits by itself is restarted too and reported as a finding (``--strict``: a violation).
 4. After the producer stops: wait until every produced offset is ingested (``bf:offsets``), every
    batch is uploaded or dead (``bf:due`` and ``bf:leases`` empty) and no station job is queued; then
@@ -76,7 +83,7 @@ from batchfleet.keys import Keys, batch_id_for, message_id_for, offset_field
 from batchfleet.retry import REDIS_UNAVAILABLE, Backoff, retry
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
-from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics
+from batchfleet_dev.localstack import KafkaBroker, RedisServer, SentinelGroup, create_topics
 from batchfleet_dev.procs import RoleProcess, role_env, stop_all
 
 __all__ = ["ChaosConfig", "ChaosReport", "account", "chaos_processor", "main", "run_chaos"]
@@ -129,8 +136,14 @@ class ChaosConfig:
     aggregators: int = 2
     kill_every_s: tuple[float, float] = (2.0, 5.0)
     restart_after_s: tuple[float, float] = (0.5, 1.0)
-    redis_restarts: int | None = None  # None: 2 or 3 (fewer when the window is short)
+    redis_events: int | None = None  # Redis faults in the window; None: 2 or 3 (fewer when the window is short)
     redis_down_s: tuple[float, float] = (0.5, 1.5)
+    # Sentinel topology: a primary, ``replicas`` replicas and 3 Sentinels; the Redis faults cycle through
+    # primary SIGKILL (Sentinel fails over), SENTINEL FAILOVER and replica SIGKILL (each node restarted)
+    sentinel: bool = False
+    replicas: int = 2
+    upload_wait_replicas: int | None = None  # None: every replica (the full guarantee, README)
+    targets: dict[str, int] = field(default_factory=dict)  # minimum kills / redis_restarts / failovers
     batch_timeout_s: float = 2.0
     retention_s: int = 5
     lease_s: float = 5.0
@@ -170,9 +183,11 @@ def _write_topic_config(path: Path, rt_topic: str, poll_topic: str, cfg: ChaosCo
     )
 
 
-def chaos_settings(redis_url: str, bootstrap: str, topics: list[str], workdir: Path, group: str, cfg: ChaosConfig) -> Settings:
+def chaos_settings(
+    redis_options: dict[str, Any], bootstrap: str, topics: list[str], workdir: Path, group: str, cfg: ChaosConfig
+) -> Settings:
     return Settings(
-        redis_url=redis_url,  # type: ignore[arg-type]
+        **redis_options,
         kafka_bootstrap_servers=bootstrap,
         topics=topics,
         kafka_group_id=group,
@@ -364,11 +379,11 @@ class Fleet:
 
 
 def _redis_schedule(cfg: ChaosConfig, rng: random.Random) -> list[float]:
-    """Offsets (s from the start) of the redis-server kills: spread out, none in the last 20 s."""
+    """Offsets (s from the start) of the Redis faults: spread out, none in the last 20 s."""
     first, last = 10.0, cfg.duration_s - 20.0
     if last <= first:
         return []
-    count = cfg.redis_restarts if cfg.redis_restarts is not None else rng.choice((2, 3))
+    count = cfg.redis_events if cfg.redis_events is not None else rng.choice((2, 3))
     count = min(count, int((last - first) // 8) + 1)
     span = (last - first) / max(count, 1)
     return [first + i * span + rng.uniform(0, span * 0.8) for i in range(count)]
@@ -378,33 +393,123 @@ def _redis_schedule(cfg: ChaosConfig, rng: random.Random) -> list[float]:
 class Faults:
     redis_restarts: int = 0
     redis_down_s: list[float] = field(default_factory=list)
+    failovers: int = 0
+    failover_s: list[float] = field(default_factory=list)  # fault -> every Sentinel names the new primary
+    healthy_s: list[float] = field(default_factory=list)  # fault -> group healthy again (all replicas online)
+    problems: list[str] = field(default_factory=list)
 
 
-async def _bounce_redis(
-    redis: RedisServer, cfg: ChaosConfig, rng: random.Random, faults: Faults, say: Callable[[str], None]
-) -> None:
-    down_s = rng.uniform(*cfg.redis_down_s)
-    say(f"SIGKILL redis-server (down for {down_s:.1f}s)")
-    started = time.monotonic()
-    await asyncio.to_thread(redis.kill)
-    await asyncio.sleep(down_s)
-    await asyncio.to_thread(redis.start)
-    faults.redis_restarts += 1
-    faults.redis_down_s.append(round(time.monotonic() - started, 2))
+class SingleRedis:
+    """One redis-server with AOF (``appendfsync everysec``): a fault is a SIGKILL and a restart on the
+    same port and directory, so the restart may miss the AOF's last second."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.server = _start_redis(workdir / "redis")
+
+    def options(self, cfg: ChaosConfig) -> dict[str, Any]:
+        return {"redis_url": self.server.url}
+
+    def describe(self) -> str:
+        return f"redis {self.server.url} (AOF)"
+
+    async def fault(self, number: int, cfg: ChaosConfig, rng: random.Random, faults: Faults, say: Callable[[str], None]) -> None:
+        down_s = rng.uniform(*cfg.redis_down_s)
+        say(f"SIGKILL redis-server (down for {down_s:.1f}s)")
+        started = time.monotonic()
+        await asyncio.to_thread(self.server.kill)
+        await asyncio.sleep(down_s)
+        await asyncio.to_thread(self.server.start)
+        faults.redis_restarts += 1
+        faults.redis_down_s.append(round(time.monotonic() - started, 2))
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+_SENTINEL_FAULTS = ("primary-kill", "sentinel-failover", "replica-kill")
+
+
+class SentinelRedis:
+    """A primary, replicas and 3 Sentinels (:class:`SentinelGroup`); the fleet finds the primary
+    through the Sentinels and WAITs for every replica before an upload."""
+
+    def __init__(self, workdir: Path, replicas: int) -> None:
+        self.group = SentinelGroup(workdir / "redis", replicas=replicas).start()
+
+    def options(self, cfg: ChaosConfig) -> dict[str, Any]:
+        wait = cfg.upload_wait_replicas if cfg.upload_wait_replicas is not None else len(self.group.nodes) - 1
+        return {
+            "redis_url": "redis://127.0.0.1:1/0",  # only the db is read: the Sentinels name the primary
+            "redis_sentinels": self.group.addresses,
+            "redis_sentinel_master": self.group.master,
+            "upload_wait_replicas": wait,
+        }
+
+    def describe(self) -> str:
+        ports = ", ".join(str(n.port) for n in self.group.nodes)
+        return f"sentinel group: redis {ports} (AOF, primary {self.group.master_port()}), sentinels {self.group.addresses}"
+
+    async def fault(self, number: int, cfg: ChaosConfig, rng: random.Random, faults: Faults, say: Callable[[str], None]) -> None:
+        kind = _SENTINEL_FAULTS[number % len(_SENTINEL_FAULTS)]
+        group = self.group
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(group.wait_healthy, 60.0)  # every fault hits a settled group
+            old = group.master_port()
+            if old is None:
+                raise TimeoutError("the Sentinels disagree on the primary")
+            started = time.monotonic()
+            if kind == "sentinel-failover":
+                say(f"SENTINEL FAILOVER (primary {old})")
+                new = await asyncio.to_thread(group.failover)
+                faults.failovers += 1
+                faults.failover_s.append(round(time.monotonic() - started, 2))
+            else:
+                victim = (
+                    group.node(old)
+                    if kind == "primary-kill"
+                    else group.node(rng.choice([n.port for n in group.nodes if n.port != old]))
+                )
+                say(f"SIGKILL redis-server {victim.port} ({'primary' if victim.port == old else 'replica'})")
+                await asyncio.to_thread(victim.kill)
+                if kind == "primary-kill":
+                    new = await asyncio.to_thread(group.wait_new_master, old)
+                    faults.failovers += 1
+                    faults.failover_s.append(round(time.monotonic() - started, 2))
+                else:
+                    new = old
+                await asyncio.sleep(max(rng.uniform(*cfg.redis_down_s) - (time.monotonic() - started), 0))
+                await asyncio.to_thread(group.restart_as_replica, victim)
+                faults.redis_restarts += 1
+                faults.redis_down_s.append(round(time.monotonic() - started, 2))
+            healthy = await asyncio.to_thread(group.wait_healthy, 60.0)
+            faults.healthy_s.append(round(time.monotonic() - started, 2))
+            say(f"{kind}: primary {old} -> {new}; group healthy {healthy:.1f}s later")
+        except (TimeoutError, RuntimeError) as exc:
+            faults.problems.append(f"{kind} at +{time.monotonic() - started:.1f}s: {exc}")
+            say(f"{kind} went wrong: {exc}")
+
+    def stop(self) -> None:
+        self.group.stop()
+
+
+RedisTopology = SingleRedis | SentinelRedis
 
 
 async def chaos_loop(
-    fleet: Fleet, redis: RedisServer, cfg: ChaosConfig, end_at: float, faults: Faults, say: Callable[[str], None]
+    fleet: Fleet, redis: RedisTopology, cfg: ChaosConfig, end_at: float, faults: Faults, say: Callable[[str], None]
 ) -> None:
     rng = random.Random(cfg.seed + 1)
     start = time.monotonic()
     redis_at = [start + t for t in _redis_schedule(cfg, rng)]
     next_kill = start + rng.uniform(*cfg.kill_every_s)
+    done = 0
     while time.monotonic() < end_at:
         now = time.monotonic()
         if redis_at and now >= redis_at[0]:
             redis_at.pop(0)
-            await _bounce_redis(redis, cfg, rng, faults, say)
+            await redis.fault(done, cfg, rng, faults, say)
+            done += 1
         elif now >= next_kill:
             slot = rng.choice(fleet.slots)
             fleet.kill(slot)  # SIGKILL and reap: immediate
@@ -429,7 +534,15 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> floa
     return None
 
 
-_MEMORY_FIELDS = ("used_memory", "used_memory_dataset", "used_memory_scripts", "mem_clients_normal")
+_MEMORY_FIELDS = (
+    "used_memory",
+    "used_memory_dataset",
+    "used_memory_scripts",
+    "mem_clients_normal",
+    "mem_clients_slaves",
+    "mem_replication_backlog",
+)
+_BUFFERS = ("mem_clients_normal", "mem_clients_slaves", "mem_replication_backlog")  # bounded by config, not data
 _RETAINED = ("batches", "quarantine", "recent", "stats", "offsets")  # per shard, kept by design (capped or small)
 
 
@@ -460,16 +573,20 @@ async def _dump_memory(store: BatchStore, path: Path) -> None:
     stats = await _aw(store.redis.memory_stats())
     sizes = {key: int(await _aw(store.redis.memory_usage(key)) or 0) for key in await _keys(store, "*")}
     top = dict(sorted(sizes.items(), key=lambda kv: -kv[1])[:50])
-    data = orjson.dumps({"info": info, "memory_stats": stats, "keys": top}, default=str, option=orjson.OPT_INDENT_2)
+    clients = Counter(str(c.get("name") or "-") for c in await _aw(store.redis.client_list()))
+    dump = {"info": info, "memory_stats": stats, "keys": top, "clients_by_name": dict(clients.most_common())}
+    data = orjson.dumps(dump, default=str, option=orjson.OPT_INDENT_2)
     await asyncio.to_thread(path.write_bytes, data)
 
 
 def unexplained_growth(baseline: dict[str, int], after: dict[str, int]) -> int:
-    """used_memory growth not explained by client buffers (which follow the number of open connections)
-    or by the indexes kept by design: what a leak of batch or job state would show up in."""
+    """used_memory growth not explained by client buffers (which follow the number of open connections),
+    replication buffers (the backlog fills up to ``repl-backlog-size``; with Sentinel the primary at the
+    end is another server than at the start) or by the indexes kept by design: what a leak of batch or
+    job state would show up in."""
 
     def core(m: dict[str, int]) -> int:
-        return m.get("used_memory", 0) - m.get("mem_clients_normal", 0) - m.get("retained", 0)
+        return m.get("used_memory", 0) - sum(m.get(name, 0) for name in _BUFFERS) - m.get("retained", 0)
 
     return core(after) - core(baseline)
 
@@ -506,7 +623,7 @@ async def _progress(
             f"t={time.monotonic() - start:4.0f}s produced={len(producer.messages)} "
             f"created={stats.get('batches_created', '?')} uploaded={stats.get('batches_uploaded', '?')} "
             f"quarantined={stats.get('messages_quarantined', '?')} kills={sum(fleet.kills.values())} "
-            f"redis_restarts={faults.redis_restarts}"
+            f"redis_restarts={faults.redis_restarts} failovers={faults.failovers}"
         )
 
 
@@ -749,8 +866,15 @@ class ChaosReport:
     quarantined_found: int = 0
     kills: dict[str, int] = field(default_factory=dict)
     unexpected_exits: list[str] = field(default_factory=list)
+    redis_topology: str = ""
     redis_restarts: int = 0
     redis_down_s: list[float] = field(default_factory=list)
+    failovers: int = 0
+    failover_s: list[float] = field(default_factory=list)
+    redis_healthy_s: list[float] = field(default_factory=list)
+    redis_problems: list[str] = field(default_factory=list)
+    targets: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0  # the whole run: start-up, chaos window, settling, audit
     ingest_caught_up_s: float | None = None
     drained_s: float | None = None
     memory_baseline: dict[str, int] = field(default_factory=dict)
@@ -793,15 +917,20 @@ class ChaosReport:
                 f"{len(self.unexpected_exits)}  (restarted; listed below; "
                 f"{'a violation' if self.strict else 'a finding, --strict fails on it'})",
             ),
-            ("redis restarts (down s)", f"{self.redis_restarts} {self.redis_down_s}"),
+            ("redis", self.redis_topology),
+            ("redis restarts (kill -> restarted, s)", f"{self.redis_restarts} {_spread(self.redis_down_s)}"),
+            ("sentinel failovers (-> new primary, s)", f"{self.failovers} {_spread(self.failover_s)}"),
+            ("redis fault -> group healthy (s)", _spread(self.redis_healthy_s)),
+            ("targets (kills / restarts / failovers)", _targets(self)),
+            ("whole run", f"{self.elapsed_s / 60:.1f} min"),
             ("ingest caught up / drained after", f"{self.ingest_caught_up_s}s / {self.drained_s}s"),
             (
                 "redis used_memory baseline / after",
                 f"{_mib(self.memory_baseline.get('used_memory', 0))} / {_mib(self.memory_after.get('used_memory', 0))}",
             ),
             (
-                "  client buffers (connections)",
-                f"{_mem_pair(self.memory_baseline, self.memory_after, 'mem_clients_normal')} "
+                "  client + replication buffers (connections)",
+                f"{_buffers(self.memory_baseline):,} / {_buffers(self.memory_after):,} B "
                 f"({self.memory_baseline.get('connected_clients')} / "
                 f"{self.memory_after.get('connected_clients')})",
             ),
@@ -818,6 +947,24 @@ class ChaosReport:
         out += self.violations[:60]
         out += [f"exited by itself: {e}" for e in self.unexpected_exits[:20]]
         return "\n".join(out)
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"(min {ordered[0]:.1f}, median {ordered[len(ordered) // 2]:.1f}, max {ordered[-1]:.1f})"
+
+
+def _targets(report: ChaosReport) -> str:
+    if not report.targets:
+        return "none set"
+    have = {"kills": sum(report.kills.values()), "redis_restarts": report.redis_restarts, "failovers": report.failovers}
+    return " ".join(f"{name} {have.get(name, 0)}>={want}" for name, want in report.targets.items())
+
+
+def _buffers(memory: dict[str, int]) -> int:
+    return sum(memory.get(name, 0) for name in _BUFFERS)
 
 
 def _pairs(counts: dict[str, int]) -> str:
@@ -876,6 +1023,8 @@ def build_report(
     faults: Faults,
     settled: Settled,
     baseline: dict[str, int],
+    topology: str = "",
+    started: float = 0.0,
 ) -> ChaosReport:
     bad = Violations()
     uploads = group_uploads(uploads_raw, bad)
@@ -887,6 +1036,7 @@ def build_report(
             bad.add("dead-lettered batch without payload", bid)
     acc = account(produced, batches, got.quarantined, bad)
     _fleet_checks(cfg, got, fleet, settled, baseline, uploads, bad)
+    _fault_checks(cfg, fleet, faults, bad)
     return ChaosReport(
         seed=cfg.seed,
         duration_s=cfg.duration_s,
@@ -910,8 +1060,15 @@ def build_report(
         quarantined_found=acc.quarantined_found,
         kills=dict(fleet.kills),
         unexpected_exits=list(fleet.unexpected_exits),
+        redis_topology=topology,
         redis_restarts=faults.redis_restarts,
         redis_down_s=faults.redis_down_s,
+        failovers=faults.failovers,
+        failover_s=faults.failover_s,
+        redis_healthy_s=faults.healthy_s,
+        redis_problems=faults.problems,
+        targets=dict(cfg.targets),
+        elapsed_s=round(time.monotonic() - started, 1),
         ingest_caught_up_s=settled.ingest_s,
         drained_s=settled.drained_s,
         memory_baseline=baseline,
@@ -947,6 +1104,15 @@ def _fleet_checks(
             bad.add("role exited without a kill", exit_)
 
 
+def _fault_checks(cfg: ChaosConfig, fleet: Fleet, faults: Faults, bad: Violations) -> None:
+    for problem in faults.problems:
+        bad.add("redis fault went wrong", problem)
+    have = {"kills": sum(fleet.kills.values()), "redis_restarts": faults.redis_restarts, "failovers": faults.failovers}
+    for name, want in cfg.targets.items():
+        if have.get(name, 0) < want:
+            bad.add("target not reached", f"{name}: {have.get(name, 0)} < {want}")
+
+
 # -- the run ------------------------------------------------------------------------------------
 def _default_workdir() -> Path:
     return Path(".batchfleet") / time.strftime("chaos-%Y%m%d-%H%M%S")
@@ -959,7 +1125,7 @@ def _stderr(text: str) -> None:
 async def _chaos_window(
     store: BatchStore,
     fleet: Fleet,
-    redis: RedisServer,
+    redis: RedisTopology,
     producer: Producer,
     cfg: ChaosConfig,
     faults: Faults,
@@ -977,13 +1143,14 @@ async def _chaos_window(
         await producer.stop()
 
 
-async def _run(cfg: ChaosConfig, workdir: Path, redis: RedisServer, bootstrap: str, say: Callable[[str], None]) -> ChaosReport:
+async def _run(cfg: ChaosConfig, workdir: Path, redis: RedisTopology, bootstrap: str, say: Callable[[str], None]) -> ChaosReport:
+    started = time.monotonic()
     tag = f"{os.getpid()}-{int(time.time() * 1000) % 10**9}"
     rt_topic, poll_topic = f"CHAOS-RT-{tag}", f"CHAOS-POLL-{tag}"
     await create_topics(bootstrap, [rt_topic], partitions=2)
     await create_topics(bootstrap, [poll_topic], partitions=3)
     _write_topic_config(workdir / "topics.toml", rt_topic, poll_topic, cfg)
-    settings = chaos_settings(redis.url, bootstrap, [rt_topic, poll_topic], workdir, f"chaos-{tag}", cfg)
+    settings = chaos_settings(redis.options(cfg), bootstrap, [rt_topic, poll_topic], workdir, f"chaos-{tag}", cfg)
     fleet = Fleet(role_env(settings), workdir, cfg)
     store = BatchStore.from_settings(settings, name="batchfleet-chaos")
     supervisor: asyncio.Task[None] | None = None
@@ -1012,23 +1179,26 @@ async def _run(cfg: ChaosConfig, workdir: Path, redis: RedisServer, bootstrap: s
         await store.aclose()
     uploads = workdir / "uploads.jsonl"
     raw = uploads.read_bytes() if uploads.exists() else b""
-    return build_report(cfg, workdir, producer.messages, raw, got, fleet, faults, settled, baseline)
+    return build_report(cfg, workdir, producer.messages, raw, got, fleet, faults, settled, baseline, redis.describe(), started)
 
 
 async def run_chaos(cfg: ChaosConfig) -> ChaosReport:
     """The whole chaos run: local stack, fleet, producer and faults for ``cfg.duration_s``, then the audit."""
     say = cfg.log or _stderr
     workdir = (cfg.workdir or _default_workdir()).resolve()
-    (workdir / "redis").mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     broker: KafkaBroker | None = None
-    redis: RedisServer | None = None
+    redis: RedisTopology | None = None
     try:
         bootstrap = cfg.bootstrap
         if bootstrap is None:
             broker = await asyncio.to_thread(KafkaBroker(log_path=workdir / "broker.log").start)
             bootstrap = broker.bootstrap
-        redis = await asyncio.to_thread(_start_redis, workdir / "redis")
-        say(f"work directory {workdir}; redis {redis.url} (AOF), kafka {bootstrap}")
+        if cfg.sentinel:
+            redis = await asyncio.to_thread(SentinelRedis, workdir, cfg.replicas)
+        else:
+            redis = await asyncio.to_thread(SingleRedis, workdir)
+        say(f"work directory {workdir}; {redis.describe()}; kafka {bootstrap}")
         return await _run(cfg, workdir, redis, bootstrap, say)
     finally:
         if redis is not None:
@@ -1050,16 +1220,47 @@ def _start_redis(directory: Path, attempts: int = 3) -> RedisServer:
     raise AssertionError("unreachable")
 
 
+SOAK_TARGETS = {"kills": 1000, "redis_restarts": 10, "failovers": 5}
+
+
+def soak_config(minutes: float, seed: int, workdir: Path | None) -> ChaosConfig:
+    """``--soak``: the Sentinel topology, a SIGKILL every 1-3 s, 18 Redis faults (6 primary kills, 6
+    SENTINEL FAILOVERs, 6 replica kills: 12 restarts, 12 failovers) and the targets as violations."""
+    return ChaosConfig(
+        duration_s=minutes * 60,
+        seed=seed,
+        workdir=workdir,
+        sentinel=True,
+        kill_every_s=(1.0, 3.0),
+        restart_after_s=(0.3, 0.8),
+        redis_events=18,
+        settle_timeout_s=300.0,
+        progress_every_s=60.0,
+        strict=True,
+        targets=dict(SOAK_TARGETS),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/chaos", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="length of the chaos window (default 10)")
+    parser.add_argument("--minutes", type=float, default=None, help="length of the chaos window (default 10; --soak 50)")
+    parser.add_argument("--sentinel", action="store_true", help="a primary, 2 replicas and 3 Sentinels instead of one redis")
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="the soak: --sentinel, kills every 1-3 s, 18 Redis faults, >= 1,000 kills / 10 restarts / 5 failovers required",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed for the producer and the kill schedule")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
     parser.add_argument("--workdir", type=Path, default=None, help="logs, redis AOF and uploads (default .batchfleet/chaos-*)")
     parser.add_argument("--strict", action="store_true", help="a role process that exits by itself (not killed) fails the run")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 100_000)
-    cfg = ChaosConfig(duration_s=args.minutes * 60, seed=seed, workdir=args.workdir, strict=args.strict)
+    if args.soak:
+        cfg = soak_config(args.minutes or 50.0, seed, args.workdir)
+    else:
+        minutes = args.minutes or 10.0
+        cfg = ChaosConfig(duration_s=minutes * 60, seed=seed, workdir=args.workdir, strict=args.strict, sentinel=args.sentinel)
     _stderr(f"seed {seed}")
     report = asyncio.run(run_chaos(cfg))
     print(report.to_json().decode() if args.json else report.table(), flush=True)

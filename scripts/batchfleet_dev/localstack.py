@@ -20,8 +20,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["KafkaBroker", "RedisServer", "SentinelServer", "create_topics", "find_redis_server", "free_port", "wait_for_port"]
+__all__ = [
+    "KafkaBroker",
+    "RedisServer",
+    "SentinelGroup",
+    "SentinelServer",
+    "create_topics",
+    "find_redis_server",
+    "free_port",
+    "wait_for_port",
+]
 
 
 def free_port() -> int:
@@ -219,6 +229,131 @@ class SentinelServer:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+
+class SentinelGroup:
+    """A primary, ``replicas`` replicas (AOF on, each in ``directory/node-N``) and three Sentinels
+    monitoring them as ``master``: the topology the chaos soak fails over.  Nodes are restarted on
+    their port and directory, always as a replica of the current primary (as an operator brings an
+    old primary back), so Sentinel never sees two primaries it did not make."""
+
+    def __init__(self, directory: Path, *, replicas: int = 2, master: str = "bf") -> None:
+        self.directory = directory
+        self.master = master
+        self.nodes = [RedisServer(directory=directory / f"node-{i}", appendonly=True) for i in range(replicas + 1)]
+        self.sentinels: list[SentinelServer] = []
+
+    def start(self) -> SentinelGroup:
+        primary = self.nodes[0].start()
+        for node in self.nodes[1:]:
+            node.extra_args = ["--replicaof", "127.0.0.1", str(primary.port)]
+            node.start()
+        self.sentinels = [SentinelServer(primary.port, self.directory / "sentinels", master=self.master).start() for _ in range(3)]
+        self.wait_healthy()
+        return self
+
+    @property
+    def addresses(self) -> str:
+        """``BATCHFLEET_REDIS_SENTINELS``."""
+        return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+
+    def _ask(self, sentinel: SentinelServer, *command: str) -> Any:
+        import redis
+
+        with redis.Redis(port=sentinel.port, socket_timeout=2, socket_connect_timeout=2) as client:
+            return client.execute_command("SENTINEL", *command)
+
+    def master_port(self) -> int | None:
+        """The primary every Sentinel names, or None while they disagree or do not answer."""
+        import redis
+
+        ports: set[int] = set()
+        for sentinel in self.sentinels:
+            try:
+                ports.add(int(self._ask(sentinel, "GET-MASTER-ADDR-BY-NAME", self.master)[1]))
+            except (redis.RedisError, OSError, TypeError, IndexError):
+                return None
+        return ports.pop() if len(ports) == 1 else None
+
+    def node(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def healthy(self) -> bool:
+        """One agreed primary that sees every replica online, every Sentinel knowing every replica
+        as up, and no failover in progress."""
+        import redis
+
+        port = self.master_port()
+        if port is None:
+            return False
+        want = len(self.nodes) - 1
+        try:
+            with redis.Redis(port=port, socket_timeout=2) as client:
+                info = client.info("replication")
+            if info.get("role") != "master" or int(info.get("connected_slaves", 0)) != want:
+                return False
+            if any(info.get(f"slave{i}", {}).get("state") != "online" for i in range(want)):
+                return False
+            for sentinel in self.sentinels:
+                master = self._ask(sentinel, "MASTER", self.master)
+                flags = dict(zip(master[::2], master[1::2], strict=False)).get(b"flags", b"")
+                if flags != b"master":  # e.g. master,failover_in_progress or s_down
+                    return False
+                known = self._ask(sentinel, "REPLICAS", self.master)
+                up = [r for r in known if dict(zip(r[::2], r[1::2], strict=False)).get(b"flags") == b"slave"]
+                if len(up) < want:
+                    return False
+        except (redis.RedisError, OSError):
+            return False
+        return True
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> float:
+        """Seconds until healthy(); TimeoutError after the bound."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if self.healthy():
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise TimeoutError(f"the Sentinel group did not become healthy in {timeout_s:.0f}s (logs in {self.directory})")
+
+    def wait_new_master(self, old_port: int, timeout_s: float = 45.0) -> int:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            port = self.master_port()
+            if port is not None and port != old_port:
+                return port
+            time.sleep(0.05)
+        raise TimeoutError(f"no Sentinel failover away from port {old_port} in {timeout_s:.0f}s (logs in {self.directory})")
+
+    def restart_as_replica(self, node: RedisServer) -> None:
+        """Start a killed node again, on its port and AOF, as a replica of the current primary."""
+        port = self.master_port()
+        if port is None or port == node.port:
+            raise RuntimeError("no other agreed primary to restart this node under")
+        node.extra_args = ["--replicaof", "127.0.0.1", str(port)]
+        node.start()
+
+    def failover(self, timeout_s: float = 30.0) -> int:
+        """``SENTINEL FAILOVER`` (retried while one is in progress) and the new primary's port."""
+        import redis
+
+        old = self.master_port()
+        started = time.monotonic()
+        while True:
+            try:
+                self._ask(self.sentinels[0], "FAILOVER", self.master)
+                break
+            except redis.ResponseError:  # INPROG / NOGOODSLAVE: the last one is still settling
+                if time.monotonic() - started > timeout_s:
+                    raise
+                time.sleep(0.5)
+        return self.wait_new_master(old or 0, timeout_s)
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        for node in self.nodes:
+            node.stop()
 
 
 @dataclass

@@ -26,7 +26,7 @@ async def test_chaos_run_accounts_for_every_record(broker: KafkaBroker, tmp_path
         workdir=tmp_path / "chaos",
         bootstrap=broker.bootstrap,
         kill_every_s=(4.0, 8.0),
-        redis_restarts=1,
+        redis_events=1,
         settle_timeout_s=90,
         log=lines.append,
         strict=True,
@@ -45,6 +45,37 @@ async def test_chaos_run_accounts_for_every_record(broker: KafkaBroker, tmp_path
     assert report.redis_restarts == 1 and sum(report.kills.values()) >= 3, summary
     assert report.quarantined_found == report.quarantined_expected > 0, summary
     assert {"ok", "failed", "empty", "missing"} <= set(report.stations), summary
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+async def test_sentinel_soak_short_version_fails_over_and_accounts_for_every_record(broker: KafkaBroker, tmp_path: Path) -> None:
+    """``scripts/chaos --soak`` in small: a primary, 2 replicas, 3 Sentinels; the primary SIGKILLed
+    (Sentinel promotes a replica, the old primary comes back as one), a SENTINEL FAILOVER and a
+    replica SIGKILLed, under role kills, with the whole audit and the soak's targets scaled down."""
+    lines: list[str] = []
+    cfg = ChaosConfig(
+        duration_s=75,
+        seed=23,
+        workdir=tmp_path / "soak",
+        bootstrap=broker.bootstrap,
+        sentinel=True,
+        kill_every_s=(3.0, 6.0),
+        redis_events=3,
+        settle_timeout_s=120,
+        log=lines.append,
+        strict=True,
+        targets={"kills": 5, "redis_restarts": 2, "failovers": 2},
+    )
+    report = await run_chaos(cfg)
+    summary = report.table() + "\n" + "\n".join(lines)
+    assert report.conflicting_repeats == 0, summary  # the upload WAIT: a failover never yields a second body
+    assert report.records_unaccounted == 0 and report.records_duplicated == 0, summary
+    assert report.redis_problems == [], summary
+    assert report.ok, summary  # settled, every batch uploaded, no leftovers, memory, targets, no role crashed
+    assert report.failovers == 2 and report.redis_restarts == 2, summary
+    assert report.batches_uploaded > 30 and report.quarantined_found == report.quarantined_expected > 0, summary
+    print("\n" + report.table())
 
 
 # -- the audit itself: it must catch what it claims to catch ------------------------------------
