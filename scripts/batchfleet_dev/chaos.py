@@ -69,6 +69,7 @@ import asyncio
 import inspect
 import os
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -504,20 +505,25 @@ async def chaos_loop(
     redis_at = [start + t for t in _redis_schedule(cfg, rng)]
     next_kill = start + rng.uniform(*cfg.kill_every_s)
     done = 0
-    while time.monotonic() < end_at:
-        now = time.monotonic()
-        if redis_at and now >= redis_at[0]:
-            redis_at.pop(0)
-            await redis.fault(done, cfg, rng, faults, say)
-            done += 1
-        elif now >= next_kill:
-            slot = rng.choice(fleet.slots)
-            fleet.kill(slot)  # SIGKILL and reap: immediate
-            await asyncio.sleep(rng.uniform(*cfg.restart_after_s))
-            fleet.spawn(slot)
-            next_kill = time.monotonic() + rng.uniform(*cfg.kill_every_s)
-        else:
-            await asyncio.sleep(min(0.1, max(end_at - now, 0)))
+    fault: asyncio.Task[None] | None = None  # a Redis fault runs beside the role kills
+    try:
+        while time.monotonic() < end_at or (fault is not None and not fault.done()):
+            now = time.monotonic()
+            if redis_at and now >= redis_at[0] and (fault is None or fault.done()):
+                redis_at.pop(0)
+                fault = asyncio.create_task(redis.fault(done, cfg, random.Random(rng.random()), faults, say))
+                done += 1
+            elif now < end_at and now >= next_kill:
+                slot = rng.choice(fleet.slots)
+                fleet.kill(slot)  # SIGKILL and reap: immediate
+                await asyncio.sleep(rng.uniform(*cfg.restart_after_s))
+                fleet.spawn(slot)
+                next_kill = time.monotonic() + rng.uniform(*cfg.kill_every_s)
+            else:
+                await asyncio.sleep(min(0.1, max(end_at - now, 0.01)))
+    finally:
+        if fault is not None and not fault.done():
+            fault.cancel()
 
 
 # -- waiting for the fleet ----------------------------------------------------------------------
@@ -1255,6 +1261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="logs, redis AOF and uploads (default .batchfleet/chaos-*)")
     parser.add_argument("--strict", action="store_true", help="a role process that exits by itself (not killed) fails the run")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C: stop the fleet and the stack first
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 100_000)
     if args.soak:
         cfg = soak_config(args.minutes or 50.0, seed, args.workdir)
@@ -1262,7 +1269,11 @@ def main(argv: list[str] | None = None) -> int:
         minutes = args.minutes or 10.0
         cfg = ChaosConfig(duration_s=minutes * 60, seed=seed, workdir=args.workdir, strict=args.strict, sentinel=args.sentinel)
     _stderr(f"seed {seed}")
-    report = asyncio.run(run_chaos(cfg))
+    try:
+        report = asyncio.run(run_chaos(cfg))
+    except KeyboardInterrupt:
+        _stderr("interrupted: the fleet and the local stack were stopped; no audit")
+        return 130
     print(report.to_json().decode() if args.json else report.table(), flush=True)
     return 0 if report.ok else 1
 
