@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     ingest_wait_replicas: int = Field(default=0, ge=0)
     ingest_wait_timeout_ms: int = Field(default=500, ge=1)
     # upload safety: before uploading, the aggregator WAITs until N replicas hold the frozen body (and
-    # everything written before it); None = 1 with Sentinel, else 0 (see README "Failure semantics")
+    # everything written before it; on a cluster, on the batch's primary); None = 1 with Sentinel, else 0
     upload_wait_replicas: int | None = Field(default=None, ge=0)
     upload_wait_timeout_ms: int = Field(default=500, ge=1)
     key_prefix: str = Field(default="bf", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -177,8 +177,6 @@ class Settings(BaseSettings):
             raise ValueError("BATCHFLEET_REDIS_SENTINELS and BATCHFLEET_REDIS_CLUSTER exclude each other")
         if self.ingest_wait_replicas and self.redis_cluster:
             raise ValueError("BATCHFLEET_INGEST_WAIT_REPLICAS is for a single Redis or Sentinel, not BATCHFLEET_REDIS_CLUSTER")
-        if self.upload_wait_replicas and self.redis_cluster:
-            raise ValueError("BATCHFLEET_UPLOAD_WAIT_REPLICAS is for a single Redis or Sentinel, not BATCHFLEET_REDIS_CLUSTER")
         return self
 
     def upload_wait(self) -> tuple[int, int] | None:

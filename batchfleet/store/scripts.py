@@ -15,8 +15,9 @@ from importlib import resources
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import PipelineCommand
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 
 from batchfleet.errors import StoreError
 
@@ -83,13 +84,44 @@ class Scripts:
     ) -> tuple[Any, int]:
         """Run a script, then ``WAIT replicas timeout_ms`` on the same connection (one pipeline), so
         the WAIT covers the script's writes.  Returns the script's reply and how many replicas
-        acknowledged them.  Single Redis / Sentinel only (Settings refuses it with a cluster)."""
-        client = cast(aioredis.Redis, self._client)
-        async with client.pipeline(transaction=False) as pipe:
+        acknowledged them.  On a Redis Cluster both go to the primary that holds the keys' slot."""
+        if isinstance(self._client, aioredis.RedisCluster):
+            return await self._run_and_wait_on_node(self._client, name, keys, args, replicas, timeout_ms)
+        async with self._client.pipeline(transaction=False) as pipe:
             await self._scripts[name](keys=list(keys), args=list(args), client=pipe)
             pipe.execute_command("WAIT", replicas, timeout_ms)
             reply, acked = await pipe.execute()
         return reply, int(acked)
+
+    async def _run_and_wait_on_node(
+        self, client: aioredis.RedisCluster, name: str, keys: Sequence[Any], args: Sequence[Any], replicas: int, timeout_ms: int
+    ) -> tuple[Any, int]:
+        """The cluster client has no keyless WAIT on a chosen connection: send EVALSHA + WAIT as one
+        pipeline to the node that holds the slot (its connection pool, one connection).  A stale
+        slot map (MOVED after a failover) refreshes the map and is raised as TryAgainError: the
+        caller retries, like during any failover."""
+        script: AsyncScript = self._scripts[name]
+        node = client.get_node_from_key(keys[0])
+        if node is None:
+            raise TryAgainError(f"no node holds the slot of {keys[0]!r} yet")  # type: ignore[no-untyped-call]
+        for _ in range(_NOSCRIPT_TRIES):
+            commands = [
+                PipelineCommand(0, "EVALSHA", script.sha, len(keys), *keys, *args),
+                PipelineCommand(1, "WAIT", replicas, timeout_ms),
+            ]
+            await node.execute_pipeline(commands)
+            reply, acked = commands[0].result, commands[1].result
+            if isinstance(reply, NoScriptError):
+                await node.execute_command("SCRIPT", "LOAD", script.script)
+                continue
+            if isinstance(reply, MovedError | AskError):
+                await client.nodes_manager.initialize()
+                raise TryAgainError(f"slot of {keys[0]!r} moved ({reply}); the slot map was refreshed")  # type: ignore[no-untyped-call]
+            for result in (reply, acked):
+                if isinstance(result, BaseException):
+                    raise result
+            return reply, int(cast(int, acked))
+        raise NoScriptError(f"{name}.lua could not be loaded on {node.name}")
 
 
 def reply_kind(script: str, reply: Any, kinds: Collection[str]) -> str:

@@ -4,16 +4,22 @@ body under the same batch id.  Without it (the control case) that is exactly wha
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from pathlib import Path
 
 import orjson
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from batchfleet.keys import batch_id_for
+from batchfleet.models import Claim
+from batchfleet.retry import REDIS_UNAVAILABLE
 from batchfleet.store import BatchStore
+from batchfleet_dev.cluster import RedisCluster
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from batchfleet_dev.tcpproxy import TcpProxy
 from tests.integration.fleet import (
@@ -27,6 +33,7 @@ from tests.integration.fleet import (
     read_uploads,
     wait_until,
 )
+from tests.integration.webdata import spec
 
 BATCHES = 3
 
@@ -110,3 +117,83 @@ async def test_a_failover_that_lost_the_frozen_body_never_yields_a_second_body(
         assert all(len(sent) == 1 for sent in bodies.values()), {b: len(s) for b, s in bodies.items()}
     else:  # the hazard the WAIT closes: sent twice under one id, with different bodies
         assert all(len(set(sent)) == 2 for sent in bodies.values()), {b: len(s) for b, s in bodies.items()}
+
+
+# -- on a Redis Cluster: the WAIT goes to the primary that holds the batch's slot ----------------
+async def _claimed(store: BatchStore, batch_id: str) -> Claim:
+    for _ in range(100):  # the 1 ms deadline passes on the node's clock
+        claim = await store.claim(batch_id, 30_000)
+        if claim is not None:
+            return claim
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{batch_id} never claimable")
+
+
+def _replica_of(cluster: RedisCluster, primary: RedisServer) -> RedisServer:
+    for node in cluster.nodes:
+        if node is not primary and node.proc is not None and node.proc.poll() is None:
+            with redis.Redis(port=node.port) as client:
+                role = client.execute_command("ROLE")
+            if role[0] == b"slave" and int(role[2]) == primary.port:
+                return node
+    raise AssertionError(f"no replica of {primary.port}")
+
+
+async def _replicas_online(cluster: RedisCluster) -> bool:
+    for node in cluster.primary_nodes():
+        async with aioredis.Redis(port=node.port) as client:
+            if not await _replica_connected(client):
+                return False
+    return True
+
+
+async def _claim_one_batch_per_shard(store: BatchStore) -> dict[int, Claim]:
+    by_shard: dict[int, str] = {}
+    for partition in range(64):  # the shards spread over the 3 primaries
+        shard = store.keys.shard_of_partition("UW", partition)
+        if shard not in by_shard:
+            by_shard[shard] = batch_id_for("UW", partition, 0)
+            await store.create_batch(spec(by_shard[shard], ["S1"], timeout_s=0.001))
+    assert sorted(by_shard) == list(store.shards)
+    return {shard: await _claimed(store, bid) for shard, bid in by_shard.items()}
+
+
+async def _refreeze_through_a_failover(store: BatchStore, claim: Claim, body: bytes) -> tuple[bytes | None, int]:
+    """freeze + WAIT until the store reaches the promoted primary: first the dead node, then MOVED
+    (TryAgainError), each followed by a refresh of the slot map."""
+    for _ in range(100):
+        try:
+            return await store.freeze_payload_replicated(claim, body, 1, 300)
+        except REDIS_UNAVAILABLE:
+            with contextlib.suppress(*REDIS_UNAVAILABLE):
+                await store.redis.nodes_manager.initialize()  # type: ignore[union-attr]
+        await asyncio.sleep(0.2)
+    raise AssertionError("never reached the promoted primary")
+
+
+@pytest.mark.slow
+async def test_upload_wait_on_a_cluster_counts_the_replicas_of_the_batch_primary() -> None:
+    cluster = RedisCluster(primaries=3, replicas=1, node_timeout_ms=1000).start()
+    store = BatchStore.from_url(cluster.url, cluster=True, shards=6, prefix="uw")
+    try:
+        await wait_until(lambda: _replicas_online(cluster), 30, "every primary's replica online (after CLUSTER create)")
+        claims = await _claim_one_batch_per_shard(store)
+        for shard, claim in claims.items():
+            assert await store.freeze_payload_replicated(claim, b"body", 1, 300) == (b"body", 1), shard
+        # one primary's replica goes away: that primary's batches are short of replicas, the others are not
+        primaries = await store.primaries_by_shard()
+        assert primaries is not None
+        _replica_of(cluster, next(n for n in cluster.nodes if n.port == primaries[0][1])).kill()
+        for shard, claim in claims.items():
+            acked = (await store.freeze_payload_replicated(claim, b"body", 1, 300))[1]
+            assert acked == (0 if primaries[shard] == primaries[0] else 1), shard
+        # another primary is killed and its replica promoted: the body frozen (and WAITed for) before
+        # is what the new primary holds, so any later attempt sends those very bytes
+        other = next(shard for shard in claims if primaries[shard] != primaries[0])
+        next(n for n in cluster.nodes if n.port == primaries[other][1]).kill()
+        await asyncio.to_thread(cluster.wait_promoted, 30)
+        after = await _refreeze_through_a_failover(store, claims[other], b"another body")
+        assert after == (b"body", 0)  # the same bytes; the promoted primary has no replica yet
+    finally:
+        await store.aclose()
+        cluster.stop()

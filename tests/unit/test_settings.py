@@ -249,17 +249,14 @@ def test_sentinel_settings_go_together_and_reach_arq() -> None:
     )
 
 
-def test_upload_wait_is_on_with_sentinel_by_default_and_refused_on_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pydantic
-
+def test_upload_wait_is_on_with_sentinel_by_default_and_opt_in_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().upload_wait() is None  # a single Redis without replicas: nothing to wait for
     sentinel = {"redis_sentinels": "a:26379", "redis_sentinel_master": "bf"}
     assert Settings(**sentinel).upload_wait() == (1, 500)  # type: ignore[arg-type]
     assert Settings(**sentinel, upload_wait_replicas=0).upload_wait() is None  # type: ignore[arg-type]
     assert Settings(upload_wait_replicas=2, upload_wait_timeout_ms=50).upload_wait() == (2, 50)
-    with pytest.raises(pydantic.ValidationError, match="BATCHFLEET_UPLOAD_WAIT_REPLICAS"):
-        Settings(upload_wait_replicas=1, redis_cluster=True)
-    assert Settings(redis_cluster=True).upload_wait() is None
+    assert Settings(redis_cluster=True).upload_wait() is None  # a cluster may have no replicas: opt in
+    assert Settings(redis_cluster=True, upload_wait_replicas=1).upload_wait() == (1, 500)  # on each batch's primary
     for name, value in Settings(**sentinel).as_env().items():  # type: ignore[arg-type]
         monkeypatch.setenv(name, value)
     assert load_settings().upload_wait() == (1, 500)  # "unset" survives the trip through the environment
