@@ -12,12 +12,21 @@ Services call typed methods of :class:`BatchStore` and never issue raw Redis com
 
 from __future__ import annotations
 
-from batchfleet.store.base import make_client
+from batchfleet.store.base import close_client, make_client
 from batchfleet.store.reads import OperatorReads
 from batchfleet.store.registry import ProcessRegistry
 from batchfleet.store.transitions import GROUP_JOB, STATION_JOB, Transitions, group_job_prefix, station_job, station_job_prefix
 
-__all__ = ["GROUP_JOB", "STATION_JOB", "BatchStore", "group_job_prefix", "make_client", "station_job", "station_job_prefix"]
+__all__ = [
+    "GROUP_JOB",
+    "STATION_JOB",
+    "BatchStore",
+    "close_client",
+    "group_job_prefix",
+    "make_client",
+    "station_job",
+    "station_job_prefix",
+]
 
 
 class BatchStore(Transitions, OperatorReads, ProcessRegistry):

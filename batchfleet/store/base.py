@@ -9,14 +9,14 @@ from typing import Any, Self, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from batchfleet.errors import LayoutError
 from batchfleet.keys import Keys
 from batchfleet.settings import Settings
 from batchfleet.store.scripts import Scripts
 
-__all__ = ["LAYOUT_SCHEME", "Client", "StoreBase", "aw", "make_client", "pairs", "text"]
+__all__ = ["LAYOUT_SCHEME", "Client", "StoreBase", "aw", "close_client", "make_client", "pairs", "text"]
 
 
 LAYOUT_SCHEME = "1"  # the key layout of batchfleet/keys.py: bump when key names or the shard mapping change
@@ -75,6 +75,7 @@ def make_client(
     socket_timeout_s: float | None = None,
     sentinels: Sequence[tuple[str, int]] = (),
     sentinel_master: str = "",
+    redis_class: type[aioredis.Redis] = aioredis.Redis,
 ) -> Client:
     """A redis-py asyncio client; with ``cluster`` a ``RedisCluster`` that discovers every node from
     the one ``url`` names and follows MOVED/ASK and failovers by itself; with ``sentinels`` a client
@@ -86,7 +87,9 @@ def make_client(
     ``socket_timeout_s`` bounds the wait for a reply: without it, a command sent into a cut link
     waits for TCP's retransmission backoff after the heal (measured: an aggregator cut for 30 s
     uploaded again 25.9 s after the heal; 2.1 s with the timeout), or ~15 minutes if the peer never
-    comes back."""
+    comes back.
+    ``redis_class``: the class of a single-node or Sentinel client (the worker passes arq's ``ArqRedis``).
+    Close a client with :func:`close_client`."""
     tls: dict[str, Any] = {"ssl_ca_certs": tls_ca_file} if tls_ca_file and url.startswith("rediss://") else {}
     options: dict[str, Any] = {
         **tls,
@@ -99,18 +102,32 @@ def make_client(
     if cluster:
         return cast(aioredis.RedisCluster, _Cluster.from_url(url, **options))
     if sentinels:
-        return _sentinel_client(url, sentinels, sentinel_master, options)
-    return cast(aioredis.Redis, aioredis.Redis.from_url(url, **options, health_check_interval=15))
+        return _sentinel_client(url, sentinels, sentinel_master, options, redis_class)
+    return cast(aioredis.Redis, redis_class.from_url(url, **options, health_check_interval=15))
 
 
-def _sentinel_client(url: str, sentinels: Sequence[tuple[str, int]], master: str, options: dict[str, Any]) -> aioredis.Redis:
+def _sentinel_client(
+    url: str, sentinels: Sequence[tuple[str, int]], master: str, options: dict[str, Any], redis_class: type[aioredis.Redis]
+) -> aioredis.Redis:
     parsed = parse_url(url)
     auth = {k: parsed[k] for k in ("username", "password", "db") if parsed.get(k) is not None}
     tls: dict[str, Any] = {"ssl": True} if url.startswith("rediss://") else {}
     if "ssl_ca_certs" in options:
         tls["ssl_ca_certs"] = options.pop("ssl_ca_certs")
     sentinel = Sentinel(list(sentinels), sentinel_kwargs={"socket_connect_timeout": 5, **tls}, **options, **auth, **tls)  # type: ignore[no-untyped-call]
-    return cast(aioredis.Redis, sentinel.master_for(master, health_check_interval=15))
+    return cast(aioredis.Redis, sentinel.master_for(master, redis_class=redis_class, health_check_interval=15))
+
+
+async def close_client(client: Client) -> None:
+    """Close every connection ``client`` opened: with Sentinel also those to the Sentinels, which
+    redis-py's ``aclose`` leaves open (they would be found unclosed when garbage-collected)."""
+    pool = getattr(client, "connection_pool", None)
+    try:
+        await client.aclose()
+    finally:
+        if isinstance(pool, SentinelConnectionPool):
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
 
 
 class StoreBase:
@@ -208,12 +225,8 @@ class StoreBase:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the client and, with Sentinel, the clients it asks the Sentinels with (redis-py
-        leaves those open)."""
-        manager = getattr(getattr(self.redis, "connection_pool", None), "sentinel_manager", None)
-        await self.redis.aclose()
-        for sentinel in getattr(manager, "sentinels", ()):
-            await sentinel.aclose()
+        """Close the client and, with Sentinel, the clients it asks the Sentinels with (close_client)."""
+        await close_client(self.redis)
 
     async def server_time_ms(self) -> int:
         """Redis server time: the only clock that deadlines, leases and retention use."""
