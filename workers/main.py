@@ -13,7 +13,8 @@ Shards: on a single Redis one arq worker serves every shard's queue; on a Redis 
 worker per primary serves the shards that primary holds (``workers/nodes.py``).  When one of them
 ends (its node went away, or its slots moved in a failover) they all end and a fresh set is built
 from the new slot map.  Every arq worker of the process shares one state: store, processor,
-heartbeat.
+heartbeat.  Each has its own Redis client, which the process opens (pinged, with the fleet's retry)
+before the arq worker starts and closes once it has ended, whatever ended it (``workers/nodes.py``).
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from batchfleet.runtime import freeze_startup_heap, run_until_signal, wait_for_r
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.workers.fastclaim import StationWorker
-from batchfleet.workers.nodes import node_groups
+from batchfleet.workers.nodes import close_pool, open_pools
 from batchfleet.workers.processor import load_processor
-from batchfleet.workers.settings import bound_reads, worker_settings
+from batchfleet.workers.settings import worker_settings
 from batchfleet.workers.station import WorkerContext, WorkerState, close_state, open_state
 
 __all__ = ["run_worker", "serve"]
@@ -78,7 +79,7 @@ async def _finish_jobs(worker: Worker, stop: asyncio.Event, grace_s: float) -> N
 
 async def _close(worker: Worker) -> None:
     """arq's Worker.close without its failure modes in an outage: no Redis call is needed for the
-    shutdown hook (heartbeat, store) to run, and the pool is always closed."""
+    shutdown hook (heartbeat, store) to run, and the pool (ours, from open_pools) is always closed."""
     if worker._pool is None:
         return
     with contextlib.suppress(*_ENDS_ARQ):
@@ -87,8 +88,7 @@ async def _close(worker: Worker) -> None:
         if worker.on_shutdown is not None:
             await worker.on_shutdown(worker.ctx)
     finally:
-        with contextlib.suppress(*_ENDS_ARQ):
-            await worker.pool.close(close_connection_pool=True)
+        await close_pool(worker.pool)
         worker._pool = None
 
 
@@ -165,7 +165,6 @@ async def _serve_shards(
     settings: Settings, state: WorkerState, stop: asyncio.Event, *, burst: bool, started: list[Worker] | None
 ) -> None:
     async def attach(ctx: WorkerContext) -> None:
-        await bound_reads(ctx["redis"], settings.redis_socket_timeout_s)
         ctx["batchfleet"] = state
 
     failures = 0
@@ -194,13 +193,13 @@ async def _serve_shards(
 async def _station_workers(
     settings: Settings, state: WorkerState, attach: Callable[[WorkerContext], Awaitable[None]], burst: bool
 ) -> list[Worker]:
-    """One StationWorker per group of shards (all of them on a single Redis; per primary on a cluster)."""
+    """One StationWorker per group of shards (all of them on a single Redis; per primary on a cluster),
+    each on a pinged client of ours: arq's create_pool is never called, so arq's own retries (5 x 1 s,
+    deaf to stop) are not used either."""
     options = worker_settings(settings) | {"burst": burst, "handle_signals": False, "on_startup": attach, "on_shutdown": None}
-    del options["queue_name"]
-    base = options.pop("redis_settings")
-    base.conn_retries = 0  # one retry policy: ours (arq's own would wait 5 x 1 s, deaf to stop)
-    groups = await node_groups(state.store, base)
-    return [StationWorker(keys=state.store.keys, shards=shards, redis_settings=rs, **options) for rs, shards in groups]
+    del options["queue_name"], options["redis_settings"]
+    pools = await open_pools(settings, state.store, name="batchfleet-worker-arq")
+    return [StationWorker(keys=state.store.keys, shards=shards, redis_pool=pool, **options) for pool, shards in pools]
 
 
 async def _serve(settings: Settings, stop: asyncio.Event, burst: bool) -> None:

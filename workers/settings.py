@@ -45,9 +45,9 @@ def _redis_settings(settings: Settings) -> RedisSettings:
 async def bound_reads(pool: Any, timeout_s: float) -> None:
     """Give arq's client the fleet's Redis read timeout (arq's RedisSettings has none), so its poll
     fails after ``timeout_s`` on a connection whose peer went silent (a cut link) instead of waiting
-    out TCP's retransmission backoff; run_worker then replaces the arq worker.  The connection arq's
-    start-up ping opened is dropped; every new one gets the timeout.  Called by every arq worker's
-    on_startup (``batchfleet worker``'s and the plain ``WorkerSettings``')."""
+    out TCP's retransmission backoff.  The connection arq's start-up ping opened is dropped; every new
+    one gets the timeout.  Called by the plain ``WorkerSettings``' on_startup (``batchfleet worker``
+    opens its arq clients itself, with the timeout: workers/nodes.py)."""
     pool.connection_pool.connection_kwargs["socket_timeout"] = timeout_s
     await pool.connection_pool.disconnect()
     pool.connection_pool.reset()

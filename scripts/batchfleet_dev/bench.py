@@ -1097,8 +1097,8 @@ async def measure_commands(ctx: BenchContext, stations: int) -> CommandsResult:
     bf_names = {
         "batchfleet-dispatcher": "batchfleet",
         "batchfleet-worker": "batchfleet",
+        "batchfleet-worker-arq": "batchfleet",  # the arq pool a batchfleet worker opens for each arq worker
         "batchfleet-aggregator": "batchfleet",
-        "": "batchfleet",
     }
     counted = {
         phase: tap.tally(phase, arq_names if phase.startswith("arq") else bf_names)
@@ -1110,7 +1110,7 @@ async def measure_commands(ctx: BenchContext, stations: int) -> CommandsResult:
 
     roles = ("dispatcher", "worker", "aggregator")
     sent = {r: total(r, "batchfleet", "sent") for r in roles}
-    own = tap.tally("worker", {"batchfleet-worker": "own", "": "arq-pool"})
+    own = tap.tally("worker", {"batchfleet-worker": "own", "batchfleet-worker-arq": "arq-pool"})
     split = {who: sum(own.get((who, "sent"), Counter()).values()) / stations for who in ("own", "arq-pool")}
     order = sorted(tap.started, key=tap.started.__getitem__)
     seconds = {a: tap.started[b] - tap.started[a] for a, b in itertools.pairwise(order)}

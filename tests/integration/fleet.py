@@ -25,21 +25,6 @@ from batchfleet_dev import REPO as REPO  # re-exported: the tests run subprocess
 from batchfleet_dev.localstack import RedisServer
 from batchfleet_dev.procs import RoleProcess, role_env
 
-# arq 0.28's create_pool() drops the pool it made, unclosed, when its first PING is cancelled or fails:
-# after a failover ends one in-process arq worker, its siblings (or a restarted one) still starting are cancelled and
-# their pools' connections are found unclosed when garbage-collected.  Only those warnings are
-# ignored, only in the failover tests that use this, and each collects the garbage itself so none surfaces in a later test.
-ARQ_LOST_POOL = [
-    f"ignore:Exception ignored in. {what}:pytest.PytestUnraisableExceptionWarning"
-    for what in (
-        "<function AbstractConnection.__del__",
-        "<function StreamWriter.__del__",
-        "<function _SelectorTransport.__del__",
-        "<socket.socket",
-    )
-]
-
-
 TEST_SHARDS = 3  # the fleets of the integration tests spread their partitions over several shards
 # Run a test with one station per job and with every station of a batch in one job (1 worker: a batch
 # becomes ceil(n / stations_per_job) jobs).

@@ -6,7 +6,6 @@ fixture in their own modules.)"""
 from __future__ import annotations
 
 import asyncio
-import gc
 import subprocess
 import sys
 import time
@@ -20,7 +19,6 @@ from batchfleet.store import BatchStore
 from batchfleet_dev.cluster import RedisCluster
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
 from tests.integration.fleet import (
-    ARQ_LOST_POOL,
     REPO,
     RedisTarget,
     fleet,
@@ -54,7 +52,6 @@ def _exactly_once(out: Path, total: int) -> None:
         assert p["summary"]["ok"] == 3 and p["summary"]["missing"] == 0, p
 
 
-@pytest.mark.filterwarnings(*ARQ_LOST_POOL)
 async def test_primary_killed_and_replica_promoted_every_role_recovers(broker: KafkaBroker, make_topic, tmp_path: Path) -> None:
     cluster = RedisCluster(primaries=3, replicas=1, node_timeout_ms=1000).start()
     try:
@@ -81,7 +78,6 @@ async def test_primary_killed_and_replica_promoted_every_role_recovers(broker: K
         _exactly_once(out, 48)
     finally:
         cluster.stop()
-        gc.collect()  # the pools arq lost (see ARQ_LOST_POOL), while this test's filters apply
 
 
 async def _uploaded(out: Path, n: int) -> bool:

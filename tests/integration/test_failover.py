@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,10 +19,10 @@ from batchfleet.errors import FencedOffsetError, StaleOffsetError
 from batchfleet.keys import offset_field
 from batchfleet.models import QuarantineEntry
 from batchfleet.store import BatchStore
+from batchfleet.workers.nodes import open_pools
 from batchfleet_dev.localstack import KafkaBroker, RedisServer, SentinelServer
 from batchfleet_dev.tcpproxy import TcpProxy
 from tests.integration.fleet import (
-    ARQ_LOST_POOL,
     TEST_SHARDS,
     batches_uploaded,
     fleet,
@@ -283,7 +284,6 @@ async def _master_port(sentinel: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings(*ARQ_LOST_POOL)
 async def test_sentinel_failover_every_role_follows_and_every_batch_is_uploaded_once(
     broker: KafkaBroker, make_topic, tmp_path: Path
 ) -> None:
@@ -349,12 +349,71 @@ async def test_sentinel_failover_every_role_follows_and_every_batch_is_uploaded_
             s.stop()
         primary.stop()
         replica.stop()
-        gc.collect()  # the pools arq lost (see ARQ_LOST_POOL), while this test's filters apply
     print(
         f"\nSENTINEL FAILOVER -> replica promoted after {promoted_s:.1f}s, old primary demoted after {demoted_s:.1f}s, "
         f"every batch uploaded {recovered_s:.1f}s after the failover"
     )
     _assert_each_once(out, {f"{topic}:0:{i}" for i in range(10)})
+
+
+# -- the arq clients a worker opens to (re)build its arq workers are closed on every path ---------
+async def _arq_connections(store: BatchStore) -> int:
+    clients = await store.redis.client_list()
+    return sum(1 for c in clients if c.get("name") == "batchfleet-worker-arq")
+
+
+def _two_nodes(store: BatchStore, redis_server: RedisServer, second_port: int) -> None:
+    """The store maps its shards to two primaries (as on a cluster): ``redis_server``, then (in
+    open_pools' order) 127.0.0.2:``second_port``."""
+    nodes = [("127.0.0.1", redis_server.port), ("127.0.0.2", second_port)]
+
+    async def primaries_by_shard() -> dict[int, tuple[str, int]]:
+        return {shard: nodes[shard % 2] for shard in store.shards}
+
+    store.primaries_by_shard = primaries_by_shard  # type: ignore[method-assign]
+
+
+async def test_arq_clients_opened_before_a_node_failed_are_closed(redis_server: RedisServer, store: BatchStore) -> None:
+    """One primary is gone (a failover in progress): open_pools fails, and closes the client it had
+    already opened and pinged on the other one (arq's create_pool would have dropped it, unclosed)."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.2", 0))
+        dead_port = probe.getsockname()[1]
+    _two_nodes(store, redis_server, dead_port)
+    settings = make_settings(redis_server.url, "127.0.0.1:9", ["t"], "file:///dev/null")
+    with pytest.raises(RedisConnectionError):
+        await open_pools(settings, store, name="batchfleet-worker-arq")
+    gc.collect()  # an unclosed connection would be reported here (warnings are errors)
+    assert await _arq_connections(store) == 0
+
+
+async def test_arq_clients_of_a_rebuild_cancelled_mid_ping_are_closed(redis_server: RedisServer, store: BatchStore) -> None:
+    """The rebuild is cancelled (the worker is stopped) while a primary has not answered the PING yet:
+    both clients, the pinged one and the one still waiting, are closed."""
+    connected, closed = asyncio.Event(), asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        await reader.read()  # never answers; returns when the client closes its connection
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.2", 0)
+    try:
+        _two_nodes(store, redis_server, server.sockets[0].getsockname()[1])
+        settings = make_settings(redis_server.url, "127.0.0.1:9", ["t"], "file:///dev/null", redis_socket_timeout_s=60)
+        opening = asyncio.create_task(open_pools(settings, store, name="batchfleet-worker-arq"))
+        await asyncio.wait_for(connected.wait(), 10)
+        assert await _arq_connections(store) == 1  # the first node's client, pinged
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        await asyncio.wait_for(closed.wait(), 10)
+        gc.collect()
+        assert await _arq_connections(store) == 0
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 # -- durability knob: WAIT after each ingest write ---------------------------------------------

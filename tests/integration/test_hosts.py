@@ -448,8 +448,9 @@ async def test_cut_redis_link_fails_commands_within_the_socket_timeout(tmp_path:
 
 async def test_cut_redis_link_ends_the_workers_arq_poll_within_the_socket_timeout(tmp_path: Path) -> None:
     """``batchfleet worker`` (run_worker) gives its arq workers the same reply timeout: when the link
-    to Redis is cut, the poll fails after it and the arq worker is replaced (without the timeout the
-    poll would wait for TCP, and nothing would happen until the link is back)."""
+    to Redis is cut, the poll fails after it and the arq worker ends (without the timeout the poll
+    would wait for TCP, and nothing would happen until the link is back); a new one starts once its
+    client has answered a PING, after the heal."""
     with _hosts(["data", "client"], inside="client") as hosts:
         redis = RedisServer(
             host=hosts.address("data"),
@@ -464,9 +465,10 @@ async def test_cut_redis_link_ends_the_workers_arq_poll_within_the_socket_timeou
             await wait_until(_polling(started), 15, "the worker's arq worker polling")
             first = started[-1]
             hosts.cut("data")
-            await wait_until(_replaced(started, first), 8, "the arq worker whose poll timed out to be replaced")
+            await wait_until(_ended(first), 8, "the arq worker whose poll timed out to end")
             hosts.heal("data")
-            await wait_until(_polling(started), 15, "an arq worker polling again after the heal")
+            await wait_until(_replaced(started, first), 15, "a new arq worker after the heal")
+            await wait_until(_polling(started), 15, "the new arq worker polling")
         finally:
             hosts.heal("data")
             stop.set()
@@ -479,6 +481,15 @@ def _polling(started: list[Any]) -> Callable[[], Awaitable[bool]]:
 
     async def check() -> bool:
         return bool(started) and "batchfleet" in started[-1].ctx
+
+    return check
+
+
+def _ended(worker: Any) -> Callable[[], Awaitable[bool]]:
+    """The arq worker's main task has ended."""
+
+    async def check() -> bool:
+        return worker.main_task is not None and worker.main_task.done()
 
     return check
 
