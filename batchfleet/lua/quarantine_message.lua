@@ -16,7 +16,7 @@ ARGV[6]  retention_s of the entry
 ARGV[7]  max entries kept in the index (oldest index entries are trimmed beyond it)
 ARGV[8..] field/value pairs of the entry (reason, topic, partition, offset, size, value, ...)
 
-Returns {"quarantined", now_ms} or {"exists"} (same message quarantined before: nothing counted twice)
+Returns {"quarantined", now_ms} or {"exists", now_ms} (same message quarantined before: nothing counted twice)
      or {"fenced", stored_offset or false} (Redis holds another next offset than expected: writes
         lost in a failover or an AOF restart, or a stale dispatcher; nothing written but the stats
         counter ingest_fenced)

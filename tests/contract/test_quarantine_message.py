@@ -81,8 +81,9 @@ async def quarantined_before(ctx: Ctx) -> dict[str, str]:
 
 
 async def then_exists(ctx: Ctx, seen: Seen) -> None:
-    # the header documents {"exists"}; the script also returns its now_ms as a second element
-    assert seen.kind() == "exists"
+    now_ms = seen.int(1)
+    assert seen.reply == [b"exists", now_ms]
+    assert seen.t0 <= now_ms <= seen.t1
     assert seen.result is False
     assert await ctx.hash(ctx.keys.quarantined(MESSAGE)) == seen.given  # not overwritten
     assert await ctx.redis.zcard(ctx.quarantine) == 1
