@@ -49,6 +49,7 @@ RESTART_BACKOFF = Backoff(0.5, 10.0)
 # Redis error arq lets escape after a Redis restart (e.g. a WatchError on a stale pooled connection).
 _ENDS_ARQ: tuple[type[BaseException], ...] = (RedisError, OSError, *REDIS_UNAVAILABLE)
 _HEALTHY_RUN_S = 60.0  # an arq worker that ran this long before Redis ended it restarts without the earlier backoff
+_CANCEL_AGAIN_S = 0.5  # an arq worker still running this long after it was cancelled is cancelled again
 
 
 async def _finish_jobs(worker: Worker, stop: asyncio.Event, grace_s: float) -> None:
@@ -92,6 +93,18 @@ async def _close(worker: Worker) -> None:
         worker._pool = None
 
 
+async def _cancel_until_done(mains: Sequence[asyncio.Future[None]]) -> None:
+    """Cancel the arq workers' main tasks and wait until each has ended, cancelling again the ones
+    that go on: on Python 3.11 a cancel that lands while redis-py sends a command (under
+    ``asyncio.wait_for``, with a socket timeout) is lost when the send completes in the same step, and
+    that arq worker goes on polling (seen when a stop comes just as a fresh set starts up)."""
+    pending = {m for m in mains if not m.done()}
+    while pending:
+        for main in pending:
+            main.cancel()
+        _, pending = await asyncio.wait(pending, timeout=_CANCEL_AGAIN_S)
+
+
 async def _until_stop_or_failure(mains: Sequence[asyncio.Future[None]], stop: asyncio.Event) -> None:
     """Until ``stop`` is set, an arq worker fails, or every one has ended by itself (burst)."""
     stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
@@ -122,9 +135,7 @@ async def _run_once(workers: list[Worker], stop: asyncio.Event, grace_s: float) 
         for w in workers:  # one ended, or we were asked to stop: take no more jobs anywhere, drain
             w.allow_pick_jobs = False
         await asyncio.gather(*(_finish_jobs(w, stop, grace_s) for w in workers))
-        for main in mains:
-            main.cancel()
-        await asyncio.wait(mains)
+        await _cancel_until_done(mains)
         return error
     finally:
         for main in mains:

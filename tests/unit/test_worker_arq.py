@@ -1,12 +1,17 @@
-"""The arq clients a worker process opens for its arq workers (no servers: nothing here connects)."""
+"""A worker process's arq workers: the clients it opens for them, and how it stops them (no servers:
+nothing here connects)."""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 import pytest
 from arq.connections import ArqRedis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from batchfleet.settings import Settings
+from batchfleet.workers.main import _cancel_until_done
 from batchfleet.workers.nodes import arq_client, node_url
 from batchfleet.workers.settings import json_dumps, json_loads
 
@@ -47,3 +52,23 @@ def test_arq_client_with_sentinel_asks_the_sentinels() -> None:
     client = arq_client(settings, None, queue_name="{bf0}:queue", name="n")
     assert isinstance(client.connection_pool, SentinelConnectionPool)
     assert client.connection_pool.connection_kwargs["db"] == 3
+
+
+async def test_an_arq_worker_that_swallows_a_cancel_is_cancelled_again() -> None:
+    """Python 3.11's wait_for loses a cancel that lands as the awaited send completes (redis-py sends
+    under it): the arq worker goes on polling, so run_worker cancels it again until it ends."""
+    swallowed = asyncio.Event()
+
+    async def polling() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:  # what a lost cancel looks like from outside
+            swallowed.set()
+        await asyncio.sleep(60)
+
+    main = asyncio.ensure_future(polling())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await asyncio.wait_for(_cancel_until_done([main]), 5)
+    assert swallowed.is_set() and main.cancelled()
+    assert time.monotonic() - started < 2
