@@ -210,7 +210,12 @@ async def _station_workers(
     options = worker_settings(settings) | {"burst": burst, "handle_signals": False, "on_startup": attach, "on_shutdown": None}
     del options["queue_name"], options["redis_settings"]
     pools = await open_pools(settings, state.store, name="batchfleet-worker-arq")
-    return [StationWorker(keys=state.store.keys, shards=shards, redis_pool=pool, **options) for pool, shards in pools]
+    try:
+        return [StationWorker(keys=state.store.keys, shards=shards, redis_pool=pool, **options) for pool, shards in pools]
+    except BaseException:
+        for pool, _ in pools:
+            await close_pool(pool)
+        raise
 
 
 async def _serve(settings: Settings, stop: asyncio.Event, burst: bool) -> None:
