@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import parse_url
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.connection import AbstractConnection, parse_url
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from batchfleet.errors import LayoutError
 from batchfleet.keys import Keys
@@ -106,6 +110,36 @@ def make_client(
     return cast(aioredis.Redis, redis_class.from_url(url, **options, health_check_interval=15))
 
 
+_SENTINEL_CHECK_S = 0.5  # how often a pool asks the Sentinels which server is the primary
+
+
+class _FollowingSentinelPool(SentinelConnectionPool):
+    """redis-py's Sentinel pool, made to leave an old primary within about half a second.
+
+    Sentinel turns the old primary into a replica only some 8 s after it promoted another (after a
+    ``SENTINEL FAILOVER``, or a partition that heals); until then the old primary still accepts
+    writes, and redis-py keeps using every connection it has to it: those writes are lost when it is
+    turned.  This pool asks the Sentinels at most every 0.5 s when a connection is checked out and
+    disconnects a connection that leads anywhere but the primary they name, so every command of the
+    process goes to the new primary from then on.  If the Sentinels do not answer, the connections
+    stay as they are (the primary may well be fine)."""
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self._checked_at = 0.0
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        now = time.monotonic()
+        if now - self._checked_at >= _SENTINEL_CHECK_S:
+            self._checked_at = now
+            with contextlib.suppress(MasterNotFoundError, RedisConnectionError, RedisTimeoutError, OSError):
+                await self.get_master_address()  # type: ignore[no-untyped-call]  # a change drops the idle ones
+        where = (getattr(connection, "host", None), getattr(connection, "port", None))
+        if connection.is_connected and self.master_address is not None and where != tuple(self.master_address):
+            await connection.disconnect()  # connected to a former primary: reconnect to the current one
+        await super().ensure_connection(connection)
+
+
 def _sentinel_client(
     url: str, sentinels: Sequence[tuple[str, int]], master: str, options: dict[str, Any], redis_class: type[aioredis.Redis]
 ) -> aioredis.Redis:
@@ -115,7 +149,10 @@ def _sentinel_client(
     if "ssl_ca_certs" in options:
         tls["ssl_ca_certs"] = options.pop("ssl_ca_certs")
     sentinel = Sentinel(list(sentinels), sentinel_kwargs={"socket_connect_timeout": 5, **tls}, **options, **auth, **tls)  # type: ignore[no-untyped-call]
-    return cast(aioredis.Redis, sentinel.master_for(master, redis_class=redis_class, health_check_interval=15))
+    client = sentinel.master_for(
+        master, redis_class=redis_class, connection_pool_class=_FollowingSentinelPool, health_check_interval=15
+    )
+    return cast(aioredis.Redis, client)
 
 
 async def close_client(client: Client) -> None:

@@ -257,6 +257,10 @@ class SentinelGroup:
         """``BATCHFLEET_REDIS_SENTINELS``."""
         return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
 
+    def sentinel_list(self) -> list[tuple[str, int]]:
+        """The Sentinels as (host, port), as :meth:`BatchStore.from_url` takes them."""
+        return [("127.0.0.1", s.port) for s in self.sentinels]
+
     def _ask(self, sentinel: SentinelServer, *command: str) -> Any:
         import redis
 

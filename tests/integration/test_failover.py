@@ -20,7 +20,7 @@ from batchfleet.keys import offset_field
 from batchfleet.models import QuarantineEntry
 from batchfleet.store import BatchStore
 from batchfleet.workers.nodes import open_pools
-from batchfleet_dev.localstack import KafkaBroker, RedisServer, SentinelServer
+from batchfleet_dev.localstack import KafkaBroker, RedisServer, SentinelGroup, SentinelServer
 from batchfleet_dev.tcpproxy import TcpProxy
 from tests.integration.fleet import (
     TEST_SHARDS,
@@ -449,3 +449,27 @@ async def test_ingest_wait_counts_replica_acks_and_warns_without_them(tmp_path: 
         primary.stop()
         replica.stop()
     print(f"\ncreate_batch: {plain_ms:.2f} ms without WAIT, {waited_ms:.2f} ms with WAIT 1 (loopback replica)")
+
+
+@pytest.mark.slow
+async def test_a_sentinel_client_leaves_the_old_primary_before_sentinel_demotes_it(tmp_path: Path) -> None:
+    """After a SENTINEL FAILOVER the old primary keeps accepting writes for ~8 s until Sentinel turns
+    it into a replica; whatever is written to it then is lost.  The fleet's client stops using its
+    connections to it within ~0.5 s of the Sentinels naming the new primary."""
+    group = await asyncio.to_thread(SentinelGroup(tmp_path / "redis", replicas=1).start)
+    store = BatchStore.from_url("redis://127.0.0.1:1/0", sentinels=group.sentinel_list(), sentinel_master="bf")
+    try:
+        await store.redis.set("before", 1)  # a pooled connection to the first primary
+        old = group.master_port()
+        assert old is not None
+        new = await asyncio.to_thread(group.failover)
+        await asyncio.sleep(0.6)
+        await store.redis.set("after", 1)
+        async with aioredis.Redis(port=old) as old_client, aioredis.Redis(port=new) as new_client:
+            old_role = (await old_client.execute_command("ROLE"))[0]
+            assert await new_client.get("after") == b"1"  # on the new primary ...
+            assert await old_client.get("after") is None  # ... not on the old one
+        assert old_role == b"master", "Sentinel turned the old primary before the write: the check proved nothing"
+    finally:
+        await store.aclose()
+        await asyncio.to_thread(group.stop)
