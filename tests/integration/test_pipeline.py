@@ -35,6 +35,11 @@ async def test_all_ok_one_upload_complete(
     await produce(broker.bootstrap, topic, [message(["S001", "S002", "S003"])])
     async with fleet(settings, workers=1):
         await wait_until(lines_uploaded(out, 1), 30, "one upload")
+
+        async def acked() -> bool:  # the upload's line is written before its ack
+            return (await target_store.batch_meta(f"{topic}:0:0")).get("state") == "uploaded"
+
+        await wait_until(acked, 30, "the upload acked")
         meta = await target_store.batch_meta(f"{topic}:0:0")
     [payload] = read_uploads(out)
     assert payload["reason"] == "complete"
