@@ -250,10 +250,13 @@ def test_replay_needs_the_token_and_reuploads_once(console: Console, browser: We
     assert _text(browser, "login-error") == "wrong token"
 
     # with the token: signed in, the same click replays, and the batch is uploaded exactly once more
-    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    field = browser.find_element(By.ID, "token")
+    field.clear()
+    field.send_keys(TOKEN)
     browser.find_element(By.ID, "sign-in-submit").click()
-    assert browser.current_url == console.url + "/dead"
-    browser.find_element(By.CSS_SELECTOR, f'button[data-batch="{batch_id}"]').click()
+    poll(lambda: browser.current_url == console.url + "/dead", 10, "the sign-in to lead back to /dead")  # it navigates
+    button = poll(lambda: browser.find_elements(By.CSS_SELECTOR, f'button[data-batch="{batch_id}"]'), 10, "the replay button")
+    button[0].click()
     _heading(browser, "Replayed")
     assert _text(browser, "message") == f"{batch_id}: queued for upload"
     poll(lambda: console.state(batch_id) == "uploaded", 30, "the replayed batch's upload")
