@@ -117,9 +117,11 @@ class Dispatcher:
             self.expected.pop(offset_field(tp.topic, tp.partition), None)
             self.origin.pop(offset_field(tp.topic, tp.partition), None)
 
-    async def reseek(self, partitions: list[TopicPartition]) -> None:
+    async def reseek(self, partitions: list[TopicPartition], *, changed_only: bool = False) -> None:
         """Seek each partition to the next offset Redis holds; a mismatch with what we expected is
-        counted and logged (a fence)."""
+        counted and logged (a fence).  ``changed_only``: the periodic read-only check, which seeks
+        only the partitions whose stored offset differs from ours (a seek drops what was prefetched),
+        so a failover or restart that lost writes is noticed on a quiet partition too."""
         if self.consumer is None or not partitions:
             return
         try:
@@ -129,19 +131,10 @@ class Dispatcher:
         except StopRequested:  # stopping: nothing is consumed any more, the next owner seeks
             return
         for tp in partitions:
-            await self._seek(self.consumer, tp, stored.get(offset_field(tp.topic, tp.partition)))
-
-    async def verify_offsets(self, partitions: list[TopicPartition]) -> None:
-        """Compare what Redis holds with what we believe, without a write: a failover or restart that
-        lost writes is noticed on a quiet partition too (and when the client reconnected silently).
-        Only the partitions that disagree are re-seeked (a seek drops what was prefetched)."""
-        if self.consumer is None or not partitions:
-            return
-        stored = await self._redis_retry(lambda: self.store.load_offsets(offset_field(tp.topic, tp.partition) for tp in partitions))
-        for tp in partitions:
             name = offset_field(tp.topic, tp.partition)
-            if name in self.expected and self.expected[name] != stored.get(name):
-                await self._seek(self.consumer, tp, stored.get(name))
+            if changed_only and (name not in self.expected or self.expected[name] == stored.get(name)):
+                continue
+            await self._seek(self.consumer, tp, stored.get(name))
 
     async def _seek(self, consumer: AIOKafkaConsumer, tp: TopicPartition, stored: int | None) -> None:
         name = offset_field(tp.topic, tp.partition)
@@ -271,7 +264,7 @@ class Dispatcher:
             await self.reseek(list(consumer.assignment()))
             self._verified_at = time.monotonic()
         elif time.monotonic() - self._verified_at >= _VERIFY_EVERY_S:
-            await self.verify_offsets(list(consumer.assignment()))
+            await self.reseek(list(consumer.assignment()), changed_only=True)
             self._verified_at = time.monotonic()
         polled = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.poll_max_records)
         messages = [m for batch in polled.values() for m in batch]

@@ -357,9 +357,8 @@ class Transitions(StoreBase):
 
     async def freeze_payload(self, claim: Claim, payload: bytes) -> bytes | None:
         """The body every attempt sends (stored once); None when our lease was taken over."""
-        keys = [self.keys.batch(claim.batch_id), self.keys.payload(claim.batch_id)]
-        reply = await self.scripts.run("freeze_payload", keys, [claim.token, payload])
-        return bytes(reply[1]) if reply_kind("freeze_payload", reply, ("frozen", "fenced")) == "frozen" else None
+        reply = await self.scripts.run("freeze_payload", self._freeze_keys(claim), [claim.token, payload])
+        return _frozen(reply)
 
     async def freeze_payload_replicated(
         self, claim: Claim, payload: bytes, replicas: int, timeout_ms: int
@@ -367,11 +366,12 @@ class Transitions(StoreBase):
         """freeze_payload, then ``WAIT replicas timeout_ms`` on the same connection: the body to send
         (None when our lease was taken over) and how many replicas hold it and everything before it.
         Safe to repeat: the script writes on every call, so each WAIT covers the body."""
-        keys = [self.keys.batch(claim.batch_id), self.keys.payload(claim.batch_id)]
-        reply, acked = await self.scripts.run_and_wait("freeze_payload", keys, [claim.token, payload], replicas, timeout_ms)
-        if reply_kind("freeze_payload", reply, ("frozen", "fenced")) != "frozen":
-            return None, acked
-        return bytes(reply[1]), acked
+        args = [claim.token, payload]
+        reply, acked = await self.scripts.run_and_wait("freeze_payload", self._freeze_keys(claim), args, replicas, timeout_ms)
+        return _frozen(reply), acked
+
+    def _freeze_keys(self, claim: Claim) -> list[str]:
+        return [self.keys.batch(claim.batch_id), self.keys.payload(claim.batch_id)]
 
     async def ack_upload(
         self,
@@ -443,3 +443,8 @@ class Transitions(StoreBase):
                 pipe.zcard(self.keys.queue(shard))
             replies = [int(n) for n in await pipe.execute()]
         return sum(replies[0::3]) + sum(replies[1::3]), sum(replies[2::3])
+
+
+def _frozen(reply: Any) -> bytes | None:
+    """freeze_payload.lua's reply: the body to send, or None when the lease was taken over."""
+    return bytes(reply[1]) if reply_kind("freeze_payload", reply, ("frozen", "fenced")) == "frozen" else None
