@@ -12,6 +12,12 @@ Two changes to arq 0.28's Worker, nothing else (running, retries, timeouts, shut
   CLAIM_CHUNK free job slots at once, with the same keys and TTLs, so batchfleet workers and a plain
   arq worker (``arq batchfleet.workers.WorkerSettings``, one shard only) can share a queue.
 
+- **Finishes in flight.**  arq writes a job's end (``finish_job``, ``finish_failed_job``) under
+  ``asyncio.shield``, so cancelling a job at shutdown leaves its finish running as a task of its own.
+  A StationWorker keeps those tasks in ``finishing``; ``settle_finishes`` waits for them (at most
+  ``finish_wait_s``, then cancels them) before the worker process closes the arq client.  Closing it
+  under a running finish made that finish reconnect and leave a connection open after the close.
+
 The overrides use arq 0.28's worker state (``job_counter``, ``sem``, ``tasks``), hence the pin in
 pyproject.toml; tests/integration/test_worker_jobs.py runs it beside a plain arq worker on one queue.
 """
@@ -40,6 +46,7 @@ __all__ = ["CLAIM_CHUNK", "StationWorker"]
 # 10: 22-37 ms, 1.45x.  A job is now a group of up to STATIONS_PER_JOB stations, so 3 is a ceiling.
 CLAIM_CHUNK = 3
 CLAIM_WINDOW = 4  # candidates passed per claim call, per job wanted (other workers' running jobs lead the queue)
+FINISH_WAIT_S = 5.0  # a job's finish still running at close is cancelled after this (a round trip, bounded by the socket timeout)
 
 
 class StationWorker(Worker):
@@ -51,6 +58,8 @@ class StationWorker(Worker):
         self.keys = keys
         self.served = list(shards)
         self._until_empty = False
+        self.finishing: set[asyncio.Task[Any]] = set()
+        self.finish_wait_s = FINISH_WAIT_S
 
     async def main(self) -> None:
         if not self.burst:
@@ -123,6 +132,40 @@ class StationWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
+        self._track_finish()
+        await self._finish_job(job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        self._track_finish()
+        await self._finish_failed_job(job_id, result_data)
+
+    def _track_finish(self) -> None:
+        """Remember the task running a finish (arq runs it under ``asyncio.shield``: a task of its own)."""
+        task = asyncio.current_task()
+        if task is not None and task not in self.finishing:
+            self.finishing.add(task)
+            task.add_done_callback(self.finishing.discard)
+
+    async def settle_finishes(self) -> None:
+        """Wait for the finishes still running (a job cancelled at shutdown leaves its finish running),
+        at most ``finish_wait_s``; cancel the ones left and wait for them to end."""
+        pending = {t for t in self.finishing if t is not asyncio.current_task()}
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=self.finish_wait_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
         """arq's finish, against the job's own shard queue and without ``arq:abort``: every key is in
         the job's slot."""
         async with self.pool.pipeline(transaction=True) as tr:
@@ -140,7 +183,7 @@ class StationWorker(Worker):
                 tr.delete(*delete)
             await tr.execute()
 
-    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+    async def _finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         async with self.pool.pipeline(transaction=True) as tr:
             tr.delete(retry_key_prefix + job_id, in_progress_key_prefix + job_id, job_key_prefix + job_id)
             tr.zrem(self._queue_of(job_id), job_id)

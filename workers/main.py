@@ -80,9 +80,12 @@ async def _finish_jobs(worker: Worker, stop: asyncio.Event, grace_s: float) -> N
 
 async def _close(worker: Worker) -> None:
     """arq's Worker.close without its failure modes in an outage: no Redis call is needed for the
-    shutdown hook (heartbeat, store) to run, and the pool (ours, from open_pools) is always closed."""
+    shutdown hook (heartbeat, store) to run, the pool (ours, from open_pools) is always closed, and
+    never under a job's finish that is still running."""
     if worker._pool is None:
         return
+    if isinstance(worker, StationWorker):
+        await worker.settle_finishes()  # a job cancelled at shutdown leaves its finish running on this pool
     with contextlib.suppress(*_ENDS_ARQ):
         await worker.pool.delete(worker.health_check_key)
     try:

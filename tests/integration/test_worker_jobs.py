@@ -10,18 +10,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.worker import func
 
 from batchfleet.errors import StoreError
 from batchfleet.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, Keys
 from batchfleet.models import BatchSpec, JobShape, Outcome, PartitionRange
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
-from batchfleet.workers.main import run_worker
+from batchfleet.workers.fastclaim import StationWorker
+from batchfleet.workers.jobs import run_station
+from batchfleet.workers.main import _close, run_worker
+from batchfleet.workers.nodes import open_pools
 from batchfleet_dev.localstack import RedisServer
 from tests.integration.fleet import REPO, TEST_SHARDS, make_settings, settings_env, wait_until
 
@@ -389,3 +394,72 @@ async def test_a_repeated_ack_changes_nothing(store: BatchStore) -> None:
     stats = await store.stats()
     assert stats["batches_uploaded"] == 1 and stats["batches_complete"] == 1
     assert await store.recent_batch_ids() == ["t:0:0"]
+
+
+class _HeldFinishWorker(StationWorker):
+    """A StationWorker whose job finishes wait for ``gate`` before they write (a slow round trip)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = asyncio.Event()
+        self.finishing_started = asyncio.Event()
+
+    async def _finish_job(self, *args: Any) -> None:
+        self.finishing_started.set()
+        await self.gate.wait()
+        await super()._finish_job(*args)
+
+
+async def _cancelled_mid_finish(worker: StationWorker, job_id: str) -> None:
+    """What arq does when a job is cancelled at shutdown while it writes the job's end: the run_job
+    task ends, the shielded finish goes on."""
+
+    async def run_job() -> None:
+        await asyncio.shield(worker.finish_job(job_id, True, None, 60.0, False, None, None))
+
+    job = asyncio.create_task(run_job())
+    await asyncio.wait_for(cast(_HeldFinishWorker, worker).finishing_started.wait(), 10)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+
+
+async def _held_worker(redis_server: RedisServer, store: BatchStore) -> _HeldFinishWorker:
+    settings = _settings(redis_server)
+    [(pool, shards)] = await open_pools(settings, store, name="test-worker-arq")
+    return _HeldFinishWorker(keys=store.keys, shards=shards, redis_pool=pool, functions=[func(run_station, name="run_station")])
+
+
+def _connected(pool: ArqRedis) -> int:
+    connections = pool.connection_pool
+    return sum(c.is_connected for c in [*connections._available_connections, *connections._in_use_connections])
+
+
+async def test_a_worker_closes_its_client_only_after_the_finish_of_a_cancelled_job(
+    redis_server: RedisServer, store: BatchStore
+) -> None:
+    worker = await _held_worker(redis_server, store)
+    await store.redis.set(job_key_prefix + KEYS.group_job_id("t:0:1", 0), b"job")
+    await _cancelled_mid_finish(worker, KEYS.group_job_id("t:0:1", 0))
+    closing = asyncio.create_task(_close(worker))
+    done, _ = await asyncio.wait({closing}, timeout=0.5)
+    assert not done, "the client was closed under a finish still running"
+    pool = worker.pool
+    worker.gate.set()
+    await asyncio.wait_for(closing, 10)
+    assert not await store.redis.exists(job_key_prefix + KEYS.group_job_id("t:0:1", 0))  # the finish wrote the job's end
+    assert not worker.finishing
+    assert _connected(pool) == 0  # nothing left open by the close
+
+
+async def test_a_finish_that_does_not_end_is_cancelled_at_close(redis_server: RedisServer, store: BatchStore) -> None:
+    worker = await _held_worker(redis_server, store)
+    worker.finish_wait_s = 0.2
+    await store.redis.set(job_key_prefix + KEYS.group_job_id("t:0:2", 0), b"job")
+    await _cancelled_mid_finish(worker, KEYS.group_job_id("t:0:2", 0))
+    [finish] = worker.finishing
+    pool = worker.pool
+    await asyncio.wait_for(_close(worker), 10)
+    assert finish.cancelled() and not worker.finishing
+    assert await store.redis.exists(job_key_prefix + KEYS.group_job_id("t:0:2", 0))  # never written: arq runs the job again later
+    assert _connected(pool) == 0  # nothing left open by the close
