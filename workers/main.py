@@ -49,6 +49,7 @@ RESTART_BACKOFF = Backoff(0.5, 10.0)
 # Redis error arq lets escape after a Redis restart (e.g. a WatchError on a stale pooled connection).
 _ENDS_ARQ: tuple[type[BaseException], ...] = (RedisError, OSError, *REDIS_UNAVAILABLE)
 _HEALTHY_RUN_S = 60.0  # an arq worker that ran this long before Redis ended it restarts without the earlier backoff
+_HEALTH_DELETE_S = 1.0  # the last health-check delete at close, as arq's own client bounded it (not the 5 s connect timeout)
 _CANCEL_AGAIN_S = 0.5  # an arq worker still running this long after it was cancelled is cancelled again
 
 
@@ -86,8 +87,8 @@ async def _close(worker: Worker) -> None:
         return
     if isinstance(worker, StationWorker):
         await worker.settle_finishes()  # a job cancelled at shutdown leaves its finish running on this pool
-    with contextlib.suppress(*_ENDS_ARQ):
-        await worker.pool.delete(worker.health_check_key)
+    with contextlib.suppress(*_ENDS_ARQ, TimeoutError):  # a cut link: the key expires by itself
+        await asyncio.wait_for(worker.pool.delete(worker.health_check_key), _HEALTH_DELETE_S)
     try:
         if worker.on_shutdown is not None:
             await worker.on_shutdown(worker.ctx)
