@@ -206,3 +206,16 @@ async def test_cluster_bench_reports_throughput_cpu_per_primary_and_spread(tmp_p
     assert spread_pct(report.cluster.keys) >= 0
     table = report.table()
     assert "single-primary ceiling" in table and "spread of keys" in table and "spread of commands" in table
+
+
+@pytest.mark.slow
+async def test_idle_bench_reports_redis_cost_per_shard_count(tmp_path: Path) -> None:
+    """``scripts/bench --idle`` at a tiny size: a row per shard count, and every worker poll reading
+    every shard's queue shows as more commands with more shards."""
+    from batchfleet_dev.bench_idle import run_idle_bench, table
+
+    one, eight = await run_idle_bench([1, 8], workers=1, window_s=2.0, workdir=tmp_path)
+    assert (one.shards, eight.shards) == (1, 8)
+    assert one.commands_per_s > 0 and one.redis_cpu_pct >= 0
+    assert eight.commands_per_s > one.commands_per_s
+    assert "commands/s" in table([one, eight])
