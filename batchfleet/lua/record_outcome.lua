@@ -18,7 +18,7 @@ Returns {"complete", done, expected, codes}   this call recorded the last expect
                                               wake-up pushed
      or {"quorum", done, expected, codes}     this call brought the batch to its quorum (meta
                                               quorum_needed): due at now + quorum_grace_ms (never
-                                              later than the deadline)
+                                              later than the deadline), wake-up pushed
      or {"recorded", done, expected, codes}   this call recorded at least one station, and neither of
                                               the above
      or {"unchanged", done, expected, codes}  this call recorded no station (each one's code says why)
@@ -98,10 +98,10 @@ if needed > 0 and done >= needed then
   if redis.call('HSETNX', KEYS[1], 'quorum_ms', now_ms) == 1 then
     local grace = tonumber(redis.call('HGET', KEYS[1], 'quorum_grace_ms') or '0')
     redis.call('ZADD', KEYS[5], 'XX', 'LT', now_ms + grace, ARGV[1])
-    if grace == 0 then
-      redis.call('LPUSH', KEYS[6], ARGV[1])
-      redis.call('LTRIM', KEYS[6], 0, LIST_LAST_INDEX)
-    end
+    -- the wake-up also when a grace runs first: the batch is now due earlier than an aggregator may
+    -- be sleeping, and the woken one sleeps until the new due time (its claim finds it not due yet)
+    redis.call('LPUSH', KEYS[6], ARGV[1])
+    redis.call('LTRIM', KEYS[6], 0, LIST_LAST_INDEX)
     return {'quorum', done, expected, codes}
   end
 end
