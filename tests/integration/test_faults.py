@@ -344,7 +344,7 @@ async def test_skewed_host_clock_changes_no_decision(
         meta = await store.batch_meta(f"{topic}:0:0")
     [payload] = read_uploads(out)
     assert payload["reason"] == "deadline" and payload["summary"]["ok"] == 1 and payload["missing"] == ["HANG-1"]
-    assert 0 <= int(meta["finalized_ms"]) - int(meta["deadline_ms"]) < 400
+    assert 0 <= int(meta["finalized_ms"]) - int(meta["deadline_ms"]) < 1000  # at the deadline, by Redis time
     assert abs(payload["created_at"] - real_time()) < 60  # timestamps are Redis time, not the skewed clock
 
 

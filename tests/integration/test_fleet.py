@@ -38,6 +38,11 @@ async def test_two_worker_and_two_aggregator_processes_upload_each_batch_once(
         for i, role in enumerate(["worker", "worker", "aggregator", "aggregator", "dispatcher"])
     ]
     try:
+
+        async def both_workers() -> bool:  # so that one worker does not take every batch before the other starts
+            return len(await store.live_processes("worker")) >= 2
+
+        await wait_until(both_workers, 60, "two live worker processes")
         values = [message([f"S{i:03d}", f"S{i + 1:03d}", f"NONE-{i}"]) for i in range(0, 40, 2)]
         await produce(broker.bootstrap, topic, values[:10], partition=0)
         await produce(broker.bootstrap, topic, values[10:], partition=1)

@@ -61,7 +61,21 @@ async def test_metrics_endpoints_count_what_the_test_produced(
             return (await store.stats()).get("batches_uploaded", 0) >= 2
 
         await wait_until(uploaded, 40, "two uploads")
-        d, w, a = (scrape(ports[r]) for r in ("dispatcher", "worker", "aggregator"))
+        # each process counts after it reads its script's reply: scrape until the last counts are in
+        scraped: list[dict[tuple[str, tuple[tuple[str, str], ...]], float]] = []
+
+        async def counted() -> bool:
+            scraped[:] = [scrape(ports[r]) for r in ("dispatcher", "worker", "aggregator")]
+            d, w, a = scraped
+            stations = sum(total(w, "batchfleet_stations_total", topic=topic, outcome=o) for o in ("ok", "failed", "empty"))
+            return (
+                stations == 5
+                and total(a, "batchfleet_completion_to_upload_seconds_count", topic=topic) == 2
+                and total(d, "batchfleet_messages_quarantined_total", topic=topic) == 1
+            )
+
+        await wait_until(counted, 20, "the workers' and the aggregator's counters")
+        d, w, a = scraped
     finally:
         for p in procs:
             p.stop()

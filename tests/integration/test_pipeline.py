@@ -74,9 +74,9 @@ async def test_failures_and_hang_upload_at_deadline(
     assert payload["failed"]["RAISE-1"].startswith("ValueError: bad reading at RAISE-1")
     assert payload["empty"] == ["NONE-1"] and payload["missing"] == ["HANG-1"]
     assert meta["jobs"] == ("5" if per_job == 1 else "1")  # one job per station, or one for the batch
-    # finalized at the deadline (Redis server time), within a few hundred ms of it
+    # finalized at the deadline (Redis server time), not when the hanging station's 30 s budget ends
     lateness_ms = int(meta["finalized_ms"]) - int(meta["deadline_ms"])
-    assert 0 <= lateness_ms < 400, lateness_ms
+    assert 0 <= lateness_ms < 1000, lateness_ms
     assert payload["finalized_at"] - payload["created_at"] >= 2.0
 
 
@@ -141,7 +141,11 @@ async def test_poll_batching_merges_messages_and_stations(
     await produce(broker.bootstrap, topic, [message(["A-1", "B-1"], 1), message(["B-1", "C-1"], 2), message(["A-1"], 3)])
     async with fleet(settings, workers=1):
         await wait_until(lines_uploaded(out, 1), 30, "upload")
-        jobs = await store.queue_depth()
+
+        async def queue_empty() -> bool:  # the job leaves the queue in arq's finish, after its last record
+            return await store.queue_depth() == 0
+
+        await wait_until(queue_empty, 10, "the job to leave the queue")
     [payload] = read_uploads(out)
     assert payload["batch_id"] == f"{topic}:0:0"
     assert payload["summary"]["expected"] == 3  # one job per distinct station
@@ -149,7 +153,6 @@ async def test_poll_batching_merges_messages_and_stations(
     assert [r["stationId"] for r in payload["results"]] == ["A-1", "B-1", "C-1"]
     assert by_station["A-1"]["values"] == [1, 3]  # records merged in Kafka order
     assert by_station["B-1"]["values"] == [1, 2]
-    assert jobs == 0
 
 
 async def test_message_batching_one_batch_per_message(
@@ -241,12 +244,21 @@ async def test_uploaded_batch_expires_after_retention_and_leaves_no_keys(
     await produce(broker.bootstrap, topic, [message(["S001", "NONE-1"]), message(["S002"])])
     async with fleet(settings, workers=1):
         await wait_until(lines_uploaded(out, 2), 30, "two uploads")
-        ttl = await store.batch_ttl_s(f"{topic}:0:0")
+        ttls: list[int] = []
+
+        async def acked() -> bool:  # the ack sets the expiry; it follows the file line
+            meta = await store.batch_meta(f"{topic}:0:0")
+            if meta.get("state") == "uploaded" or not meta:  # (gone: it expired already)
+                ttls.append(await store.batch_ttl_s(f"{topic}:0:0"))
+                return True
+            return False
+
+        await wait_until(acked, 30, "the first batch's ack")
 
         async def index_pruned() -> bool:
             return await store.batch_ids(10) == []
 
         await wait_until(index_pruned, 30, "the batch index to forget expired batches")
         leftover = [k async for k in store.redis.scan_iter(match=f"*{topic}*")]
-    assert 0 <= ttl <= 1
+    assert ttls[0] <= 1 and ttls[0] != -1, ttls  # an expiry within the 1 s retention (-2: already expired)
     assert leftover == []  # no batch, input, outcome, payload or job key outlives the retention

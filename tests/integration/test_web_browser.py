@@ -163,6 +163,14 @@ def _text(driver: WebDriver, element_id: str) -> str:
     return str(driver.find_element(By.ID, element_id).text)
 
 
+def _texts(driver: WebDriver, element_id: str) -> list[str]:
+    """The text of the element with this id, if the page has it; [] while the browser navigates."""
+    try:
+        return [str(e.text) for e in driver.find_elements(By.ID, element_id)]
+    except StaleElementReferenceException:
+        return []
+
+
 def _rows(driver: WebDriver, table_id: str) -> list[list[str]]:
     """Cell texts of a table's body rows, read in one step (the live overview replaces its rows);
     a cell holding a progress bar reads as "value/max"."""
@@ -239,15 +247,15 @@ def test_replay_needs_the_token_and_reuploads_once(console: Console, browser: We
     browser.delete_all_cookies()
     browser.get(console.url + "/dead")
     browser.find_element(By.CSS_SELECTOR, f'button[data-batch="{batch_id}"]').click()
+    _heading(browser, "Refused")  # the form posts: read the page it leads to, not the one it leaves
     assert _text(browser, "message") == "this action needs the console token: sign in first"
-    _heading(browser, "Refused")
     assert console.state(batch_id) == "dead" and console.uploads_of(batch_id) == [503]
 
     # a wrong token does not sign in
     browser.get(console.url + "/login?next=/dead")
     browser.find_element(By.ID, "token").send_keys("not-the-token")
     browser.find_element(By.ID, "sign-in-submit").click()
-    assert _text(browser, "login-error") == "wrong token"
+    poll(lambda: _texts(browser, "login-error") == ["wrong token"], 10, "the sign-in page to say 'wrong token'")
 
     # with the token: signed in, the same click replays, and the batch is uploaded exactly once more
     field = browser.find_element(By.ID, "token")

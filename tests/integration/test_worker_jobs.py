@@ -147,7 +147,6 @@ async def test_a_batchfleet_worker_and_a_plain_arq_worker_share_a_queue(
     settings = _settings(redis_server, worker_max_jobs=5, shards=1)
     stations = [f"W-{i:03d}" for i in range(400)]  # 50 ms each: long enough for both workers to take some
     store = BatchStore.from_settings(settings, name="test-one-shard")
-    await store.create_batch(_spec("t:0:0", stations, groups=[4] * 100))
     log = (tmp_path / "arq.log").open("wb")
     arq = subprocess.Popen(  # noqa: ASYNC220 (started once, never waited on in the loop)
         [sys.executable, "-m", "arq", "batchfleet.workers.WorkerSettings"],
@@ -160,7 +159,11 @@ async def test_a_batchfleet_worker_and_a_plain_arq_worker_share_a_queue(
     try:
         await wait_until(lambda: _workers_live(store, 1), 60, "the plain arq worker to start")
         ours = asyncio.create_task(run_worker(settings))
+        await wait_until(lambda: _workers_live(store, 2), 60, "our worker to start")
+        await store.create_batch(_spec("t:0:0", stations, groups=[4] * 100))  # both are polling by now
         await wait_until(lambda: _all_recorded(store, "t:0:0", len(stations)), 60, "every station recorded")
+        outcomes = await store.batch_outcomes("t:0:0")
+        stats = await store.stats()
     finally:
         if ours is not None:
             ours.cancel()
@@ -168,13 +171,11 @@ async def test_a_batchfleet_worker_and_a_plain_arq_worker_share_a_queue(
         arq.wait(20)
         log.close()
         await asyncio.gather(*([ours] if ours else []), return_exceptions=True)
-    outcomes = await store.batch_outcomes("t:0:0")
+        await store.aclose()
     assert sorted(outcomes) == stations and all(o.status == "ok" for o in outcomes.values())
     assert len({o.worker for o in outcomes.values()}) == 2, "both workers ran stations"
-    stats = await store.stats()
     assert stats.get("duplicate_results", 0) == 0 and stats["stations_ok"] == len(stations)
     assert all(o.attempt == 1 for o in outcomes.values()), "no station was started twice"
-    await store.aclose()
 
 
 def test_a_plain_arq_worker_refuses_a_fleet_of_several_shards(redis_server: RedisServer) -> None:
@@ -441,12 +442,14 @@ async def test_a_worker_closes_its_client_only_after_the_finish_of_a_cancelled_j
     worker = await _held_worker(redis_server, store)
     await store.redis.set(job_key_prefix + KEYS.group_job_id("t:0:1", 0), b"job")
     await _cancelled_mid_finish(worker, KEYS.group_job_id("t:0:1", 0))
-    closing = asyncio.create_task(_close(worker))
-    done, _ = await asyncio.wait({closing}, timeout=0.5)
-    assert not done, "the client was closed under a finish still running"
     pool = worker.pool
-    worker.gate.set()
-    await asyncio.wait_for(closing, 10)
+    closing = asyncio.create_task(_close(worker))
+    try:
+        done, _ = await asyncio.wait({closing}, timeout=0.5)
+        assert not done, "the client was closed under a finish still running"
+    finally:
+        worker.gate.set()
+        await asyncio.wait_for(closing, 10)
     assert not await store.redis.exists(job_key_prefix + KEYS.group_job_id("t:0:1", 0))  # the finish wrote the job's end
     assert not worker.finishing
     assert _connected(pool) == 0  # nothing left open by the close
