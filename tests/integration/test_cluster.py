@@ -114,10 +114,9 @@ async def test_a_process_with_another_shard_count_refuses_to_start(broker: Kafka
     settings = make_settings(redis_server.url, broker.bootstrap, ["T"], "file:///dev/null")
     async with BatchStore.from_settings(settings) as store:
         await store.check_layout()  # what the fleet's first process stores
-        other = BatchStore.from_url(redis_server.url, shards=settings.shards + 1)
-        with pytest.raises(LayoutError, match="BATCHFLEET_SHARDS"):
-            await other.check_layout()
-        await other.aclose()
+        async with BatchStore.from_url(redis_server.url, shards=settings.shards + 1) as other:
+            with pytest.raises(LayoutError, match="BATCHFLEET_SHARDS"):
+                await other.check_layout()
     env = settings_env(settings) | {"BATCHFLEET_SHARDS": str(settings.shards + 1)}
     done = await asyncio.to_thread(
         subprocess.run,

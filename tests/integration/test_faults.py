@@ -140,13 +140,16 @@ async def test_sigterm_worker_finishes_its_station_first(
     out = tmp_path / "u.jsonl"
     settings = make_settings(redis_server.url, broker.bootstrap, [topic], f"file://{out}", batch_timeout_s=30.0)
     worker = Proc("worker", settings_env(settings), tmp_path / "worker.log")
-    async with fleet(settings, workers=0):
-        await produce(broker.bootstrap, topic, [message(["LONG-1"])])
-        await wait_until(lambda: _running(store, "LONG-1"), 30, "LONG-1 to start")
-        worker.signal(signal.SIGTERM)
-        code = await asyncio.to_thread(worker.popen.wait, 20)
-        outcomes = await store.batch_outcomes(f"{topic}:0:0")
-        await wait_until(lambda: batches_uploaded(store, 1), 20, "the upload")
+    try:
+        async with fleet(settings, workers=0):
+            await produce(broker.bootstrap, topic, [message(["LONG-1"])])
+            await wait_until(lambda: _running(store, "LONG-1"), 30, "LONG-1 to start")
+            worker.signal(signal.SIGTERM)
+            code = await asyncio.to_thread(worker.popen.wait, 20)
+            outcomes = await store.batch_outcomes(f"{topic}:0:0")
+            await wait_until(lambda: batches_uploaded(store, 1), 20, "the upload")
+    finally:
+        worker.kill()  # a no-op once it exited by itself
     assert code == 0
     assert outcomes["LONG-1"].status == "ok" and outcomes["LONG-1"].attempt == 1
     assert read_uploads(out)[0]["reason"] == "complete"
@@ -264,23 +267,31 @@ async def test_dispatcher_killed_repeatedly_ingests_every_message_exactly_once(
     total = 120
     async with fleet(settings, workers=1, dispatchers=0):
         producer = asyncio.create_task(_produce_slowly(broker.bootstrap, topic, total))
-        for round_ in range(3):
-            d = Proc("dispatcher", env, tmp_path / f"dispatcher-{round_}.log")
-
-            async def created_some(before: int = (await target_store.stats()).get("batches_created", 0)) -> bool:
-                created = (await target_store.stats()).get("batches_created", 0)
-                return created > before or created == total
-
-            await wait_until(created_some, 40, "the dispatcher to create batches")
-            await asyncio.sleep(rng.uniform(0.05, 0.6))  # kill at an arbitrary point of its loop
-            d.kill()
-        await producer
-        last = Proc("dispatcher", env, tmp_path / "dispatcher-last.log")
+        dispatchers: list[Proc] = []
         try:
-            await wait_until(lambda: batches_uploaded(target_store, total), 90, f"{total} uploads")
-        finally:
-            last.stop()
-        stats = await target_store.stats()
+            for round_ in range(3):
+                d = Proc("dispatcher", env, tmp_path / f"dispatcher-{round_}.log")
+                dispatchers.append(d)
+
+                async def created_some(before: int = (await target_store.stats()).get("batches_created", 0)) -> bool:
+                    created = (await target_store.stats()).get("batches_created", 0)
+                    return created > before or created == total
+
+                await wait_until(created_some, 40, "the dispatcher to create batches")
+                await asyncio.sleep(rng.uniform(0.05, 0.6))  # kill at an arbitrary point of its loop
+                d.kill()
+            await producer
+            last = Proc("dispatcher", env, tmp_path / "dispatcher-last.log")
+            try:
+                await wait_until(lambda: batches_uploaded(target_store, total), 90, f"{total} uploads")
+            finally:
+                last.stop()
+            stats = await target_store.stats()
+        finally:  # on a failure midway: no producer or dispatcher left running
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+            for d in dispatchers:
+                d.kill()
     ids = Counter(p["batch_id"] for p in read_uploads(out))
     assert len(ids) == total and set(ids.values()) == {1}
     assert stats["batches_created"] == total
@@ -310,9 +321,11 @@ async def test_acl_user_with_password(broker: KafkaBroker, make_topic, tmp_path:
             finally:
                 await store.aclose()
         unauthenticated = BatchStore.from_url(redis.url, shards=TEST_SHARDS)
-        with pytest.raises(Exception, match=r"(?i)auth"):
-            await unauthenticated.stats()
-        await unauthenticated.aclose()
+        try:
+            with pytest.raises(Exception, match=r"(?i)auth"):
+                await unauthenticated.stats()
+        finally:
+            await unauthenticated.aclose()
     finally:
         redis.stop()
     assert read_uploads(out)[0]["summary"]["ok"] == 1
@@ -378,9 +391,11 @@ async def test_rediss_tls_with_a_private_ca(broker: KafkaBroker, make_topic, tmp
             finally:
                 await store.aclose()
         unverified = BatchStore.from_url(redis.url, shards=TEST_SHARDS)  # no CA: the server's certificate is not trusted
-        with pytest.raises(Exception, match=r"(?i)certificate|ssl"):
-            await unverified.stats()
-        await unverified.aclose()
+        try:
+            with pytest.raises(Exception, match=r"(?i)certificate|ssl"):
+                await unverified.stats()
+        finally:
+            await unverified.aclose()
     finally:
         redis.stop()
     assert read_uploads(out)[0]["summary"]["ok"] == 2

@@ -24,17 +24,20 @@ async def test_sigterm_aggregator_mid_upload_finishes_it(
         sink.delay_s = 2.0  # every upload takes 2 s
         settings = make_settings(redis_server.url, broker.bootstrap, [topic], sink.url)
         agg = Proc("aggregator", settings_env(settings), tmp_path / "aggregator.log")
-        async with fleet(settings, workers=1, aggregators=0):
-            await produce(broker.bootstrap, topic, [message(["S001", "S002"])])
+        try:
+            async with fleet(settings, workers=1, aggregators=0):
+                await produce(broker.bootstrap, topic, [message(["S001", "S002"])])
 
-            async def uploading() -> bool:
-                return len(sink.requests) == 1
+                async def uploading() -> bool:
+                    return len(sink.requests) == 1
 
-            await wait_until(uploading, 30, "the upload to start")
-            agg.signal(signal.SIGTERM)
-            code = await asyncio.to_thread(agg.popen.wait, 20)
-            meta = await store.batch_meta(f"{topic}:0:0")
-            counts = await store.counts()
+                await wait_until(uploading, 30, "the upload to start")
+                agg.signal(signal.SIGTERM)
+                code = await asyncio.to_thread(agg.popen.wait, 20)
+                meta = await store.batch_meta(f"{topic}:0:0")
+                counts = await store.counts()
+        finally:
+            agg.kill()  # a no-op once it exited by itself
     assert code == 0
     assert meta["state"] == "uploaded" and len(sink.requests) == 1
     assert counts["open"] == 0 and counts["leased"] == 0  # no claimed-but-abandoned batch
