@@ -122,22 +122,13 @@ class StationWorker(Worker):
     def _queue_of(self, job_id: str) -> str:
         return self.keys.queue(self.keys.shard_of_job(job_id))
 
-    async def finish_job(
-        self,
-        job_id: str,
-        finish: bool,
-        result_data: bytes | None,
-        result_timeout_s: float | None,
-        keep_result_forever: bool,
-        incr_score: int | None,
-        keep_in_progress: float | None,
-    ) -> None:
+    async def finish_job(self, *args: Any, **kwargs: Any) -> None:
         self._track_finish()
-        await self._finish_job(job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress)
+        await self._finish_job(*args, **kwargs)
 
-    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+    async def finish_failed_job(self, *args: Any, **kwargs: Any) -> None:
         self._track_finish()
-        await self._finish_failed_job(job_id, result_data)
+        await self._finish_failed_job(*args, **kwargs)
 
     def _track_finish(self) -> None:
         """Remember the task running a finish (arq runs it under ``asyncio.shield``: a task of its own)."""

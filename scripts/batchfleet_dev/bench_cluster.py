@@ -36,7 +36,7 @@ import redis
 from batchfleet_dev.bench import UPLOAD_LOG_ENV, cpu_seconds, station_messages
 from batchfleet_dev.cluster import RedisCluster
 from batchfleet_dev.localstack import KafkaBroker, RedisServer, create_topics
-from batchfleet_dev.procs import RoleProcess, role_env, stop_all
+from batchfleet_dev.procs import RoleProcess, role_env, stop_all, until_while_alive
 
 __all__ = ["ClusterBench", "main", "run_cluster_bench"]
 
@@ -160,11 +160,13 @@ async def _run(
         started = time.monotonic()
         procs.append(RoleProcess("dispatcher", env, workdir / f"{backend}-dispatcher.log"))
         batches = math.ceil(stations / 100)
-        await _until(lambda: _dispatched(ports, shards, batches, backend), 300, "every batch dispatched", procs)
+        await until_while_alive(
+            lambda: asyncio.to_thread(_dispatched, ports, shards, batches, backend), 300, "every batch dispatched", procs
+        )
         keys = {f"127.0.0.1:{p}": _dbsize(p) for p in ports}
         procs += [RoleProcess("worker", env, workdir / f"{backend}-worker-{i}.log") for i in range(workers)]
         procs.append(RoleProcess("aggregator", env, workdir / f"{backend}-aggregator.log"))
-        await _until(lambda: _lines(uploads) >= batches, 600, "every batch uploaded", procs)
+        await until_while_alive(lambda: asyncio.to_thread(lambda: _lines(uploads) >= batches), 600, "every batch uploaded", procs)
         seconds = time.monotonic() - started
         cpu = {
             f"127.0.0.1:{p}": (cpu_seconds(s.proc.pid) - cpu0[p]) / stations * 1000
@@ -197,18 +199,6 @@ def _dispatched(ports: list[int], shards: int, batches: int, backend: str) -> bo
             except redis.exceptions.ResponseError:  # MOVED: another primary holds this shard
                 continue
     return total >= batches
-
-
-async def _until(check: object, timeout_s: float, what: str, procs: list[RoleProcess]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(check):  # type: ignore[arg-type]
-            return
-        for p in procs:
-            if not p.alive():
-                raise RuntimeError(f"{p.role} exited with {p.returncode}:\n{p.log_tail()}")
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"bench: no {what} after {timeout_s}s")
 
 
 async def run_cluster_bench(

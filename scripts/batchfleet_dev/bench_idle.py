@@ -28,7 +28,7 @@ from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet_dev.bench import cpu_seconds
 from batchfleet_dev.localstack import KafkaBroker, RedisServer
-from batchfleet_dev.procs import RoleProcess, role_env, stop_all
+from batchfleet_dev.procs import RoleProcess, role_env, stop_all, until_while_alive
 
 __all__ = ["IdleRow", "main", "run_idle_bench"]
 
@@ -46,19 +46,13 @@ def _commands(port: int) -> int:
         return int(str(client.info("stats")["total_commands_processed"]))
 
 
-async def _all_beating(settings: Settings, expected: int, procs: list[RoleProcess], timeout_s: float = 60.0) -> None:
-    store = BatchStore.from_settings(settings)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while len(await store.live_processes()) < expected:
-            for p in procs:
-                if not p.alive():
-                    raise RuntimeError(f"{p.role} exited with {p.returncode}:\n{p.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"bench: fewer than {expected} processes beating after {timeout_s}s")
-            await asyncio.sleep(0.2)
-    finally:
-        await store.aclose()
+async def _all_beating(settings: Settings, expected: int, procs: list[RoleProcess]) -> None:
+    async with BatchStore.from_settings(settings) as store:
+
+        async def beating() -> bool:
+            return len(await store.live_processes()) >= expected
+
+        await until_while_alive(beating, 60, f"heartbeat of all {expected} processes", procs, every_s=0.2)
 
 
 async def _measure(broker: KafkaBroker, shards: int, workers: int, window_s: float, workdir: Path) -> IdleRow:

@@ -8,18 +8,19 @@ stopped by its PID only.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from batchfleet.settings import Settings
 from batchfleet_dev import REPO, SCRIPTS
 
-__all__ = ["RoleProcess", "role_env", "stop_all"]
+__all__ = ["RoleProcess", "role_env", "stop_all", "until_while_alive"]
 
 
 def role_env(settings: Settings | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -102,3 +103,19 @@ def stop_all(procs: Iterable[RoleProcess], timeout_s: float = 20) -> None:
     deadline = time.monotonic() + timeout_s
     for p in procs:
         p.wait(deadline - time.monotonic())
+
+
+async def until_while_alive(
+    check: Callable[[], Awaitable[bool]], timeout_s: float, what: str, procs: Iterable[RoleProcess], every_s: float = 0.1
+) -> None:
+    """Poll ``check`` until it holds; fail at once with its log tail when one of ``procs`` has exited,
+    and with ``what`` after ``timeout_s``."""
+    procs = list(procs)
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        for p in procs:
+            if not p.alive():
+                raise RuntimeError(f"{p.role} exited with {p.returncode}:\n{p.log_tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} after {timeout_s}s")
+        await asyncio.sleep(every_s)
