@@ -27,10 +27,11 @@ Layout (prefix ``bf``; ``{T}`` is a shard's hash tag, e.g. ``{bf:s3.17}``)::
     {T}:quarantine           zset   quarantined message id -> ms when quarantined
     {T}:q:TOPIC:P:OFFSET     hash   one quarantined message: reason, topic, partition, offset, raw value
     {T}:queue                zset   the shard's arq queue
-    arq:job:{T}:BATCH#N      string arq job (JSON) of group N: several stations of the batch with their records
-    arq:job:{T}:BATCH:STATION string arq job (JSON) of one station (a re-run after its group's worker died,
-                                   or a batch dispatched while a worker of an earlier release was alive);
-                                   arq:in-progress:/arq:retry: keys alike
+    arq:job:{T}:BATCH#N@I    string arq job (JSON) of group N of incarnation I: several stations of the batch
+                                   with their records
+    arq:job:{T}:BATCH@I:STATION string arq job (JSON) of one station of incarnation I (a re-run after its
+                                   group's worker died); without ``@I`` for a batch dispatched while a worker
+                                   of an earlier release was alive; arq:in-progress:/arq:retry: keys alike
     bf:layout                hash   the shard count and tag scheme every process must agree with
     bf:procs                 zset   "ROLE:HOST:PID" -> ms of its last heartbeat (index for status/health)
     bf:proc:ROLE:HOST:PID    string one live process: JSON of what it is doing, short TTL
@@ -38,6 +39,13 @@ Layout (prefix ``bf``; ``{T}`` is a shard's hash tag, e.g. ``{bf:s3.17}``)::
 A batch id is ``TOPIC:PARTITION:OFFSET`` of the batch's first message, e.g.
 ``SCHEDULE-STATION-REALTIME-DATA:0:12345``; its shard follows from its topic and partition, so no
 lookup is ever needed to find a batch's keys.
+
+An **incarnation** ``I`` (8 hex digits, the batch meta's ``inc``) is drawn each time a batch is
+created.  A batch that Redis lost (an AOF restart without its tail, a failover to a lagging replica)
+is created again by the fenced dispatcher under the same id but a new incarnation, so its jobs get
+other ids than the jobs of the lost one: a worker still running a job of the lost incarnation can
+neither finish, delete nor retry the new one's jobs, and its outcomes are refused (``record_outcome``
+code ``s``, stale).
 """
 
 from __future__ import annotations
@@ -166,34 +174,45 @@ class Keys:
         return [base, base + ":in", base + ":out", base + ":late", base + ":payload"]
 
     # -- jobs: one station or a group of a batch's stations (arq's key prefixes, the shard's tag) ---
-    def job_id(self, batch_id: str, station_id: str) -> str:
-        return f"{self.tag(self.shard_of_batch(batch_id))}:{batch_id}:{station_id}"
+    def job_id(self, batch_id: str, station_id: str, incarnation: str = "") -> str:
+        """arq job id of one station: ``{TAG}:BATCH@INCARNATION:STATION`` (``{TAG}:BATCH:STATION`` without
+        an incarnation: the one-station jobs a worker of an earlier release can parse)."""
+        mark = f"@{incarnation}" if incarnation else ""
+        return f"{self.tag(self.shard_of_batch(batch_id))}:{batch_id}{mark}:{station_id}"
 
-    def parse_job_id(self, job_id: str) -> tuple[str, str]:
-        """(batch id, station id) of a station job id ``{TAG}:TOPIC:PARTITION:OFFSET:STATION``."""
+    def parse_job_id(self, job_id: str) -> tuple[str, str, str]:
+        """(batch id, station id, incarnation or "") of a station job id (see :meth:`job_id`)."""
         close = job_id.find("}:")
         if not job_id.startswith("{") or close < 0:
             raise ValueError(f"not a station job id: {job_id!r}")
         topic, partition, offset, station = job_id[close + 2 :].split(":", 3)
-        return f"{topic}:{partition}:{offset}", station
+        offset, _, incarnation = offset.partition("@")  # offsets are digits: the first '@' is the mark
+        return f"{topic}:{partition}:{offset}", station, incarnation
 
-    def job(self, batch_id: str, station_id: str) -> str:
-        return ARQ_JOB_PREFIX + self.job_id(batch_id, station_id)
+    def job(self, batch_id: str, station_id: str, incarnation: str = "") -> str:
+        return ARQ_JOB_PREFIX + self.job_id(batch_id, station_id, incarnation)
 
-    def group_job_id(self, batch_id: str, index: int) -> str:
-        """arq job id of a batch's group ``index`` (several stations in one job): ``{TAG}:BATCH#INDEX``."""
-        return f"{self.tag(self.shard_of_batch(batch_id))}:{batch_id}#{index}"
+    def group_job_id(self, batch_id: str, index: int, incarnation: str = "") -> str:
+        """arq job id of a batch's group ``index`` (several stations in one job): ``{TAG}:BATCH#INDEX@INCARNATION``."""
+        mark = f"@{incarnation}" if incarnation else ""
+        return f"{self.tag(self.shard_of_batch(batch_id))}:{batch_id}#{index}{mark}"
 
-    def group_job(self, batch_id: str, index: int) -> str:
-        return ARQ_JOB_PREFIX + self.group_job_id(batch_id, index)
+    def group_job(self, batch_id: str, index: int, incarnation: str = "") -> str:
+        return ARQ_JOB_PREFIX + self.group_job_id(batch_id, index, incarnation)
 
     @staticmethod
-    def batch_of_group_job(job_id: str) -> str:
-        """The batch id of a group job id ``{TAG}:TOPIC:PARTITION:OFFSET#INDEX`` (topics hold no '#')."""
+    def parse_group_job(job_id: str) -> tuple[str, str]:
+        """(batch id, incarnation or "") of a group job id ``{TAG}:TOPIC:PARTITION:OFFSET#INDEX@INCARNATION``
+        (topics hold no '#' or '@')."""
         close, mark = job_id.find("}:"), job_id.rfind("#")
         if not job_id.startswith("{") or close < 0 or mark < close:
             raise ValueError(f"not a group job id: {job_id!r}")
-        return job_id[close + 2 : mark]
+        return job_id[close + 2 : mark], job_id[mark + 1 :].partition("@")[2]
+
+    @staticmethod
+    def batch_of_group_job(job_id: str) -> str:
+        """The batch id of a group job id (see :meth:`parse_group_job`)."""
+        return Keys.parse_group_job(job_id)[0]
 
     @staticmethod
     def in_progress(job_id: str) -> str:

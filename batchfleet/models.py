@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,7 +28,7 @@ OutcomeStatus = Literal["ok", "empty", "failed"]
 # "group": a job carries several stations (run_group); "station": one station per job (run_station), the
 # shape workers of earlier releases understand
 JobShape = Literal["group", "station"]
-StationRecord = Literal["recorded", "duplicate", "late", "unknown"]
+StationRecord = Literal["recorded", "duplicate", "late", "unknown", "stale"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class BatchSpec:
     quorum_grace_s: float = 0.0
     group_sizes: list[int] = field(default_factory=list)  # stations per job, in station order; [] = one job
     job_shape: JobShape = "group"
+    # drawn anew for every creation: a batch that Redis lost and the dispatcher created again is another
+    # incarnation, whose jobs have other ids (batchfleet/keys.py)
+    incarnation: str = field(default_factory=lambda: secrets.token_hex(4))
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,12 @@ class Outcome:
 class RecordResult:
     """What record_outcome said."""
 
-    status: Literal["recorded", "complete", "quorum", "duplicate", "late", "unknown"]
+    status: Literal["recorded", "complete", "quorum", "duplicate", "late", "unknown", "stale"]
     done: int
     expected: int
 
 
-_RECORD_CODES: dict[str, StationRecord] = {"r": "recorded", "d": "duplicate", "l": "late", "u": "unknown"}
+_RECORD_CODES: dict[str, StationRecord] = {"r": "recorded", "d": "duplicate", "l": "late", "u": "unknown", "s": "stale"}
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ class RecordedOutcomes:
     kind: Literal["complete", "quorum", "recorded", "unchanged"]
     done: int
     expected: int
-    codes: str  # one letter per station, in call order: r(ecorded) d(uplicate) l(ate) u(nknown)
+    codes: str  # one letter per station, in call order: r(ecorded) d(uplicate) l(ate) u(nknown) s(tale)
 
     @property
     def event(self) -> Literal["complete", "quorum", ""]:

@@ -51,9 +51,10 @@ async def run_stations(
     *,
     budget_s: float,
     attempt: int,
+    incarnation: str = "",
 ) -> Counter[str]:
     """Run the stations concurrently, record each outcome (at most once, first wins) as soon as it is
-    done; returns how each record went (recorded, duplicate, late, unknown).  Cancelled (the job's
+    done; returns how each record went (recorded, duplicate, late, unknown, stale).  Cancelled (the job's
     timeout, a shutdown), it cancels the stations still running: they stay without an outcome."""
     tasks: dict[asyncio.Task[Outcome], str] = {}
     for station_id, records in stations.items():
@@ -74,7 +75,7 @@ async def run_stations(
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             finished = [(tasks[task], task.result()) for task in done]
-            rec = await record(state, batch_id, finished)
+            rec = await record(state, batch_id, finished, incarnation)
             _account(state, batch_id, topic, finished, rec, tally)
             state.running.difference_update(f"{batch_id}/{station_id}" for station_id, _ in finished)
             state.done += len(finished)

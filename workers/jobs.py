@@ -63,38 +63,45 @@ async def _finalized(state: WorkerState, batch_id: str, deadline_ms: int | None,
 async def run_group(ctx: WorkerContext, stations: dict[str, list[dict[str, Any]]], budget_ms: int, deadline_ms: int) -> str:
     """arq job: a group of stations of one batch, named by the job id ``{TAG}:BATCH#N``."""
     state = ctx["batchfleet"]
-    batch_id = Keys.batch_of_group_job(ctx["job_id"])
+    batch_id, incarnation = Keys.parse_group_job(ctx["job_id"])
     if await _finalized(state, batch_id, deadline_ms, len(stations)):
         return "skipped"
     job_try = int(ctx.get("job_try") or 1)
     if job_try > 1:
-        return await _split(state, ctx, batch_id, stations, budget_ms, deadline_ms, tried=job_try - 1)
-    tally = await run_stations(state, batch_id, topic_of_batch(batch_id), stations, budget_s=_budget_s(state, budget_ms), attempt=1)
+        return await _split(state, ctx, (batch_id, incarnation), stations, budget_ms, deadline_ms, tried=job_try - 1)
+    budget_s = _budget_s(state, budget_ms)
+    tally = await run_stations(
+        state, batch_id, topic_of_batch(batch_id), stations, budget_s=budget_s, attempt=1, incarnation=incarnation
+    )
     return ", ".join(f"{n} {status}" for status, n in sorted(tally.items()))
 
 
 async def _split(
     state: WorkerState,
     ctx: WorkerContext,
-    batch_id: str,
+    batch: tuple[str, str],
     stations: dict[str, list[dict[str, Any]]],
     budget_ms: int,
     deadline_ms: int,
     *,
     tried: int,
 ) -> str:
-    """The group ran before and its worker died: one job per station without an outcome."""
+    """The group ran before and its worker died: one job per station without an outcome (``batch``: the
+    batch id and the group's incarnation)."""
+    batch_id, incarnation = batch
     now_ms = int(state.redis_now_ms())
     jobs = {sid: station_job(records, budget_ms, deadline_ms, tried, now_ms) for sid, records in stations.items()}
     expire_ms = max(deadline_ms - now_ms, 0) + _SPLIT_JOB_EXTRA_MS
     score = int(ctx.get("score") or now_ms)
     kind, created, recorded = await patiently(
-        lambda: state.store.split_group(batch_id, jobs, score=score, job_expire_ms=expire_ms), f"splitting a group of {batch_id}"
+        lambda: state.store.split_group(batch_id, jobs, score=score, job_expire_ms=expire_ms, incarnation=incarnation),
+        f"splitting a group of {batch_id}",
     )
     extra = {"batch_id": batch_id, "topic": topic_of_batch(batch_id)}
-    if kind == "closed":
-        log.info("batch %s: a group's re-run is not needed, the batch is no longer open", batch_id, extra=extra)
-        return "closed"
+    if kind != "split":
+        why = "the batch is no longer open" if kind == "closed" else "the batch was created again (Redis lost it)"
+        log.info("batch %s: a group's re-run is not needed, %s", batch_id, why, extra=extra)
+        return kind
     log.warning(
         "batch %s: a group of %d station(s) is running again (its worker died after %d attempt(s)): %d re-queued"
         " one by one, %d already recorded",
@@ -112,22 +119,26 @@ async def run_station(ctx: WorkerContext, records: list[dict[str, Any]], budget_
     """arq job: one station of one batch, named by the job id ``{TAG}:BATCH:STATION``.  A job split off a
     group starts at the attempt after its group's lost ones (arq's ``job_try``, set from the job)."""
     state = ctx["batchfleet"]
-    batch_id, station_id = state.store.keys.parse_job_id(ctx["job_id"])
+    batch_id, station_id, incarnation = state.store.keys.parse_job_id(ctx["job_id"])
     topic = topic_of_batch(batch_id)
     if await _finalized(state, batch_id, deadline_ms, 1):
         return "skipped"
     attempt = int(ctx.get("job_try") or 1)
     if attempt > MAX_ATTEMPTS:
-        return await _give_up(state, batch_id, station_id, attempt, topic)
-    tally = await run_stations(state, batch_id, topic, {station_id: records}, budget_s=_budget_s(state, budget_ms), attempt=attempt)
+        return await _give_up(state, (batch_id, incarnation), station_id, attempt, topic)
+    budget_s = _budget_s(state, budget_ms)
+    tally = await run_stations(
+        state, batch_id, topic, {station_id: records}, budget_s=budget_s, attempt=attempt, incarnation=incarnation
+    )
     return ", ".join(tally)
 
 
-async def _give_up(state: WorkerState, batch_id: str, station_id: str, attempt: int, topic: str) -> str:
+async def _give_up(state: WorkerState, batch: tuple[str, str], station_id: str, attempt: int, topic: str) -> str:
     """The station's earlier attempts never finished (the worker running them died): stop trying."""
+    batch_id, incarnation = batch
     error = f"gave up: {attempt - 1} earlier attempt(s) never finished (the worker running them died)"
     outcome = Outcome(status="failed", error=error, worker=state.name, attempt=attempt)
-    rec = await record(state, batch_id, [(station_id, outcome)])
+    rec = await record(state, batch_id, [(station_id, outcome)], incarnation)
     if rec.codes == "r":
         metrics.STATIONS.labels(topic, "failed").inc()
     log.error("batch %s: station %s %s", batch_id, station_id, error, extra={"batch_id": batch_id, "topic": topic})

@@ -147,6 +147,10 @@ async def patiently(op: Callable[[], Awaitable[T]], what: str) -> T:
     return await retry(op, what=what, backoff=RECORD_BACKOFF, attempts=RECORD_ATTEMPTS)
 
 
-async def record(state: WorkerState, batch_id: str, outcomes: Sequence[tuple[str, Outcome]]) -> RecordedOutcomes:
-    """Record outcomes of stations of one batch (one script call), with patience."""
-    return await patiently(lambda: state.store.record_outcomes(batch_id, outcomes), f"recording {len(outcomes)} of {batch_id}")
+async def record(
+    state: WorkerState, batch_id: str, outcomes: Sequence[tuple[str, Outcome]], incarnation: str = ""
+) -> RecordedOutcomes:
+    """Record outcomes of stations of one batch's ``incarnation`` (one script call), with patience."""
+    return await patiently(
+        lambda: state.store.record_outcomes(batch_id, outcomes, incarnation), f"recording {len(outcomes)} of {batch_id}"
+    )

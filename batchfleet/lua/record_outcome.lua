@@ -12,7 +12,9 @@ KEYS[6]  ready list     {T}:ready   (the shard's; wake-up signal for aggregators
 KEYS[7]  stats hash     {T}:stats   (the shard's)
 
 ARGV[1]  batch id B
-ARGV[2 .. 1+3k]  per station: station id, status ("ok" | "empty" | "failed"), outcome JSON
+ARGV[2]  incarnation of the batch the outcomes were computed for (the meta's "inc", from the job id);
+         "" = any (a job of an earlier release, whose ids carry no incarnation)
+ARGV[3 .. 2+3k]  per station: station id, status ("ok" | "empty" | "failed"), outcome JSON
 
 Returns {"complete", done, expected, codes}   this call recorded the last expected station: due now,
                                               wake-up pushed
@@ -26,17 +28,23 @@ Returns {"complete", done, expected, codes}   this call recorded the last expect
   codes: one letter per station, in ARGV order: "r" recorded (first outcome of the station, batch
   open), "d" duplicate (it already had an outcome: nothing changed), "l" late (the batch was
   finalized first: counted, and kept if its late policy is "record"), "u" unknown (no such batch,
-  e.g. expired, or the station is not expected)
+  e.g. expired, or the station is not expected), "s" stale (the outcome belongs to an earlier
+  incarnation of the batch, which Redis lost before the dispatcher created it again: not recorded,
+  counted as stale_results; the new incarnation runs the station itself, on its own input)
 Invariant: completion is HLEN(outcomes) == expected over distinct expected stations; a re-run of a
 station can never count twice.
 All keys carry {T}, the hash tag of the batch's shard (batchfleet/keys.py): one Cluster slot.
 ]]
 local state = redis.call('HGET', KEYS[1], 'state')
-local k = (#ARGV - 1) / 3
+local k = (#ARGV - 2) / 3
 if not state then
   return {'unchanged', 0, 0, string.rep('u', k)}
 end
 local expected = tonumber(redis.call('HGET', KEYS[1], 'expected'))
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'inc') ~= ARGV[2] then
+  redis.call('HINCRBY', KEYS[7], 'stale_results', k)
+  return {'unchanged', redis.call('HLEN', KEYS[3]), expected, string.rep('s', k)}
+end
 local before = redis.call('HLEN', KEYS[3])
 local codes = {}
 local counts = {}
@@ -44,7 +52,7 @@ local recorded, duplicates, late = 0, 0, 0
 local keep_late = state ~= 'open' and redis.call('HGET', KEYS[1], 'late_policy') == 'record'
 
 for i = 0, k - 1 do
-  local station, status, outcome = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  local station, status, outcome = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
   local code
   if redis.call('HEXISTS', KEYS[2], station) == 0 then
     code = 'u'

@@ -151,6 +151,7 @@ class Transitions(StoreBase):
             "quorum_needed": str(spec.quorum_needed),
             "quorum_grace_ms": str(int(spec.quorum_grace_s * 1000)),
             "source": ",".join(f"{r.partition}@{r.first_offset}-{r.next_offset - 1}" for r in spec.ranges),
+            "inc": spec.incarnation,
             **(extra_meta or {}),
         }
         timeout_ms = int(spec.timeout_s * 1000)
@@ -199,13 +200,13 @@ class Transitions(StoreBase):
         per station for the "station" shape."""
         et = int(time.time() * 1000)
         bid = spec.batch_id
-        if spec.job_shape == "station":
+        if spec.job_shape == "station":  # for workers of an earlier release: ids without the incarnation
             keys = [self.keys.job(bid, station) for station in spec.stations]
             return keys, [station_job_prefix(records, timeout_ms, et) for records in spec.stations.values()]
         items = list(spec.stations.items())
         keys, payloads = [], []
         for index, (start, end) in enumerate(_group_slices(spec)):
-            keys.append(self.keys.group_job(bid, index))
+            keys.append(self.keys.group_job(bid, index, spec.incarnation))
             payloads.append(group_job_prefix(dict(items[start:end]), timeout_ms, et))
         return keys, payloads
 
@@ -263,8 +264,12 @@ class Transitions(StoreBase):
         reply = await self.scripts.run("claim_jobs", keys, [now_ms, in_progress_ms, want, *job_ids])
         return [(text(reply[i]), int(float(reply[i + 1]))) for i in range(0, len(reply), 2)]
 
-    async def record_outcomes(self, batch_id: str, outcomes: Sequence[tuple[str, Outcome]]) -> RecordedOutcomes:
-        """Record several stations of one batch in one script call (each at most once, first wins)."""
+    async def record_outcomes(
+        self, batch_id: str, outcomes: Sequence[tuple[str, Outcome]], incarnation: str = ""
+    ) -> RecordedOutcomes:
+        """Record several stations of one batch in one script call (each at most once, first wins).
+        ``incarnation``: the batch's the outcomes were computed for (from the job id); another
+        incarnation's outcomes are refused as stale ("" = any)."""
         k = self.keys
         shard = k.shard_of_batch(batch_id)
         keys = [
@@ -276,7 +281,7 @@ class Transitions(StoreBase):
             k.ready(shard),
             k.stats(shard),
         ]
-        args: list[bytes | str] = [batch_id]
+        args: list[bytes | str] = [batch_id, incarnation]
         for station_id, outcome in outcomes:
             args += [station_id, outcome.status, outcome.to_json()]
         reply = await self.scripts.run("record_outcome", keys, args)
@@ -297,20 +302,22 @@ class Transitions(StoreBase):
         return text(state) if state is not None else None
 
     async def split_group(
-        self, batch_id: str, jobs: Mapping[str, bytes], *, score: int, job_expire_ms: int
+        self, batch_id: str, jobs: Mapping[str, bytes], *, score: int, job_expire_ms: int, incarnation: str = ""
     ) -> tuple[str, int, int]:
         """Queue a one-station job (``jobs``: station id -> its arq job JSON) for each station of a group
-        that has no outcome yet.  Returns ("split", jobs created, stations already recorded) or
-        ("closed", 0, 0) when the batch is no longer open."""
+        of the batch's ``incarnation`` that has no outcome yet.  Returns ("split", jobs created, stations
+        already recorded), ("closed", 0, 0) when the batch is no longer open, or ("stale", 0, 0) when it
+        is open as another incarnation."""
         k = self.keys
         queue = k.queue(k.shard_of_batch(batch_id))
-        keys = [k.batch(batch_id), k.outcomes(batch_id), queue, *(k.job(batch_id, s) for s in jobs)]
-        args: list[bytes | str | int] = [job_expire_ms, score]
+        keys = [k.batch(batch_id), k.outcomes(batch_id), queue, *(k.job(batch_id, s, incarnation) for s in jobs)]
+        args: list[bytes | str | int] = [job_expire_ms, score, incarnation]
         for station_id, job in jobs.items():
             args += [station_id, job]
         reply = await self.scripts.run("split_group", keys, args)
-        if reply_kind("split_group", reply, ("split", "closed")) == "closed":
-            return "closed", 0, 0
+        kind = reply_kind("split_group", reply, ("split", "closed", "stale"))
+        if kind != "split":
+            return kind, 0, 0
         return "split", int(reply[1]), int(reply[2])
 
     # -- aggregator --------------------------------------------------------------------------

@@ -929,6 +929,7 @@ async def _open_breakdown(run: Run, stations: int) -> dict[str, float]:
     bid = f"{run.topic}:0:0"
     n = len(await probe.cmd("HKEYS", _KEYS.inputs(bid)))
     jobs = int(await probe.cmd("HGET", _KEYS.batch(bid), "jobs") or 0)
+    inc = (await probe.cmd("HGET", _KEYS.batch(bid), "inc") or b"").decode()
 
     async def usage(key: str) -> int:
         return int(await probe.cmd("MEMORY", "USAGE", key, "SAMPLES", "0") or 0)
@@ -938,7 +939,7 @@ async def _open_breakdown(run: Run, stations: int) -> dict[str, float]:
     dicts = dict(zip(db[::2], db[1::2], strict=True))
     return {
         "input_hash_field": await usage(_KEYS.inputs(bid)) / n,
-        "arq_job_keys_with_records": sum([await usage(_KEYS.group_job(bid, i)) for i in range(jobs)]) / n,
+        "arq_job_keys_with_records": sum([await usage(_KEYS.group_job(bid, i, inc)) for i in range(jobs)]) / n,
         "jobs_per_batch": jobs,
         "queue_member": await usage(STAGING) / stations,
         "meta_hash_share": await usage(_KEYS.batch(bid)) / n,
@@ -1180,7 +1181,7 @@ async def _deadline_batches(url: str, every_s: float, until: float, deadlines: d
                 messages=1,
             )
             _, created_ms = await store.create_batch(spec)
-            await store.redis.zrem(QUEUE, store.keys.group_job_id(bid, 0))  # the batch is one group job
+            await store.redis.zrem(QUEUE, store.keys.group_job_id(bid, 0, spec.incarnation))  # the batch is one group job
             deadlines[bid] = (created_ms + 1000) / 1000
             n += 1
             next_at += every_s

@@ -30,6 +30,7 @@ from batchfleet.store import BatchStore
 LUA_DIR = Path(batchfleet.__file__).with_name("lua")
 TOPIC = "T"
 BATCH = "T:0:10"  # the batch most cases use: topic T, partition 0, first offset 10
+INC = "1ca27a7e"  # its incarnation (a dispatcher draws one per creation)
 UNTAGGED = "list"  # the branch name of a reply without a kind tag (claim_jobs: {job_id, score, ...})
 
 _HEADER = re.compile(r"--\[\[ (?P<name>\w+):(?P<body>.*?)\]\]", re.S)
@@ -269,6 +270,7 @@ def spec(
 ) -> BatchSpec:
     """A batch of these stations (default s1, s2), one record each, covering offsets 10..11 of T:0."""
     names = stations or ("s1", "s2")
+    options.setdefault("incarnation", INC)
     return BatchSpec(
         batch_id=batch_id,
         topic=TOPIC,

@@ -11,7 +11,7 @@ import pytest
 
 from batchfleet.errors import FencedOffsetError, StaleOffsetError
 from batchfleet.models import PartitionRange
-from tests.contract.harness import BATCH, Case, Ctx, Seen, nothing, open_batch, run_case, spec
+from tests.contract.harness import BATCH, INC, Case, Ctx, Seen, nothing, open_batch, run_case, spec
 
 SCRIPT = "create_batch"
 QUEUE_LAG_MS = 600_000  # jobs are scored 10 minutes in the past (workers with a lagging clock)
@@ -50,7 +50,7 @@ async def assert_created(ctx: Ctx, seen: Seen, stations: tuple[str, ...] = ("s1"
         "late": "0",
         "jobs": str(jobs),
     }
-    assert meta["topic"] == "T" and meta["timeout_ms"] == "30000" and meta["source"] == "0@10-11"
+    assert meta["topic"] == "T" and meta["timeout_ms"] == "30000" and meta["source"] == "0@10-11" and meta["inc"] == INC
     assert await ctx.hash(ctx.keys.inputs(BATCH)) == dict.fromkeys(stations, "")
     assert await ctx.zset(ctx.due) == {BATCH: deadline_ms}
     assert await ctx.zset(ctx.batches) == {BATCH: now_ms}
@@ -62,19 +62,19 @@ async def then_created(ctx: Ctx, seen: Seen) -> None:
     """One group job (no group sizes given) carries both stations' records."""
     await assert_created(ctx, seen)
     now_ms, deadline_ms = seen.int(1), seen.int(2)
-    assert await ctx.zset(ctx.queue) == {ctx.keys.group_job_id(BATCH, 0): now_ms - QUEUE_LAG_MS - 5_000}
-    job = orjson.loads(await ctx.redis.get(ctx.keys.group_job(BATCH, 0)))
+    assert await ctx.zset(ctx.queue) == {ctx.keys.group_job_id(BATCH, 0, INC): now_ms - QUEUE_LAG_MS - 5_000}
+    job = orjson.loads(await ctx.redis.get(ctx.keys.group_job(BATCH, 0, INC)))
     assert job["f"] == "run_group" and job["t"] is None
     stations = {"s1": [{"stationId": "s1", "v": 0}], "s2": [{"stationId": "s2", "v": 1}]}
     assert job["a"] == [stations, 30_000, deadline_ms]  # deadline appended in Redis time
-    assert 0 < await ctx.pttl(ctx.keys.group_job(BATCH, 0)) <= 30_000 + 60_000
+    assert 0 < await ctx.pttl(ctx.keys.group_job(BATCH, 0, INC)) <= 30_000 + 60_000
 
 
 async def then_created_in_groups(ctx: Ctx, seen: Seen) -> None:
     await assert_created(ctx, seen, ("s1", "s2", "s3"), jobs=2)
     score = seen.int(1) - QUEUE_LAG_MS - 5_000
-    assert await ctx.zset(ctx.queue) == {ctx.keys.group_job_id(BATCH, 0): score, ctx.keys.group_job_id(BATCH, 1): score}
-    groups = [orjson.loads(await ctx.redis.get(ctx.keys.group_job(BATCH, i)))["a"][0] for i in (0, 1)]
+    assert await ctx.zset(ctx.queue) == {ctx.keys.group_job_id(BATCH, 0, INC): score, ctx.keys.group_job_id(BATCH, 1, INC): score}
+    groups = [orjson.loads(await ctx.redis.get(ctx.keys.group_job(BATCH, i, INC)))["a"][0] for i in (0, 1)]
     assert [list(g) for g in groups] == [["s1", "s2"], ["s3"]]  # station order kept
 
 
@@ -92,12 +92,12 @@ async def then_created_in_station_jobs(ctx: Ctx, seen: Seen) -> None:
 
 
 async def existing_job(ctx: Ctx) -> None:
-    await ctx.redis.set(ctx.keys.group_job(BATCH, 0), b"an earlier job")
+    await ctx.redis.set(ctx.keys.group_job(BATCH, 0, INC), b"an earlier job")
 
 
 async def then_job_kept(ctx: Ctx, seen: Seen) -> None:
     await assert_created(ctx, seen)
-    assert await ctx.redis.get(ctx.keys.group_job(BATCH, 0)) == b"an earlier job"
+    assert await ctx.redis.get(ctx.keys.group_job(BATCH, 0, INC)) == b"an earlier job"
     assert await ctx.zset(ctx.queue) == {}
 
 
@@ -144,7 +144,7 @@ async def then_exists(ctx: Ctx, seen: Seen) -> None:
     assert seen.result == (False, created_ms)
     assert (await ctx.meta(BATCH))["expected"] == "2"  # nothing written
     assert await ctx.hash(ctx.keys.inputs(BATCH)) == {"s1": "", "s2": ""}
-    assert not await ctx.exists(ctx.keys.group_job(BATCH, 1))
+    assert not await ctx.exists(ctx.keys.group_job(BATCH, 1, INC))
     assert await ctx.redis.zcard(ctx.queue) == 1
     assert not await ctx.exists(ctx.offsets)
     assert await ctx.stats() == {"batches_created": 1, "stations_dispatched": 2, "jobs_dispatched": 1}

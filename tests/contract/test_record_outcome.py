@@ -12,6 +12,7 @@ import pytest
 from batchfleet.models import RecordedOutcomes, RecordResult
 from tests.contract.harness import (
     BATCH,
+    INC,
     Case,
     Ctx,
     Seen,
@@ -34,6 +35,16 @@ def record_stations(*items: tuple[str, str]) -> Any:
         return await ctx.store.record_outcomes(BATCH, [(station, outcome(status)) for station, status in items])
 
     when.__name__ = "record_" + "_".join(station for station, _ in items)
+    return when
+
+
+def record_of_incarnation(incarnation: str, *stations: str) -> Any:
+    """Stations of BATCH in one call, computed by a job of ``incarnation`` (its id names it)."""
+
+    async def when(ctx: Ctx, given: Any) -> RecordedOutcomes:
+        return await ctx.store.record_outcomes(BATCH, [(station, outcome("ok")) for station in stations], incarnation)
+
+    when.__name__ = f"record_{'_'.join(stations)}_of_{incarnation}"
     return when
 
 
@@ -229,7 +240,27 @@ async def then_group_late(ctx: Ctx, seen: Seen) -> None:
     assert (await ctx.stats())["late_results"] == 2
 
 
+async def created_again(ctx: Ctx) -> None:
+    """Redis lost the batch of incarnation INC; the dispatcher created it again as another one."""
+    await open_batch(ctx, "s1", "s2", incarnation="2b0b2b0b")
+
+
+async def then_stale(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"unchanged", 0, 2, b"ss"]
+    assert seen.result == RecordedOutcomes("unchanged", 0, 2, "ss")
+    assert not await ctx.exists(ctx.keys.outcomes(BATCH))  # the new incarnation runs its stations itself
+    assert (await ctx.stats())["stale_results"] == 2
+    assert await ctx.redis.llen(ctx.ready) == 0
+
+
+async def then_own_incarnation_recorded(ctx: Ctx, seen: Seen) -> None:
+    assert seen.reply == [b"complete", 2, 2, b"rr"]
+    assert sorted(await ctx.hash(ctx.keys.outcomes(BATCH))) == ["s1", "s2"]
+
+
 CASES = [
+    Case("complete", "own-incarnation-recorded", two_open, record_of_incarnation(INC, "s1", "s2"), then_own_incarnation_recorded),
+    Case("unchanged", "stale-earlier-incarnation-not-recorded", created_again, record_of_incarnation(INC, "s1", "s2"), then_stale),
     Case("recorded", "first-outcome-batch-still-open", two_open, record_station("s1", "failed"), then_recorded),
     Case("complete", "last-station-due-now-wake-up", one_of_two_recorded, record_station("s2", "empty"), then_complete),
     Case("complete", "wake-up-list-keeps-newest-100", full_wake_up_list, record_station("s2"), then_wake_ups_capped),

@@ -6,6 +6,7 @@ finalized."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 import time
@@ -37,6 +38,9 @@ def _settings(redis_server: RedisServer, **overrides: Any) -> Settings:
     return make_settings(redis_server.url, "127.0.0.1:9", ["t"], "tests.integration.uploadsink:collect", **overrides)
 
 
+INC = "5eed0001"  # the incarnation of the batches these tests create
+
+
 def _spec(
     batch_id: str, stations: list[str], *, timeout_s: float = 60.0, groups: list[int] | None = None, shape: JobShape = "group"
 ) -> BatchSpec:
@@ -50,6 +54,7 @@ def _spec(
         ranges=[PartitionRange(topic, int(partition), int(offset), int(offset) + 1)],
         group_sizes=groups or [],
         job_shape=shape,
+        incarnation=INC,
     )
 
 
@@ -87,14 +92,15 @@ async def test_claim_takes_at_most_the_free_slots_in_queue_order(store: BatchSto
 async def test_group_jobs_carry_their_stations_records_budget_and_deadline(store: BatchStore) -> None:
     created, created_ms = await store.create_batch(_spec("t:0:0", ["S1", "S2", "S3"], timeout_s=7.5, groups=[2, 1]))
     assert created
-    jobs = [orjson.loads(await store.redis.get(KEYS.group_job("t:0:0", i))) for i in (0, 1)]
+    jobs = [orjson.loads(await store.redis.get(KEYS.group_job("t:0:0", i, INC))) for i in (0, 1)]
     assert all(job["f"] == "run_group" and job["k"] == {} for job in jobs)
     deadline_ms = created_ms + 7500
     assert jobs[0]["a"] == [{"S1": [{"stationId": "S1", "v": 0}], "S2": [{"stationId": "S2", "v": 1}]}, 7500, deadline_ms]
     assert jobs[1]["a"] == [{"S3": [{"stationId": "S3", "v": 2}]}, 7500, deadline_ms]
     queued = {m.decode() for m in await store.redis.zrange(KEYS.queue(KEYS.shard_of_batch("t:0:0")), 0, -1)}
-    assert queued == {KEYS.group_job_id("t:0:0", 0), KEYS.group_job_id("t:0:0", 1)}
-    assert KEYS.batch_of_group_job(KEYS.group_job_id("t:0:0", 1)) == "t:0:0"
+    assert queued == {KEYS.group_job_id("t:0:0", 0, INC), KEYS.group_job_id("t:0:0", 1, INC)}
+    assert KEYS.parse_group_job(KEYS.group_job_id("t:0:0", 1, INC)) == ("t:0:0", INC)
+    assert (await store.batch_meta("t:0:0"))["inc"] == INC
     meta = await store.batch_meta("t:0:0")
     assert int(meta["deadline_ms"]) == deadline_ms and meta["expected"] == "3" and meta["jobs"] == "2"
     # the inputs hash holds the expected stations; their records live in the jobs
@@ -306,27 +312,29 @@ async def test_a_group_that_runs_again_re_runs_only_its_unrecorded_stations_one_
     are not run again; each other station gets a one-station job that counts the lost attempt."""
     await store.create_batch(_spec("t:0:0", ["S-1", "S-2", "S-3", "S-4"], groups=[4]))
     await store.record_outcome("t:0:0", "S-2", Outcome(status="ok", result={"kept": True}, worker="dead:1"))
-    await store.redis.set("arq:retry:" + KEYS.group_job_id("t:0:0", 0), 1)  # arq counts runs here: the first one died
+    await store.redis.set("arq:retry:" + KEYS.group_job_id("t:0:0", 0, INC), 1)  # arq counts runs here: the first one died
     await run_worker(_settings(redis_server), burst=True)
     outcomes = await store.batch_outcomes("t:0:0")
     assert outcomes["S-2"].result == {"kept": True} and outcomes["S-2"].worker == "dead:1"
     assert {s: o.attempt for s, o in outcomes.items()} == {"S-1": 2, "S-2": 1, "S-3": 2, "S-4": 2}
     stats = await store.stats()
     assert stats["stations_ok"] == 4 and stats.get("duplicate_results", 0) == 0
-    assert await store.queue_depth() == 0 and not await store.redis.exists(KEYS.group_job("t:0:0", 0))
+    assert await store.queue_depth() == 0 and not await store.redis.exists(KEYS.group_job("t:0:0", 0, INC))
 
 
 async def test_a_split_is_repeated_without_queueing_a_station_twice(store: BatchStore) -> None:
     await store.create_batch(_spec("t:0:0", ["S-1", "S-2"], groups=[2]))
     jobs = {"S-1": b'{"f":"run_station"}', "S-2": b'{"f":"run_station"}'}
-    assert await store.split_group("t:0:0", jobs, score=1, job_expire_ms=60_000) == ("split", 2, 0)
-    assert await store.split_group("t:0:0", jobs, score=1, job_expire_ms=60_000) == ("split", 0, 0)
+    split = functools.partial(store.split_group, "t:0:0", jobs, score=1, job_expire_ms=60_000, incarnation=INC)
+    assert await split() == ("split", 2, 0)
+    assert await split() == ("split", 0, 0)
     await store.record_outcome("t:0:0", "S-1", Outcome(status="ok"))
-    assert await store.split_group("t:0:0", jobs, score=1, job_expire_ms=60_000) == ("split", 0, 1)
+    assert await split() == ("split", 0, 1)
     queued = sorted(m.decode() for m in await store.redis.zrange(KEYS.queue(KEYS.shard_of_batch("t:0:0")), 0, -1))
-    assert queued == sorted([KEYS.group_job_id("t:0:0", 0), KEYS.job_id("t:0:0", "S-1"), KEYS.job_id("t:0:0", "S-2")])
+    assert queued == sorted([KEYS.group_job_id("t:0:0", 0, INC), *(KEYS.job_id("t:0:0", s, INC) for s in ("S-1", "S-2"))])
+    assert (await store.split_group("t:0:0", jobs, score=1, job_expire_ms=60_000, incarnation="0ther0ne"))[0] == "stale"
     await store.redis.hset(KEYS.batch("t:0:0"), "state", "finalized")
-    assert (await store.split_group("t:0:0", jobs, score=1, job_expire_ms=60_000))[0] == "closed"
+    assert (await split())[0] == "closed"
 
 
 async def test_dispatcher_spreads_a_batch_over_the_live_workers_and_speaks_to_old_ones(
@@ -348,10 +356,11 @@ async def test_dispatcher_spreads_a_batch_over_the_live_workers_and_speaks_to_ol
         return f"t:0:{offset}", sorted(m.decode() for m in await store.redis.zrange(queue, 0, -1))
 
     async def jobs_of(batch_id: str) -> list[int]:
+        inc = (await store.batch_meta(batch_id))["inc"]
         return [
-            len(orjson.loads(await store.redis.get(KEYS.group_job(batch_id, i)))["a"][0])
+            len(orjson.loads(await store.redis.get(KEYS.group_job(batch_id, i, inc)))["a"][0])
             for i in range(100)
-            if await store.redis.exists(KEYS.group_job(batch_id, i))
+            if await store.redis.exists(KEYS.group_job(batch_id, i, inc))
         ]
 
     await dispatcher.look_at_workers(now=True)  # nobody is alive: as few jobs as the setting allows

@@ -36,8 +36,9 @@ def test_every_key_a_transition_touches_is_in_the_batch_shards_slot(batch_id: st
     shard = keys.shard_of_batch(batch_id)
     touched = [
         *keys.batch_keys(batch_id),
-        *(keys.job(batch_id, s) for s in STATION_IDS),
-        *(keys.in_progress(keys.job_id(batch_id, s)) for s in STATION_IDS),
+        *(keys.job(batch_id, s, inc) for s in STATION_IDS for inc in ("", "0a1b2c3d")),
+        *(keys.in_progress(keys.job_id(batch_id, s, "0a1b2c3d")) for s in STATION_IDS),
+        keys.group_job(batch_id, 3, "0a1b2c3d"),
         *(f(shard) for f in (keys.due, keys.leases, keys.ready, keys.dead, keys.recent, keys.batches, keys.fence)),
         *(f(shard) for f in (keys.offsets, keys.stats, keys.quarantine, keys.queue)),
         keys.quarantined(batch_id),  # a message id has the same form as a batch id
@@ -50,16 +51,36 @@ def test_every_key_a_transition_touches_is_in_the_batch_shards_slot(batch_id: st
 def test_a_job_id_names_its_batch_station_and_shard(station_id: str) -> None:
     keys = Keys("bf", 8)
     for batch_id in BATCH_IDS:
-        job_id = keys.job_id(batch_id, station_id)
-        assert keys.parse_job_id(job_id) == (batch_id, station_id)
-        assert keys.shard_of_job(job_id) == keys.shard_of_batch(batch_id)
-        assert keys.job(batch_id, station_id) == "arq:job:" + job_id
+        for incarnation in ("", "0a1b2c3d"):
+            job_id = keys.job_id(batch_id, station_id, incarnation)
+            assert keys.parse_job_id(job_id) == (batch_id, station_id, incarnation)
+            assert keys.shard_of_job(job_id) == keys.shard_of_batch(batch_id)
+            assert keys.job(batch_id, station_id, incarnation) == "arq:job:" + job_id
+
+
+def test_a_group_job_id_names_its_batch_incarnation_and_shard() -> None:
+    keys = Keys("bf", 8)
+    for batch_id in BATCH_IDS:
+        for incarnation in ("", "0a1b2c3d"):
+            job_id = keys.group_job_id(batch_id, 12, incarnation)
+            assert keys.parse_group_job(job_id) == (batch_id, incarnation)
+            assert keys.batch_of_group_job(job_id) == batch_id
+            assert keys.shard_of_job(job_id) == keys.shard_of_batch(batch_id)
+
+
+def test_incarnations_of_one_batch_share_no_job_id() -> None:
+    """A batch created again after Redis lost it gets jobs of its own: the lost one's jobs can never
+    finish, delete or retry them."""
+    keys = Keys("bf", 8)
+    bid = BATCH_IDS[0]
+    assert keys.group_job_id(bid, 0, "00000001") != keys.group_job_id(bid, 0, "00000002")
+    assert keys.job_id(bid, "s1", "00000001") != keys.job_id(bid, "s1", "00000002")
 
 
 def test_job_ids_are_distinct_per_station_and_batch() -> None:
     keys = Keys()
-    ids = {keys.job_id(b, s) for b in BATCH_IDS for s in STATION_IDS}
-    assert len(ids) == len(BATCH_IDS) * len(STATION_IDS)
+    ids = {keys.job_id(b, s, inc) for b in BATCH_IDS for s in STATION_IDS for inc in ("", "0a1b2c3d")}
+    assert len(ids) == len(BATCH_IDS) * len(STATION_IDS) * 2
 
 
 def test_two_fleets_share_no_key_and_no_job_id() -> None:
