@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
@@ -53,9 +53,12 @@ class StationWorker(Worker):
     """An arq Worker over the queues of ``shards`` (its ``queue_name`` is the first one's, where arq
     keeps its health-check key)."""
 
-    def __init__(self, *, keys: Keys, shards: Sequence[int], **kwargs: Any) -> None:
+    def __init__(self, *, keys: Keys, shards: Sequence[int], carried: Callable[[], int] = lambda: 0, **kwargs: Any) -> None:
         super().__init__(queue_name=keys.queue(shards[0]), **kwargs)
         self.keys = keys
+        # jobs of this process still running on an arq worker that Redis ended (workers/main.py): they
+        # hold slots of max_jobs until they end
+        self.carried = carried
         self.served = list(shards)
         self._until_empty = False
         self.finishing: set[asyncio.Task[Any]] = set()
@@ -72,14 +75,14 @@ class StationWorker(Worker):
         await asyncio.gather(*self.tasks.values())
 
     async def _poll_iteration(self) -> None:
-        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+        if self.allow_pick_jobs and self._free_slots() > 0:
             now_ms = int(time.time() * 1000)
             async with self.pool.pipeline(transaction=False) as pipe:
                 for shard in self.served:
                     pipe.zrangebyscore(self.keys.queue(shard), "-inf", now_ms, start=0, num=self.queue_read_limit)
                 queued = await pipe.execute()
             for shard, job_ids in zip(self.served, queued, strict=True):
-                if job_ids and self.job_counter < self.max_jobs:
+                if job_ids and self._free_slots() > 0:
                     await self._claim(shard, [j.decode() for j in job_ids])
         for job_id, task in list(self.tasks.items()):
             if task.done():
@@ -102,8 +105,8 @@ class StationWorker(Worker):
         in_progress_ms = int(self.in_progress_timeout_s * 1000)
         # this worker's own running jobs are still queued (they leave the queue when they finish)
         candidates = [job_id for job_id in job_ids if job_id not in self.tasks]
-        while candidates and self.job_counter < self.max_jobs:
-            want = min(self.max_jobs - self.job_counter, CLAIM_CHUNK)
+        while candidates and self._free_slots() > 0:
+            want = min(self._free_slots(), CLAIM_CHUNK)
             window = candidates[: want * CLAIM_WINDOW]
             claimed = await state.store.claim_jobs(
                 shard, window, now_ms=int(time.time() * 1000), in_progress_ms=in_progress_ms, want=want
@@ -118,6 +121,9 @@ class StationWorker(Worker):
                 candidates = candidates[len(window) :]
             else:
                 candidates = candidates[candidates.index(claimed[-1][0]) + 1 :]
+
+    def _free_slots(self) -> int:
+        return self.max_jobs - self.job_counter - self.carried()
 
     def _queue_of(self, job_id: str) -> str:
         return self.keys.queue(self.keys.shard_of_job(job_id))

@@ -143,7 +143,17 @@ def _log_recorded(
             _some(late),
             extra=extra,
         )
-    ignored = [f"{station_id} ({status})" for station_id, status in others if status != "late"]
+    stale = [station_id for station_id, status in others if status == "stale"]
+    if stale:
+        log.warning(
+            "batch %s: %d outcome(s) of an earlier incarnation not recorded (redis lost the batch and it was created"
+            " again; the new incarnation runs its stations itself): %s",
+            batch_id,
+            len(stale),
+            _some(stale),
+            extra=extra,
+        )
+    ignored = [f"{station_id} ({status})" for station_id, status in others if status not in ("late", "stale")]
     if ignored:
         log.info("batch %s: outcome ignored for %s", batch_id, _some(ignored), extra=extra)
 

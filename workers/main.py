@@ -5,9 +5,12 @@ jobs and gives the stations in flight ``BATCHFLEET_WORKER_GRACE_S`` to finish an
 outcome, then cancels the rest (arq runs a cancelled station again once its in-progress key
 expires); a second signal exits at once.  This holds in a Redis outage too.
 
-arq's worker ends when Redis goes away.  ``run_worker`` lets the stations in flight finish (their
-record is retried), then starts a fresh arq worker with backoff, so a worker rides out a Redis
-restart by itself -- unless it was asked to stop meanwhile.
+arq's worker ends when Redis goes away.  ``run_worker`` then starts a fresh arq worker as soon as
+Redis answers again (pinged every ``RECONNECT_BACKOFF``, at most 0.5 s apart), so a worker rides out a
+Redis restart by itself -- unless it was asked to stop meanwhile.  The stations in flight are not
+waited for: the ended arq worker is *retired* -- it takes no job, its stations keep running and
+record when they finish (their record is retried), and it is closed once they have -- while the fresh
+one claims; the jobs still running count against ``BATCHFLEET_WORKER_MAX_JOBS`` until they end.
 
 Shards: on a single Redis one arq worker serves every shard's queue; on a Redis Cluster one arq
 worker per primary serves the shards that primary holds (``workers/nodes.py``).  When one of them
@@ -44,7 +47,10 @@ from batchfleet.workers.station import WorkerContext, WorkerState, close_state, 
 __all__ = ["run_worker", "serve"]
 
 log = logging.getLogger(__name__)
-RESTART_BACKOFF = Backoff(0.5, 10.0)
+# After the arq worker ended on a Redis error: the wait before a fresh one, and between pings while Redis
+# does not answer.  Both capped low, so claiming resumes within about half a second of Redis answering.
+RESTART_BACKOFF = Backoff(0.1, 0.5)
+RECONNECT_BACKOFF = Backoff(0.05, 0.5)
 # What ends an arq worker and calls for a fresh one: REDIS_UNAVAILABLE (batchfleet.retry) and any other
 # Redis error arq lets escape after a Redis restart (e.g. a WatchError on a stale pooled connection).
 _ENDS_ARQ: tuple[type[BaseException], ...] = (RedisError, OSError, *REDIS_UNAVAILABLE)
@@ -123,33 +129,83 @@ async def _until_stop_or_failure(mains: Sequence[asyncio.Future[None]], stop: as
         stopping.cancel()
 
 
-async def _run_once(workers: list[Worker], stop: asyncio.Event, grace_s: float) -> BaseException | None:
-    """Run the arq workers until one ends or ``stop`` is set; the Redis error that ended one, if any
-    (the others are then stopped too, after their stations in flight)."""
+class _Retired:
+    """arq workers that a Redis error ended, finishing their jobs in flight in the background (each is
+    closed once its jobs have ended, or ``stop`` and the grace have passed) while a fresh set claims."""
+
+    def __init__(self) -> None:
+        self.workers: list[Worker] = []
+        self.drains: set[asyncio.Task[None]] = set()
+
+    def in_flight(self) -> int:
+        """Jobs of retired workers still running: they take slots of the fresh set's max_jobs."""
+        return sum(1 for w in self.workers for task in w.tasks.values() if not task.done())
+
+    def add(self, workers: list[Worker], mains: Sequence[asyncio.Future[None]], stop: asyncio.Event, grace_s: float) -> None:
+        self.workers.extend(workers)
+        drain = asyncio.create_task(self._drain(workers, mains, stop, grace_s), name="retired arq workers")
+        self.drains.add(drain)
+        drain.add_done_callback(self.drains.discard)
+
+    async def _drain(
+        self, workers: list[Worker], mains: Sequence[asyncio.Future[None]], stop: asyncio.Event, grace_s: float
+    ) -> None:
+        try:
+            await _cancel_until_done(mains)
+            await asyncio.gather(*(_finish_jobs(w, stop, grace_s) for w in workers))
+        finally:
+            await _end(workers, mains)
+            self.workers = [w for w in self.workers if w not in workers]
+
+    async def wait(self) -> None:
+        while self.drains:
+            await asyncio.gather(*self.drains, return_exceptions=True)
+
+
+async def _end(workers: list[Worker], mains: Sequence[asyncio.Future[None]]) -> None:
+    for main in mains:
+        main.cancel()
+    for w in workers:
+        for task in w.tasks.values():
+            task.cancel()
+        await asyncio.gather(*w.tasks.values(), return_exceptions=True)
+        w.tasks.clear()
+        await _close(w)
+
+
+async def _run_once(workers: list[Worker], stop: asyncio.Event, grace_s: float, retired: _Retired) -> BaseException | None:
+    """Run the arq workers until one ends or ``stop`` is set; the Redis error that ended one, if any.
+    On a stop they take no more jobs and drain their stations in flight (within the grace); when Redis
+    ended one, the set is handed to ``retired`` with its stations still running."""
     mains = [asyncio.ensure_future(w.async_run()) for w in workers]
+    handed_over = False
     try:
         await _until_stop_or_failure(mains, stop)
         error = next((m.exception() for m in mains if m.done() and not m.cancelled() and m.exception() is not None), None)
         if error is not None and not isinstance(error, _ENDS_ARQ):
             raise error
+        for w in workers:  # one ended, or we were asked to stop: this set takes no more jobs
+            w.allow_pick_jobs = False
         if error is not None:
             level = logging.WARNING if redis_problem(error) == "unavailable" else logging.ERROR
-            in_flight = sum(len(w.tasks) for w in workers)
-            log.log(level, "the arq worker ended: redis failed (%s); %d station(s) in flight", describe(error), in_flight)
-        for w in workers:  # one ended, or we were asked to stop: take no more jobs anywhere, drain
-            w.allow_pick_jobs = False
+            in_flight = sum(1 for w in workers for task in w.tasks.values() if not task.done())
+            log.log(
+                level,
+                "the arq worker ended: redis failed (%s); %d station job(s) in flight keep running, claiming again as soon as"
+                " redis answers",
+                describe(error),
+                in_flight,
+            )
+            if not stop.is_set():
+                retired.add(workers, mains, stop, grace_s)
+                handed_over = True
+                return error
         await asyncio.gather(*(_finish_jobs(w, stop, grace_s) for w in workers))
         await _cancel_until_done(mains)
         return error
     finally:
-        for main in mains:
-            main.cancel()
-        for w in workers:
-            for task in w.tasks.values():
-                task.cancel()
-            await asyncio.gather(*w.tasks.values(), return_exceptions=True)
-            w.tasks.clear()
-            await _close(w)
+        if not handed_over:
+            await _end(workers, mains)
 
 
 async def run_worker(
@@ -182,18 +238,38 @@ async def _serve_shards(
     async def attach(ctx: WorkerContext) -> None:
         ctx["batchfleet"] = state
 
+    retired = _Retired()
+    try:
+        await _serve_until_stop(settings, state, stop, attach, burst=burst, started=started, retired=retired)
+    finally:
+        await retired.wait()
+
+
+async def _serve_until_stop(
+    settings: Settings,
+    state: WorkerState,
+    stop: asyncio.Event,
+    attach: Callable[[WorkerContext], Awaitable[None]],
+    *,
+    burst: bool,
+    started: list[Worker] | None,
+    retired: _Retired,
+) -> None:
     failures = 0
     while not stop.is_set():
         try:
             workers = await retry(
-                lambda: _station_workers(settings, state, attach, burst), what="worker: mapping shards", stop=stop
+                lambda: _station_workers(settings, state, attach, burst, retired.in_flight),
+                what="worker: mapping shards",
+                stop=stop,
+                backoff=RECONNECT_BACKOFF,
             )
         except StopRequested:
             return
         if started is not None:
             started.extend(workers)
         began = time.monotonic()
-        error = await _run_once(workers, stop, settings.worker_grace_s)
+        error = await _run_once(workers, stop, settings.worker_grace_s, retired)
         if error is None or stop.is_set():
             return
         failures = 1 if time.monotonic() - began > _HEALTHY_RUN_S else failures + 1
@@ -206,7 +282,11 @@ async def _serve_shards(
 
 
 async def _station_workers(
-    settings: Settings, state: WorkerState, attach: Callable[[WorkerContext], Awaitable[None]], burst: bool
+    settings: Settings,
+    state: WorkerState,
+    attach: Callable[[WorkerContext], Awaitable[None]],
+    burst: bool,
+    carried: Callable[[], int],
 ) -> list[Worker]:
     """One StationWorker per group of shards (all of them on a single Redis; per primary on a cluster),
     each on a pinged client of ours: arq's create_pool is never called, so arq's own retries (5 x 1 s,
@@ -215,7 +295,10 @@ async def _station_workers(
     del options["queue_name"], options["redis_settings"]
     pools = await open_pools(settings, state.store, name="batchfleet-worker-arq")
     try:
-        return [StationWorker(keys=state.store.keys, shards=shards, redis_pool=pool, **options) for pool, shards in pools]
+        return [
+            StationWorker(keys=state.store.keys, shards=shards, redis_pool=pool, carried=carried, **options)
+            for pool, shards in pools
+        ]
     except BaseException:
         for pool, _ in pools:
             await close_pool(pool)
