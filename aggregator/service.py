@@ -19,6 +19,7 @@ from typing import Any
 
 from batchfleet import metrics
 from batchfleet.aggregator.payload import build_payload
+from batchfleet.aggregator.protection import UploadProtection
 from batchfleet.aggregator.uploaders import Uploader
 from batchfleet.errors import StopRequested
 from batchfleet.heartbeat import heartbeat, process_member
@@ -46,6 +47,8 @@ class Aggregator:
         self._pruned_at = 0.0
         self._ready = asyncio.Event()
         self._layout_checked = False  # set by a shard's watcher when one of its batches completed
+        wait = settings.upload_wait()
+        self.protection = UploadProtection(store, wait[0]) if wait is not None else None
 
     # -- the loop ----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -73,6 +76,7 @@ class Aggregator:
             "inflight": sorted(self._inflight)[:10],
             "uploaded": self.uploaded,
             "target": self.uploader.describe(),
+            **(self.protection.info() if self.protection is not None else {}),
         }
 
     async def _drain(self) -> None:
@@ -243,14 +247,19 @@ class Aggregator:
             )
         return body or None  # b"": held back until enough replicas hold it
 
-    async def _frozen_on_replicas(self, claim: Claim, built: bytes, replicas: int, timeout_ms: int) -> bytes | None:
-        """freeze + WAIT until ``replicas`` hold the body, for up to half the lease; then give up
-        this attempt (b"" -- the lease runs out and the batch is claimed again)."""
+    async def _frozen_on_replicas(self, claim: Claim, built: bytes, configured: int, timeout_ms: int) -> bytes | None:
+        """freeze + WAIT until the replicas that must hold the body do (``configured``, or fewer when
+        fewer could be promoted: aggregator/protection.py), for up to half the lease; then give up this
+        attempt (b"" -- the lease runs out and the batch is claimed again)."""
+        protection = self.protection or UploadProtection(self.store, configured)
         give_up_at = time.monotonic() + self.settings.lease_s / 2
         tries = 0
         while True:
+            replicas = await protection.needed(claim.batch_id, fresh=tries > 0)
             body, acked = await self.store.freeze_payload_replicated(claim, built, replicas, timeout_ms)
             tries += 1
+            if body is not None and acked >= replicas:
+                protection.sent(claim.batch_id, claim.topic, replicas)
             if body is None or acked >= replicas:
                 return body
             if time.monotonic() >= give_up_at:

@@ -59,6 +59,12 @@ UPLOAD_UNREPLICATED = Counter(
     ["topic"],
     registry=REGISTRY,
 )
+UPLOAD_REDUCED_PROTECTION = Counter(
+    "batchfleet_upload_reduced_protection",
+    "Uploads sent once fewer replicas held the body than BATCHFLEET_UPLOAD_WAIT_REPLICAS (fewer could be promoted)",
+    ["topic"],
+    registry=REGISTRY,
+)
 UPLOAD_FAILURES = Counter("batchfleet_upload_failures", "Failed upload attempts", ["topic"], registry=REGISTRY)
 UPLOAD_SECONDS = Histogram(
     "batchfleet_upload_duration_seconds", "Upload attempt duration", ["topic"], buckets=_FAST_BUCKETS, registry=REGISTRY

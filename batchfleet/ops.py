@@ -90,6 +90,7 @@ async def status_data(store: BatchStore, *, limit: int = 20) -> dict[str, Any]:
             lag.update(info.get("lag", {}))
     return {
         "now_ms": now_ms,
+        "warnings": process_warnings(processes),
         "open_batches": [_progress_row(r, now_ms) for r in await store.progress(open_ids)],
         "counts": await store.counts(),
         "processes": [{"role": m.split(":", 1)[0], "name": m.split(":", 1)[1], **info} for m, info in sorted(processes.items())],
@@ -97,6 +98,22 @@ async def status_data(store: BatchStore, *, limit: int = 20) -> dict[str, Any]:
         "counters": dict.fromkeys(STAT_COUNTERS, 0) | await store.stats(),
         "shards": await store.shard_summary(),
     }
+
+
+def process_warnings(processes: dict[str, dict[str, Any]]) -> list[str]:
+    """What live processes report that an operator must act on: uploads with less protection than
+    configured (aggregator/protection.py)."""
+    warnings = []
+    for member, info in sorted(processes.items()):
+        protection = info.get("upload_protection")
+        if isinstance(protection, dict):
+            in_force, configured, shards = (protection.get(k) for k in ("in_force", "configured", "shards"))
+            warnings.append(
+                f"{member}: uploads run with less protection than configured: bodies are sent once {in_force} replica(s)"
+                f" hold them, BATCHFLEET_UPLOAD_WAIT_REPLICAS={configured} (shards {shards}: fewer replicas could be"
+                " promoted); docs/runbook.md, 'Uploads with less protection'"
+            )
+    return warnings
 
 
 async def batch_detail(store: BatchStore, batch_id: str) -> dict[str, Any] | None:
@@ -217,7 +234,11 @@ async def check_health(settings: Settings, role: str, name: str | None) -> tuple
     matches = [m for m in live if (m == want if name else m.startswith(want))]
     if not matches:
         return False, f"unhealthy: no live heartbeat for {want}*"
-    return True, "healthy: " + ", ".join(f"{m} ({live[m].get('doing', '')})" for m in matches)
+    degraded = process_warnings({m: live[m] for m in matches})
+    state = "healthy" + (" (degraded)" if degraded else "")
+    return True, f"{state}: " + ", ".join(f"{m} ({live[m].get('doing', '')})" for m in matches) + "".join(
+        f"; {w}" for w in degraded
+    )
 
 
 # -- reads for the web console (batchfleet web): pages over indexes, bounded work per request ----

@@ -27,6 +27,8 @@ def render_status(data: dict[str, Any]) -> RenderableType:
         f"open batches {c['open']} (uploading {c['leased']})   queue {c['queued']}   "
         f"dead-letter {c['dead']}   quarantine {c['quarantined']}"
     )
+    for warning in data.get("warnings", []):
+        head.append("\nwarning: " + warning, style="bold yellow")
     batches = _table(
         "open batches",
         ["batch", "progress", "done", "age", "deadline in", "state"],

@@ -167,6 +167,12 @@ async def close_client(client: Client) -> None:
                 await sentinel.aclose()
 
 
+def _promotable(replica: dict[str, Any]) -> bool:
+    """A replica Sentinel may promote: up, reachable, priority above 0 (redis-py's parsed SENTINEL REPLICAS)."""
+    down = replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected")
+    return not down and int(replica.get("slave-priority", 100)) > 0
+
+
 class StoreBase:
     """One client, the fleet's key names and its transition scripts; an async context manager."""
 
@@ -226,6 +232,33 @@ class StoreBase:
             for shard in self.shards:
                 add(pipe, shard)
             return list(await pipe.execute())
+
+    async def promotable_replicas(self, batch_id: str) -> int | None:
+        """How many replicas a failover could promote in place of the primary that holds the batch:
+        with Sentinel, the replicas the first Sentinel that answers lists as up (not ``s_down``,
+        ``o_down`` or ``disconnected``) with a priority above 0, as Sentinel picks them; on a Redis
+        Cluster, the primary's replicas that the cluster has not flagged ``fail``.  None when nothing
+        promotes a replica (a single Redis) or no Sentinel answered: the configured count stands."""
+        if isinstance(self.redis, aioredis.RedisCluster):
+            return await self._cluster_replicas(self.redis, batch_id)
+        pool = getattr(self.redis, "connection_pool", None)
+        if not isinstance(pool, SentinelConnectionPool):
+            return None
+        for sentinel in pool.sentinel_manager.sentinels:
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                replicas = await sentinel.sentinel_slaves(pool.service_name)
+                return sum(1 for r in replicas if _promotable(r))
+        return None
+
+    async def _cluster_replicas(self, client: aioredis.RedisCluster, batch_id: str) -> int | None:
+        node = client.get_node_from_key(self.keys.batch(batch_id))
+        if node is None:
+            return None
+        nodes: dict[str, dict[str, Any]] = await client.cluster_nodes()
+        primary = nodes.get(f"{node.host}:{node.port}")
+        if primary is None:
+            return None
+        return sum(1 for n in nodes.values() if n.get("master_id") == primary["node_id"] and "fail" not in n["flags"].split(","))
 
     async def primaries_by_shard(self) -> dict[int, tuple[str, int]] | None:
         """On a Redis Cluster: the (host, port) of the primary that holds each shard's slot, from the

@@ -53,3 +53,26 @@ async def test_health_follows_the_process_heartbeat(
         worker.stop()
         assert aggregator.stop() == 0
     assert not await store.live_processes("aggregator")  # a clean exit removes its heartbeat
+
+
+async def test_uploads_with_less_protection_show_in_status_health_and_console(redis_server: RedisServer, store: BatchStore) -> None:
+    """What an aggregator's heartbeat says about uploads running with fewer replicas than configured
+    (aggregator/protection.py) reaches `status`, `health` (still healthy: exit 0) and the console."""
+    from batchfleet.ops import check_health, status_data
+    from tests.integration.webdata import client
+
+    settings = make_settings(redis_server.url, "127.0.0.1:9", ["t"], "file:///dev/null", web_token="a-console-token-of-24-chars")
+    member = f"aggregator:{socket.gethostname()}:4242"
+    await store.beat(member, {"doing": "waiting"}, 10)
+    assert (await status_data(store))["warnings"] == []
+    assert (await check_health(settings, "aggregator", None))[1].startswith("healthy: ")
+    await store.beat(member, {"doing": "waiting", "upload_protection": {"configured": 1, "in_force": 0, "shards": [0, 2]}}, 10)
+    [warning] = (await status_data(store))["warnings"]
+    assert warning.startswith(f"{member}: uploads run with less protection than configured")
+    assert "once 0 replica(s) hold them, BATCHFLEET_UPLOAD_WAIT_REPLICAS=1 (shards [0, 2]" in warning
+    healthy, message = await check_health(settings, "aggregator", None)
+    assert healthy and message.startswith("healthy (degraded): ") and warning in message
+    async with client(settings, store) as console:
+        page = (await console.get("/")).text
+    assert 'class="banner warn"' in page and "uploads run with less protection than configured" in page
+    await store.forget_process(member)

@@ -17,10 +17,11 @@ import redis.asyncio as aioredis
 
 from batchfleet.keys import batch_id_for
 from batchfleet.models import Claim
+from batchfleet.ops import check_health, status_data
 from batchfleet.retry import REDIS_UNAVAILABLE
 from batchfleet.store import BatchStore
 from batchfleet_dev.cluster import RedisCluster
-from batchfleet_dev.localstack import KafkaBroker, RedisServer
+from batchfleet_dev.localstack import KafkaBroker, RedisServer, SentinelServer
 from batchfleet_dev.tcpproxy import TcpProxy
 from tests.integration.fleet import (
     TEST_SHARDS,
@@ -117,6 +118,82 @@ async def test_a_failover_that_lost_the_frozen_body_never_yields_a_second_body(
         assert all(len(sent) == 1 for sent in bodies.values()), {b: len(s) for b, s in bodies.items()}
     else:  # the hazard the WAIT closes: sent twice under one id, with different bodies
         assert all(len(set(sent)) == 2 for sent in bodies.values()), {b: len(s) for b, s in bodies.items()}
+
+
+# -- a node lost for good: the WAIT asks only for replicas a failover could promote --------------
+@pytest.mark.slow
+async def test_a_primary_lost_for_good_halts_no_upload_and_shows_the_reduced_protection(
+    broker: KafkaBroker, make_topic, tmp_path: Path
+) -> None:
+    """Sentinel with a primary and one replica; the primary is SIGKILLed and never comes back.  The
+    promoted replica has no replica, so no failover target exists: uploads go on (each batch once, one
+    body), and status, health and the aggregator's heartbeat say they run with less protection."""
+    primary = RedisServer(appendonly=True).start()
+    replica = RedisServer(appendonly=True, extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    sentinels = [SentinelServer(primary.port, tmp_path / "sentinels").start() for _ in range(3)]
+    topic = await make_topic()
+    out = tmp_path / "u.jsonl"
+    settings = make_settings(
+        "redis://127.0.0.1:1/0",  # only the db is read: the Sentinels name the primary
+        broker.bootstrap,
+        [topic],
+        f"file://{out}",
+        batching="message",
+        redis_sentinels=",".join(f"127.0.0.1:{s.port}" for s in sentinels),
+        redis_sentinel_master="bf",
+        lease_s=2.0,
+        upload_wait_timeout_ms=200,
+    )
+    assert settings.upload_wait() == (1, 200)  # the Sentinel default: one replica must hold a body
+    store = BatchStore.from_settings(settings)
+    p_client = aioredis.Redis(port=primary.port)
+    try:
+        await wait_until(lambda: _replica_connected(p_client), 30, "the replica to connect")
+
+        async def replica_known() -> bool:
+            for s in sentinels:
+                async with aioredis.Redis(port=s.port) as client:
+                    if not await client.execute_command("SENTINEL", "REPLICAS", "bf"):
+                        return False
+            return True
+
+        await wait_until(replica_known, 30, "the Sentinels to discover the replica")
+        async with fleet(settings, aggregators=2):
+            await produce(broker.bootstrap, topic, [message([f"A{i}", f"W-{i}"]) for i in range(BATCHES)], partition=0)
+            await wait_until(lambda: batches_uploaded(store, BATCHES), 30, "uploads before the loss (one replica each)")
+            assert (await status_data(store))["warnings"] == []
+            primary.kill()  # for good: never restarted
+            await produce(broker.bootstrap, topic, [message([f"B{i}", f"W-{i}"]) for i in range(BATCHES)], partition=0)
+
+            async def all_uploaded() -> bool:  # the store asks the Sentinels again after the failover
+                with contextlib.suppress(*REDIS_UNAVAILABLE):
+                    return await batches_uploaded(store, 2 * BATCHES)
+                return False
+
+            await wait_until(all_uploaded, 60, "every batch uploaded after the loss")
+
+            warnings: list[str] = []
+
+            async def shown() -> bool:
+                with contextlib.suppress(*REDIS_UNAVAILABLE):
+                    warnings[:] = (await status_data(store))["warnings"]
+                return bool(warnings)
+
+            await wait_until(shown, 15, "status to show the reduced protection")
+            warning = warnings[0]
+            healthy, health = await check_health(settings, "aggregator", None)
+    finally:
+        await store.aclose()
+        await p_client.aclose()
+        for s in sentinels:
+            s.stop()
+        primary.stop()
+        replica.stop()
+    bodies = _bodies(out)
+    assert sorted(bodies) == sorted(batch_id_for(topic, 0, i) for i in range(2 * BATCHES))
+    assert all(len(set(sent)) == 1 for sent in bodies.values())  # one body per batch id, however often sent
+    assert "less protection than configured" in warning and "BATCHFLEET_UPLOAD_WAIT_REPLICAS=1" in warning
+    assert healthy and health.startswith("healthy (degraded)") and "less protection" in health
 
 
 # -- on a Redis Cluster: the WAIT goes to the primary that holds the batch's slot ----------------
