@@ -12,11 +12,18 @@ counted, so its WAIT holds the upload back as before; a replica lost for good st
 Sentinel marks it down (``down-after-milliseconds``), and uploads go on.  A single Redis without
 Sentinel has no such authority: the configured count stands.
 
-The view is read at most every ``VIEW_TTL_S`` per shard (one ``SENTINEL REPLICAS`` or ``CLUSTER NODES``),
-and afresh after a WAIT that fell short.  While the count in force is below the configured one, uploads
-run with less protection than configured: the aggregator's heartbeat says so (``status``, ``health``,
-the web console), ``batchfleet_upload_reduced_protection_total`` counts them, and a WARNING is logged
-when it starts and when full protection is back.
+A lower count is used only once the view is settled: the primary is not in doubt (Sentinel flags it
+plain ``master``, the cluster does not flag it ``fail``), and the primary and its promotable replicas
+have stayed the same for ``SETTLED_S``.  Right after a failover an aggregator may still write to the old
+primary for up to half a second (until its client asks the Sentinels again, store/base.py), while the
+Sentinels already list the new primary's replicas: a count read then says nothing about the node the
+body went to.  The view is read at most every ``VIEW_TTL_S`` per shard (``SENTINEL MASTER`` and
+``SENTINEL REPLICAS``, or ``CLUSTER NODES``), and afresh after a WAIT that fell short.
+
+While the count in force is below the configured one, uploads run with less protection than
+configured: the aggregator's heartbeat says so (``status``, ``health``, the web console),
+``batchfleet_upload_reduced_protection_total`` counts them, and a WARNING is logged when it starts and
+when full protection is back.
 """
 
 from __future__ import annotations
@@ -27,29 +34,46 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchfleet import metrics
+from batchfleet.retry import REDIS_UNAVAILABLE, describe
 from batchfleet.store import BatchStore
 
-__all__ = ["VIEW_TTL_S", "UploadProtection"]
+__all__ = ["SETTLED_S", "VIEW_TTL_S", "UploadProtection"]
 
 log = logging.getLogger(__name__)
 VIEW_TTL_S = 1.0
+SETTLED_S = 2.0  # a view unchanged this long is trusted: 4x the Sentinel client's 0.5 s re-check of the primary
+
+
+@dataclass
+class _View:
+    read_at: float
+    seen: tuple[str, int] | None  # (primary, promotable replicas), or None: no authority / primary in doubt
+    since: float  # when ``seen`` was first read as it is
 
 
 @dataclass
 class UploadProtection:
     store: BatchStore
     configured: int
-    _views: dict[int, tuple[float, int | None]] = field(default_factory=dict)  # shard -> (read at, promotable)
+    _views: dict[int, _View] = field(default_factory=dict)
     reduced: dict[int, int] = field(default_factory=dict)  # shard -> the count in force, while below configured
 
     async def needed(self, batch_id: str, *, fresh: bool = False) -> int:
         """The replicas this batch's body must reach before it is sent."""
         shard = self.store.keys.shard_of_batch(batch_id)
-        read_at, promotable = self._views.get(shard, (0.0, None))
-        if fresh or time.monotonic() - read_at >= VIEW_TTL_S:
-            promotable = await self.store.promotable_replicas(batch_id)
-            self._views[shard] = (time.monotonic(), promotable)
-        return self.configured if promotable is None else min(self.configured, promotable)
+        now = time.monotonic()
+        view = self._views.get(shard)
+        if view is None or fresh or now - view.read_at >= VIEW_TTL_S:
+            try:
+                seen = await self.store.replica_view(batch_id)
+            except REDIS_UNAVAILABLE as exc:  # no view: the configured count stands
+                log.info("replicas of shard %d not known (%s): asking for the configured %d", shard, describe(exc), self.configured)
+                seen = None
+            view = _View(now, seen, now if view is None or view.seen != seen else view.since)
+            self._views[shard] = view
+        if view.seen is None or now - view.since < SETTLED_S:
+            return self.configured
+        return min(self.configured, view.seen[1])
 
     def sent(self, batch_id: str, topic: str, needed: int) -> None:
         """A body went out once ``needed`` replicas held it: note whether that was less than configured."""

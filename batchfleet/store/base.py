@@ -233,32 +233,38 @@ class StoreBase:
                 add(pipe, shard)
             return list(await pipe.execute())
 
-    async def promotable_replicas(self, batch_id: str) -> int | None:
-        """How many replicas a failover could promote in place of the primary that holds the batch:
-        with Sentinel, the replicas the first Sentinel that answers lists as up (not ``s_down``,
+    async def replica_view(self, batch_id: str) -> tuple[str, int] | None:
+        """(the primary, how many replicas a failover could promote in its place) for the primary that
+        holds the batch, as the failover authority sees it: with Sentinel, the primary it names
+        (``ip:port``) and the replicas the first Sentinel that answers lists as up (not ``s_down``,
         ``o_down`` or ``disconnected``) with a priority above 0, as Sentinel picks them; on a Redis
-        Cluster, the primary's replicas that the cluster has not flagged ``fail``.  None when nothing
-        promotes a replica (a single Redis) or no Sentinel answered: the configured count stands."""
+        Cluster, the primary's node id and its replicas not flagged ``fail``.  None when nothing
+        promotes a replica (a single Redis), no Sentinel answered, or the primary itself is in doubt
+        (down, or a failover in progress): the configured count stands then."""
         if isinstance(self.redis, aioredis.RedisCluster):
-            return await self._cluster_replicas(self.redis, batch_id)
+            return await self._cluster_view(self.redis, batch_id)
         pool = getattr(self.redis, "connection_pool", None)
         if not isinstance(pool, SentinelConnectionPool):
             return None
         for sentinel in pool.sentinel_manager.sentinels:
             with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                master = await sentinel.sentinel_master(pool.service_name)
                 replicas = await sentinel.sentinel_slaves(pool.service_name)
-                return sum(1 for r in replicas if _promotable(r))
+                if master.get("flags") != "master":  # s_down, o_down, failover_in_progress, ...
+                    return None
+                return f"{master['ip']}:{master['port']}", sum(1 for r in replicas if _promotable(r))
         return None
 
-    async def _cluster_replicas(self, client: aioredis.RedisCluster, batch_id: str) -> int | None:
+    async def _cluster_view(self, client: aioredis.RedisCluster, batch_id: str) -> tuple[str, int] | None:
         node = client.get_node_from_key(self.keys.batch(batch_id))
         if node is None:
             return None
-        nodes: dict[str, dict[str, Any]] = await client.cluster_nodes()
+        nodes: dict[str, dict[str, Any]] = await client.execute_command("CLUSTER NODES", target_nodes=node)
         primary = nodes.get(f"{node.host}:{node.port}")
-        if primary is None:
+        if primary is None or "fail" in primary["flags"] or "fail?" in primary["flags"]:
             return None
-        return sum(1 for n in nodes.values() if n.get("master_id") == primary["node_id"] and "fail" not in n["flags"].split(","))
+        up = sum(1 for n in nodes.values() if n.get("master_id") == primary["node_id"] and "fail" not in n["flags"].split(","))
+        return str(primary["node_id"]), up
 
     async def primaries_by_shard(self) -> dict[int, tuple[str, int]] | None:
         """On a Redis Cluster: the (host, port) of the primary that holds each shard's slot, from the

@@ -264,6 +264,19 @@ async def test_upload_wait_on_a_cluster_counts_the_replicas_of_the_batch_primary
         for shard, claim in claims.items():
             acked = (await store.freeze_payload_replicated(claim, b"body", 1, 300))[1]
             assert acked == (0 if primaries[shard] == primaries[0] else 1), shard
+
+        # the cluster flags the dead replica ``fail``: that primary's batches can be promoted to no
+        # replica, so an aggregator asks its WAIT for none (aggregator/protection.py); the others for one
+        first = next(shard for shard in claims if primaries[shard] == primaries[0])
+
+        async def flagged() -> bool:
+            view = await store.replica_view(claims[first].batch_id)
+            return view is not None and view[1] == 0
+
+        await wait_until(flagged, 30, "the cluster to flag the killed replica fail")
+        for shard, claim in claims.items():
+            view = await store.replica_view(claim.batch_id)
+            assert view is not None and view[1] == (0 if primaries[shard] == primaries[0] else 1), shard
         # another primary is killed and its replica promoted: the body frozen (and WAITed for) before
         # is what the new primary holds, so any later attempt sends those very bytes
         other = next(shard for shard in claims if primaries[shard] != primaries[0])
