@@ -20,10 +20,14 @@ Sentinel failovers required); ~1 minute versions of both run in the test suite
    from any upload even after the batch's Redis keys expired.  Now and then a malformed message
    (truncated JSON, an entry without ``stationId``, an empty list, not UTF-8, NaN) is produced.
 3. For the whole window, every 2-5 s a random role process is SIGKILLed and restarted 0.5-1 s
-   later; redis-server is SIGKILLed and restarted 2-3 times (never in the last 20 s).  With
+   later; redis-server is faulted 2-3 times (never in the last 20 s), alternately SIGKILLed and
+   restarted, and rolled back: restarted on a copy of its AOF taken 1-2.5 s before, with groups of
+   slow stations in flight (the aggregators held with SIGSTOP from the copy to the restart, so no
+   upload is acknowledged in the window Redis forgets).  With
    Sentinel the Redis faults cycle through: SIGKILL of the primary (Sentinel promotes a replica;
    the old primary is restarted as a replica), ``SENTINEL FAILOVER``, SIGKILL of a replica (restarted);
-   each on a settled group (every replica online), timed until the group is settled again.  A process
+   each on a settled group (every replica online), timed until the group is settled again; with
+   ``lose_primary`` (the soak) the last fault SIGKILLs the primary for good.  A process
    that exits by itself is restarted too and reported as a finding (``--strict``: a violation).
 4. After the producer stops: wait until every produced offset is ingested (``bf:offsets``), every
    batch is uploaded or dead (``bf:due`` and ``bf:leases`` empty) and no station job is queued; then
@@ -69,6 +73,7 @@ import asyncio
 import inspect
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -144,6 +149,14 @@ class ChaosConfig:
     sentinel: bool = False
     replicas: int = 2
     upload_wait_replicas: int | None = None  # None: every replica (the full guarantee, README)
+    # the last Sentinel fault SIGKILLs the primary and never restarts it: uploads must go on with the
+    # replicas left (fewer than the WAIT asks for, so "less protection than configured")
+    lose_primary: bool = False
+    # single redis: every second fault is an AOF rollback: a copy of the AOF is taken, the fleet runs on
+    # for ``rollback_window_s`` (groups with slow stations in flight), then Redis is SIGKILLed and
+    # restarted on the copy, so it has forgotten the window (batches, records, offsets, claims)
+    aof_rollbacks: bool = True
+    rollback_window_s: tuple[float, float] = (1.0, 2.5)
     targets: dict[str, int] = field(default_factory=dict)  # minimum kills / redis_restarts / failovers
     batch_timeout_s: float = 2.0
     retention_s: int = 5
@@ -341,11 +354,31 @@ class Fleet:
         self.slots = [Slot(role, i, workdir / f"{role}-{i}.log") for role, n in counts.items() for i in range(n)]
         self.kills: Counter[str] = Counter()
         self.unexpected_exits: list[str] = []
+        self.paused: set[str] = set()  # roles held with SIGSTOP (a process started meanwhile too)
 
     def spawn(self, slot: Slot) -> None:
         slot.proc = RoleProcess(slot.role, self.env, slot.log_path)
         slot.down = False
         slot.proc.note(f"chaos: started pid {slot.proc.pid}")
+        if slot.role in self.paused:
+            self._signal(slot, signal.SIGSTOP)
+
+    def _signal(self, slot: Slot, sig: signal.Signals) -> None:
+        if slot.proc is not None and slot.proc.alive():
+            os.kill(slot.proc.pid, sig)
+            slot.proc.note(f"chaos: {sig.name} pid {slot.proc.pid}")
+
+    def pause(self, role: str) -> None:
+        self.paused.add(role)
+        for slot in self.slots:
+            if slot.role == role:
+                self._signal(slot, signal.SIGSTOP)
+
+    def resume(self, role: str) -> None:
+        self.paused.discard(role)
+        for slot in self.slots:
+            if slot.role == role:
+                self._signal(slot, signal.SIGCONT)
 
     def start_all(self) -> None:
         for slot in self.slots:
@@ -398,6 +431,7 @@ class Faults:
     failover_s: list[float] = field(default_factory=list)  # fault -> every Sentinel names the new primary
     healthy_s: list[float] = field(default_factory=list)  # fault -> group healthy again (all replicas online)
     problems: list[str] = field(default_factory=list)
+    kinds: Counter[str] = field(default_factory=Counter)  # kind of each Redis fault done
 
 
 class SingleRedis:
@@ -406,6 +440,7 @@ class SingleRedis:
 
     def __init__(self, workdir: Path) -> None:
         self.server = _start_redis(workdir / "redis")
+        self.workdir = workdir
 
     def options(self, cfg: ChaosConfig) -> dict[str, Any]:
         return {"redis_url": self.server.url}
@@ -413,7 +448,12 @@ class SingleRedis:
     def describe(self) -> str:
         return f"redis {self.server.url} (AOF)"
 
-    async def fault(self, number: int, cfg: ChaosConfig, rng: random.Random, faults: Faults, say: Callable[[str], None]) -> None:
+    async def fault(
+        self, number: int, cfg: ChaosConfig, rng: random.Random, faults: Faults, say: Callable[[str], None], fleet: Fleet
+    ) -> None:
+        if cfg.aof_rollbacks and number % 2 == 1:
+            await self._rollback(number, cfg, rng, faults, say, fleet)
+            return
         down_s = rng.uniform(*cfg.redis_down_s)
         say(f"SIGKILL redis-server (down for {down_s:.1f}s)")
         started = time.monotonic()
@@ -422,6 +462,32 @@ class SingleRedis:
         await asyncio.to_thread(self.server.start)
         faults.redis_restarts += 1
         faults.redis_down_s.append(round(time.monotonic() - started, 2))
+        faults.kinds["kill-restart"] += 1
+
+    async def _rollback(
+        self, number: int, cfg: ChaosConfig, rng: random.Random, faults: Faults, say: Callable[[str], None], fleet: Fleet
+    ) -> None:
+        """Redis restarts from an AOF that misses its last seconds while workers run groups (slow
+        stations in flight).  The aggregators are held (SIGSTOP) from the copy to the restart: an upload
+        acknowledged in a window that Redis then forgets is repeated by design (at-least-once), with
+        another body if the batch is created again; the audit's exact accounting needs none of those."""
+        window_s = rng.uniform(*cfg.rollback_window_s)
+        saved = self.workdir / f"aof-rollback-{number}"
+        say(f"AOF rollback: redis-server restarted on its AOF of {window_s:.1f}s ago")
+        fleet.pause("aggregator")
+        try:
+            await asyncio.to_thread(shutil.copytree, self.server.directory / "appendonlydir", saved)
+            await asyncio.sleep(window_s)
+            started = time.monotonic()
+            await asyncio.to_thread(self.server.kill)
+            await asyncio.to_thread(shutil.rmtree, self.server.directory / "appendonlydir")
+            await asyncio.to_thread(shutil.copytree, saved, self.server.directory / "appendonlydir")
+            await asyncio.to_thread(self.server.start)
+        finally:
+            fleet.resume("aggregator")
+        faults.redis_restarts += 1
+        faults.redis_down_s.append(round(time.monotonic() - started, 2))
+        faults.kinds["aof-rollback"] += 1
 
     def stop(self) -> None:
         self.server.stop()
@@ -450,8 +516,12 @@ class SentinelRedis:
         ports = ", ".join(str(n.port) for n in self.group.nodes)
         return f"sentinel group: redis {ports} (AOF, primary {self.group.master_port()}), sentinels {self.group.addresses}"
 
-    async def fault(self, number: int, cfg: ChaosConfig, rng: random.Random, faults: Faults, say: Callable[[str], None]) -> None:
+    async def fault(
+        self, number: int, cfg: ChaosConfig, rng: random.Random, faults: Faults, say: Callable[[str], None], fleet: Fleet
+    ) -> None:
         kind = _SENTINEL_FAULTS[number % len(_SENTINEL_FAULTS)]
+        if cfg.lose_primary and number == (cfg.redis_events or 0) - 1:
+            kind = "primary-lost"
         group = self.group
         started = time.monotonic()
         try:
@@ -468,23 +538,27 @@ class SentinelRedis:
             else:
                 victim = (
                     group.node(old)
-                    if kind == "primary-kill"
+                    if kind in ("primary-kill", "primary-lost")
                     else group.node(rng.choice([n.port for n in group.nodes if n.port != old]))
                 )
                 say(f"SIGKILL redis-server {victim.port} ({'primary' if victim.port == old else 'replica'})")
                 await asyncio.to_thread(victim.kill)
-                if kind == "primary-kill":
+                if kind in ("primary-kill", "primary-lost"):
                     new = await asyncio.to_thread(group.wait_new_master, old)
                     faults.failovers += 1
                     faults.failover_s.append(round(time.monotonic() - started, 2))
                 else:
                     new = old
-                await asyncio.sleep(max(rng.uniform(*cfg.redis_down_s) - (time.monotonic() - started), 0))
-                await asyncio.to_thread(group.restart_as_replica, victim)
-                faults.redis_restarts += 1
-                faults.redis_down_s.append(round(time.monotonic() - started, 2))
+                if kind == "primary-lost":  # never restarted: the group goes on with the replicas left
+                    group.lose(victim)
+                else:
+                    await asyncio.sleep(max(rng.uniform(*cfg.redis_down_s) - (time.monotonic() - started), 0))
+                    await asyncio.to_thread(group.restart_as_replica, victim)
+                    faults.redis_restarts += 1
+                    faults.redis_down_s.append(round(time.monotonic() - started, 2))
             healthy = await asyncio.to_thread(group.wait_healthy, 60.0)
             faults.healthy_s.append(round(time.monotonic() - started, 2))
+            faults.kinds[kind] += 1
             say(f"{kind}: primary {old} -> {new}; group healthy {healthy:.1f}s later")
         except (TimeoutError, RuntimeError) as exc:
             faults.problems.append(f"{kind} at +{time.monotonic() - started:.1f}s: {exc}")
@@ -511,7 +585,7 @@ async def chaos_loop(
             now = time.monotonic()
             if redis_at and now >= redis_at[0] and (fault is None or fault.done()):
                 redis_at.pop(0)
-                fault = asyncio.create_task(redis.fault(done, cfg, random.Random(rng.random()), faults, say))
+                fault = asyncio.create_task(redis.fault(done, cfg, random.Random(rng.random()), faults, say, fleet))
                 done += 1
             elif now < end_at and now >= next_kill:
                 slot = rng.choice(fleet.slots)
@@ -879,6 +953,7 @@ class ChaosReport:
     failover_s: list[float] = field(default_factory=list)
     redis_healthy_s: list[float] = field(default_factory=list)
     redis_problems: list[str] = field(default_factory=list)
+    redis_faults: dict[str, int] = field(default_factory=dict)  # kind -> how many were done
     targets: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0  # the whole run: start-up, chaos window, settling, audit
     ingest_caught_up_s: float | None = None
@@ -924,6 +999,7 @@ class ChaosReport:
                 f"{'a violation' if self.strict else 'a finding, --strict fails on it'})",
             ),
             ("redis", self.redis_topology),
+            ("redis faults", _pairs(self.redis_faults)),
             ("redis restarts (kill -> restarted, s)", f"{self.redis_restarts} {_spread(self.redis_down_s)}"),
             ("sentinel failovers (-> new primary, s)", f"{self.failovers} {_spread(self.failover_s)}"),
             ("redis fault -> group healthy (s)", _spread(self.redis_healthy_s)),
@@ -1073,6 +1149,7 @@ def build_report(
         failover_s=faults.failover_s,
         redis_healthy_s=faults.healthy_s,
         redis_problems=faults.problems,
+        redis_faults=dict(faults.kinds),
         targets=dict(cfg.targets),
         elapsed_s=round(time.monotonic() - started, 1),
         ingest_caught_up_s=settled.ingest_s,
@@ -1231,7 +1308,8 @@ SOAK_TARGETS = {"kills": 1000, "redis_restarts": 10, "failovers": 5}
 
 def soak_config(minutes: float, seed: int, workdir: Path | None) -> ChaosConfig:
     """``--soak``: the Sentinel topology, a SIGKILL every 1-3 s, 18 Redis faults (6 primary kills, 6
-    SENTINEL FAILOVERs, 6 replica kills: 12 restarts, 12 failovers) and the targets as violations."""
+    SENTINEL FAILOVERs, 5 replica kills, then the primary lost for good: 11 restarts, 13 failovers) and
+    the targets as violations."""
     return ChaosConfig(
         duration_s=minutes * 60,
         seed=seed,
@@ -1240,6 +1318,7 @@ def soak_config(minutes: float, seed: int, workdir: Path | None) -> ChaosConfig:
         kill_every_s=(1.0, 3.0),
         restart_after_s=(0.3, 0.8),
         redis_events=18,
+        lose_primary=True,
         settle_timeout_s=300.0,
         progress_every_s=60.0,
         strict=True,

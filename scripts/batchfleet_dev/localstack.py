@@ -241,6 +241,7 @@ class SentinelGroup:
         self.directory = directory
         self.master = master
         self.nodes = [RedisServer(directory=directory / f"node-{i}", appendonly=True) for i in range(replicas + 1)]
+        self.lost: list[RedisServer] = []  # nodes lost for good (lose())
         self.sentinels: list[SentinelServer] = []
 
     def start(self) -> SentinelGroup:
@@ -329,6 +330,12 @@ class SentinelGroup:
             time.sleep(0.05)
         raise TimeoutError(f"no Sentinel failover away from port {old_port} in {timeout_s:.0f}s (logs in {self.directory})")
 
+    def lose(self, node: RedisServer) -> None:
+        """A node lost for good: no longer part of the group (healthy() stops waiting for it), its
+        directory removed at stop() like the others'."""
+        self.nodes.remove(node)
+        self.lost.append(node)
+
     def restart_as_replica(self, node: RedisServer) -> None:
         """Start a killed node again, on its port and AOF, as a replica of the current primary."""
         port = self.master_port()
@@ -356,7 +363,7 @@ class SentinelGroup:
     def stop(self) -> None:
         for sentinel in self.sentinels:
             sentinel.stop()
-        for node in self.nodes:
+        for node in [*self.nodes, *self.lost]:
             node.stop()
 
 

@@ -26,7 +26,7 @@ async def test_chaos_run_accounts_for_every_record(broker: KafkaBroker, tmp_path
         workdir=tmp_path / "chaos",
         bootstrap=broker.bootstrap,
         kill_every_s=(4.0, 8.0),
-        redis_events=1,
+        redis_events=2,  # a kill -9 and restart, then an AOF rollback under groups with slow stations
         settle_timeout_s=90,
         log=lines.append,
         strict=True,
@@ -42,7 +42,8 @@ async def test_chaos_run_accounts_for_every_record(broker: KafkaBroker, tmp_path
     assert report.ok, summary
     # the run really ran: messages, batches, faults, quarantines
     assert report.records_produced > 500 and report.batches_uploaded > 30, summary
-    assert report.redis_restarts == 1 and sum(report.kills.values()) >= 3, summary
+    assert report.redis_faults == {"kill-restart": 1, "aof-rollback": 1}, summary
+    assert report.redis_restarts == 2 and sum(report.kills.values()) >= 3, summary
     assert report.quarantined_found == report.quarantined_expected > 0, summary
     assert {"ok", "failed", "empty", "missing"} <= set(report.stations), summary
 
@@ -51,8 +52,9 @@ async def test_chaos_run_accounts_for_every_record(broker: KafkaBroker, tmp_path
 @pytest.mark.timeout(420)
 async def test_sentinel_soak_short_version_fails_over_and_accounts_for_every_record(broker: KafkaBroker, tmp_path: Path) -> None:
     """``scripts/chaos --soak`` in small: a primary, 2 replicas, 3 Sentinels; the primary SIGKILLed
-    (Sentinel promotes a replica, the old primary comes back as one), a SENTINEL FAILOVER and a
-    replica SIGKILLed, under role kills, with the whole audit and the soak's targets scaled down."""
+    (Sentinel promotes a replica, the old primary comes back as one), a SENTINEL FAILOVER, a replica
+    SIGKILLed, then the primary SIGKILLed for good (uploads go on with one replica where the WAIT asks
+    for two), under role kills, with the whole audit and the soak's targets scaled down."""
     lines: list[str] = []
     cfg = ChaosConfig(
         duration_s=75,
@@ -61,7 +63,8 @@ async def test_sentinel_soak_short_version_fails_over_and_accounts_for_every_rec
         bootstrap=broker.bootstrap,
         sentinel=True,
         kill_every_s=(3.0, 6.0),
-        redis_events=3,
+        redis_events=4,
+        lose_primary=True,
         settle_timeout_s=120,
         log=lines.append,
         strict=True,
@@ -73,7 +76,8 @@ async def test_sentinel_soak_short_version_fails_over_and_accounts_for_every_rec
     assert report.records_unaccounted == 0 and report.records_duplicated == 0, summary
     assert report.redis_problems == [], summary
     assert report.ok, summary  # settled, every batch uploaded, no leftovers, memory, targets, no role crashed
-    assert report.failovers == 2 and report.redis_restarts == 2, summary
+    assert report.redis_faults == dict.fromkeys(("primary-kill", "sentinel-failover", "replica-kill", "primary-lost"), 1), summary
+    assert report.failovers == 3 and report.redis_restarts == 2, summary
     assert report.batches_uploaded > 30 and report.quarantined_found == report.quarantined_expected > 0, summary
     print("\n" + report.table())
 
