@@ -21,9 +21,21 @@ from redis.exceptions import AuthenticationError, NoPermissionError
 from batchfleet.acl import ROLES, user_name
 from batchfleet.models import BatchSpec, Outcome, PartitionRange
 from batchfleet.store import BatchStore
+from batchfleet_dev.cluster import RedisCluster
 from batchfleet_dev.localstack import KafkaBroker, RedisServer, free_port
 from batchfleet_dev.procs import stop_all
-from tests.integration.fleet import REPO, TEST_SHARDS, Proc, make_settings, message, produce, read_uploads, settings_env, wait_until
+from tests.integration.fleet import (
+    REPO,
+    TEST_SHARDS,
+    Proc,
+    RedisTarget,
+    make_settings,
+    message,
+    produce,
+    read_uploads,
+    settings_env,
+    wait_until,
+)
 
 PREFIX = "bf"
 
@@ -313,3 +325,90 @@ async def test_a_password_is_rotated_without_downtime(acl_redis: AclRedis) -> No
     async with BatchStore.from_url(old_url, prefix=PREFIX, shards=TEST_SHARDS) as stale:
         with pytest.raises(AuthenticationError):
             await stale.server_time_ms()
+
+
+async def test_what_the_run_above_does_not_reach_is_granted(acl_redis: AclRedis) -> None:
+    """WAIT (ingest and upload replicas), INFO/ROLE (the aggregator's replica checks) and a cluster
+    client's start-up commands are allowed where they are needed (ACL DRYRUN checks the user's
+    permissions without a replica or a cluster)."""
+    needs = {
+        "dispatcher": [["WAIT", "1", "500"]],
+        "aggregator": [["WAIT", "1", "500"], ["INFO", "replication"], ["ROLE"]],
+        "worker": [["INFO", "server"], ["DBSIZE"]],
+    }
+    cluster = [
+        ["CLUSTER", "SLOTS"],
+        ["CLUSTER", "SHARDS"],
+        ["COMMAND"],
+        ["READONLY"],
+        ["ASKING"],
+        ["TIME"],
+        ["CLIENT", "SETNAME", "x"],
+    ]
+    admin = aioredis.Redis.from_url(acl_redis.url("admin"))
+    try:
+        for role in ROLES:
+            for command in needs.get(role, []) + cluster:
+                reply = await admin.execute_command("ACL", "DRYRUN", user_name(PREFIX, role), *command)
+                assert reply == b"OK", f"{role} may not {command}: {reply!r}"
+        for role in ("worker", "reader", "operator"):
+            reply = await admin.execute_command("ACL", "DRYRUN", user_name(PREFIX, role), "WAIT", "1", "500")
+            assert b"no permissions" in reply, f"{role} may WAIT"
+    finally:
+        await admin.aclose()
+
+
+@pytest.mark.slow
+async def test_a_fleet_on_a_redis_cluster_runs_with_a_user_per_role(
+    broker: KafkaBroker, redis_cluster: RedisCluster, make_topic, tmp_path: Path
+) -> None:
+    """The users as `ACL SETUSER` lines (--format commands) on every node of the session's cluster,
+    for a fleet of this test's own prefix: the cluster client's discovery, the per-primary arq
+    workers and every transition run with the role's user, and no node refuses anything."""
+    prefix = f"acl{free_port()}"
+    passwords = tmp_path / "passwords.env"
+    env_base = settings_env(make_settings("redis://x", "x:1", [], "")) | {"BATCHFLEET_KEY_PREFIX": prefix}
+    done = _run(["redis-acl", "--passwords", str(passwords), "--generate", "--format", "commands"], env_base)
+    assert done.returncode == 0, done.stderr
+    values = dict(line.split("=", 1) for line in passwords.read_text(encoding="utf-8").splitlines())
+    users = [user_name(prefix, role) for role in ROLES]
+    nodes = [aioredis.Redis(host="127.0.0.1", port=port) for port in redis_cluster.ports]
+    try:
+        for node in nodes:
+            await node.execute_command("ACL", "LOG", "RESET")
+            for line in done.stdout.splitlines():
+                assert await node.execute_command(*line.split()) in (b"OK", "OK", True)
+        topic = await make_topic(partitions=3)
+        uploads = tmp_path / "uploads.jsonl"
+        target = RedisTarget(redis_cluster.url, cluster=True, prefix=prefix)
+        base = make_settings(target, broker.bootstrap, [topic], f"file://{uploads}", batching="message")
+
+        def env(role: str) -> dict[str, str]:
+            password = quote(values[f"REDIS_{role.upper()}_PASSWORD"])
+            url = f"redis://{user_name(prefix, role)}:{password}@127.0.0.1:{redis_cluster.ports[0]}/0"
+            return settings_env(base) | {"BATCHFLEET_REDIS_URL": url}
+
+        procs = [Proc(role, env(role), tmp_path / f"{role}.log") for role in ("dispatcher", "worker", "aggregator")]
+        try:
+            for partition in range(3):
+                await produce(broker.bootstrap, topic, [message([f"S{partition}a", f"S{partition}b"])], partition=partition)
+
+            async def uploaded() -> bool:
+                assert all(p.alive() for p in procs), "; ".join(f"{p.role}: {p.log_tail()}" for p in procs if not p.alive())
+                return len(read_uploads(uploads)) >= 3
+
+            await wait_until(uploaded, 90, "a batch of each partition uploaded")
+            assert {u["reason"] for u in read_uploads(uploads)} == {"complete"}
+            status = _run(["status", "--json"], env("reader"))
+            assert status.returncode == 0, status.stderr
+        finally:
+            stop_all(procs, timeout_s=20)
+        for p in procs:
+            assert p.returncode == 0, f"{p.role} exited {p.returncode}: {p.log_tail()}"
+        for node in nodes:
+            refused = [e for e in map(_entry, await node.execute_command("ACL", "LOG")) if e.get("username") in users]
+            assert refused == [], f"a node refused: {refused}"
+    finally:
+        for node in nodes:
+            await node.execute_command("ACL", "DELUSER", *users)
+            await node.aclose()
