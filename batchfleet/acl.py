@@ -168,6 +168,8 @@ def read_passwords(path: Path, *, generate: bool) -> tuple[dict[str, str], str |
     from ``path``: ``REDIS_<ROLE>_PASSWORD=...`` lines (an env file: compose's ``.env`` works), and
     ``REDIS_ADMIN_PASSWORD`` for the ``default`` user (optional).  With ``generate`` a missing or empty
     password is generated and appended to the file (created 0600).  Raises ConfigError."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path}: not a file (the passwords file is an env file)")
     values = {k: v or "" for k, v in dotenv_values(path).items()} if path.exists() else {}
     if not path.exists() and not generate:
         raise ConfigError(f"{path}: no such passwords file (pass --generate to create it)")

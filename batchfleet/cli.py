@@ -357,13 +357,18 @@ def redis_acl(passwords_file: str, generate: bool, fmt: str, key_prefix: str | N
         passwords, admin, generated = read_passwords(Path(passwords_file), generate=generate)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from exc
+    except OSError as exc:
+        raise ConfigProblem(f"--passwords {passwords_file}: {exc.strerror or exc}") from exc
     for role in generated:
         click.echo(f"generated a password for {user_name(settings.key_prefix, role)} in {passwords_file}", err=True)
     text = render(settings.key_prefix, passwords, fmt=fmt, admin_password=admin)
     if output is None:
         click.echo(text, nl=False)
         return
-    Path(output).write_text(text, encoding="utf-8")
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigProblem(f"--output {output}: {exc.strerror or exc}") from exc
 
 
 if __name__ == "__main__":  # pragma: no cover

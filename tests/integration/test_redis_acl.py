@@ -117,6 +117,10 @@ def test_the_command_refuses_missing_and_short_passwords(tmp_path: Path) -> None
     assert commands.returncode == 0, commands.stderr
     assert [line.split()[2] for line in commands.stdout.splitlines()] == [user_name(PREFIX, r) for r in ROLES]
     assert (tmp_path / "new.env").stat().st_mode & 0o077 == 0, "a generated passwords file is readable by others"
+    unwritable = _cli(["redis-acl", "--output", str(tmp_path / "no" / "such" / "dir.acl")], tmp_path / "new.env")
+    assert unwritable.returncode == 2 and unwritable.stderr.count("\n") == 1 and "--output" in unwritable.stderr, unwritable.stderr
+    directory = _cli(["redis-acl"], tmp_path)
+    assert directory.returncode == 2 and directory.stderr.count("\n") == 1 and "not a file" in directory.stderr, directory.stderr
 
 
 # -- every role with its own user ------------------------------------------------------------------
