@@ -283,6 +283,7 @@ def key_patterns(prefix: str = "bf") -> dict[str, str]:
     ``arq:*`` kinds are arq's keys of station jobs (the shard's tag after arq's prefix)."""
     if _GLOB & set(prefix):
         raise ValueError(f"the key prefix {prefix!r} holds glob characters")
+    Keys(prefix)  # the prefix checks of real key names (no braces)
     k = _AnyShard(prefix)
     return {
         "meta": k.batch("*[0-9]"),

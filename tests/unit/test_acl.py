@@ -67,8 +67,11 @@ def test_no_pattern_reaches_another_prefix() -> None:
 
 
 def test_glob_characters_in_a_prefix_are_refused() -> None:
-    with pytest.raises(ValueError, match="glob"):
-        key_patterns("b*")
+    for bad in ("b*", "b?", "b[0]", "b\\"):
+        with pytest.raises(ValueError, match="glob"):
+            key_patterns(bad)
+    with pytest.raises(ValueError, match="braces"):
+        key_patterns("b{x}")
 
 
 def _lua_commands(name: str) -> set[str]:

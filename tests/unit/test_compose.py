@@ -570,6 +570,7 @@ def test_every_batchfleet_service_has_its_own_redis_user(
     job_env = _environment(job)
     for role in ACL_ROLES:
         assert ":?" in job_env[password_variable(role)], f"{ACL_JOB}: {password_variable(role)} is not required"
+    assert "env_file" not in job, f"{ACL_JOB} needs the passwords only, not all of .env"
     script = " ".join(_argv(job.get("entrypoint")) + _argv(job.get("command")))
     assert "batchfleet redis-acl" in script and "--output /acl/users.acl" in script
     assert "redis-acl" in main.commands
