@@ -18,7 +18,7 @@ __all__ = ["serve"]
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     uploader = make_uploader(settings)  # a bad BATCHFLEET_UPLOADER fails before anything starts
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     name = f"aggregator@{socket.gethostname()}:{os.getpid()}"
     async with BatchStore.from_settings(settings, name="batchfleet-aggregator") as store:
         await wait_for_redis(store, stop, settings.redis_location())

@@ -338,5 +338,38 @@ def web(**flags: Any) -> None:
     _run("web", flags, serve)
 
 
+@main.command("redis-acl")
+@click.option("--passwords", "passwords_file", required=True, help="env file with REDIS_<ROLE>_PASSWORD lines (compose's .env)")
+@click.option("--generate", is_flag=True, help="generate missing passwords and append them to the passwords file")
+@click.option("--format", "fmt", type=click.Choice(["aclfile", "commands"]), default="aclfile", help="aclfile or ACL SETUSER lines")
+@click.option("--prefix", "key_prefix", help="key prefix of the fleet [BATCHFLEET_KEY_PREFIX]")
+@click.option("--output", help="write to this file instead of stdout")
+def redis_acl(passwords_file: str, generate: bool, fmt: str, key_prefix: str | None, output: str | None) -> None:
+    """Print a least-privilege Redis ACL user per role (docs/deploy.md, "Least-privilege Redis").
+    Passwords are read from (or, with --generate, written to) the passwords file; the output holds
+    only their SHA-256 hashes."""
+    from pathlib import Path
+
+    from batchfleet.acl import read_passwords, render, user_name
+
+    settings = _settings("redis-acl", key_prefix=key_prefix)
+    try:
+        passwords, admin, generated = read_passwords(Path(passwords_file), generate=generate)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    except OSError as exc:
+        raise ConfigProblem(f"--passwords {passwords_file}: {exc.strerror or exc}") from exc
+    for role in generated:
+        click.echo(f"generated a password for {user_name(settings.key_prefix, role)} in {passwords_file}", err=True)
+    text = render(settings.key_prefix, passwords, fmt=fmt, admin_password=admin)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigProblem(f"--output {output}: {exc.strerror or exc}") from exc
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

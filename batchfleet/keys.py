@@ -62,6 +62,7 @@ __all__ = [
     "SLOTS",
     "Keys",
     "batch_id_for",
+    "key_patterns",
     "message_id_for",
     "offset_field",
     "parse_batch_id",
@@ -72,6 +73,9 @@ __all__ = [
 
 ARQ_JOB_PREFIX = "arq:job:"  # fixed by arq; job ids carry the shard's hash tag
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"  # fixed by arq: set while a worker runs the job
+ARQ_RETRY_PREFIX = "arq:retry:"  # fixed by arq: the job's try counter
+ARQ_RESULT_PREFIX = "arq:result:"  # fixed by arq: a job's result (station jobs keep none)
+ARQ_ABORT = "arq:abort"  # fixed by arq: a plain arq worker removes finished jobs from it
 SLOTS = 16384  # Redis Cluster hash slots
 
 
@@ -272,3 +276,60 @@ class Keys:
     def proc(self, member: str) -> str:
         """``member`` is ``ROLE:HOST:PID``."""
         return f"{self.prefix}:proc:{member}"
+
+
+class _AnyShard(Keys):
+    """Key names with ``{PREFIX:s*}`` for the shard tag and a glob for the batch: Redis ACL key
+    patterns of every shard, spelled by the same methods as the keys themselves."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_tags", ())
+
+    def shard_of_batch(self, batch_id: str) -> int:
+        return 0
+
+    def tag(self, shard: int) -> str:
+        return f"{{{self.prefix}:s*}}"
+
+
+_GLOB = frozenset("*?[]\\")
+
+
+def key_patterns(prefix: str = "bf") -> dict[str, str]:
+    """Redis glob patterns (ACL ``~PATTERN``) of each kind of key of the fleet with ``prefix``, for
+    any shard count: kind -> pattern.  Each real key matches the pattern of its kind and no other
+    (batch ids and topics hold no braces; a batch's meta key ends with its offset, a digit).
+    ``arq:*`` kinds are arq's keys of station jobs (the shard's tag after arq's prefix)."""
+    if _GLOB & set(prefix):
+        raise ValueError(f"the key prefix {prefix!r} holds glob characters")
+    Keys(prefix)  # the prefix checks of real key names (no braces)
+    k = _AnyShard(prefix)
+    return {
+        "meta": k.batch("*[0-9]"),
+        "inputs": k.inputs("*"),
+        "outcomes": k.outcomes("*"),
+        "late": k.late("*"),
+        "payload": k.payload("*"),
+        "due": k.due(0),
+        "leases": k.leases(0),
+        "ready": k.ready(0),
+        "dead": k.dead(0),
+        "recent": k.recent(0),
+        "batches": k.batches(0),
+        "fence": k.fence(0),
+        "offsets": k.offsets(0),
+        "stats": k.stats(0),
+        "rates": k.rates(0),
+        "quarantine": k.quarantine(0),
+        "quarantined": k.quarantined("*"),
+        "queue": k.queue(0),
+        "queue_health": k.queue(0) + ":health-check",  # arq's health-check key of the queue it names
+        "arq_job": ARQ_JOB_PREFIX + k.tag(0) + ":*",
+        "arq_in_progress": ARQ_IN_PROGRESS_PREFIX + k.tag(0) + ":*",
+        "arq_retry": ARQ_RETRY_PREFIX + k.tag(0) + ":*",
+        "arq_result": ARQ_RESULT_PREFIX + k.tag(0) + ":*",
+        "arq_abort": ARQ_ABORT,
+        "layout": k.layout,
+        "procs": k.procs,
+        "proc": k.proc("*"),
+    }

@@ -1,4 +1,4 @@
-"""Prometheus metrics of every role, served on ``BATCHFLEET_METRICS_PORT`` (0 = off).
+"""Prometheus metrics of every role, served on ``BATCHFLEET_METRICS_HOST:BATCHFLEET_METRICS_PORT`` (0 = off).
 
 Labels are bounded: topic, reason, outcome, role, partition.  Never a batch or station id.
 The four headline figures of a batch pipeline, one PromQL expression each (see README "Metrics"):
@@ -81,7 +81,8 @@ FINALIZE_TO_UPLOAD = Histogram(
 )
 
 
-def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:
-    """Start the /metrics HTTP endpoint in a background thread (no-op when port is 0)."""
+def serve_metrics(port: int, addr: str = "127.0.0.1") -> None:
+    """Start the /metrics HTTP endpoint on ``addr`` (BATCHFLEET_METRICS_HOST) in a background thread
+    (no-op when port is 0)."""
     if port:
         start_http_server(port, addr=addr, registry=REGISTRY)

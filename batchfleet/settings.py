@@ -145,6 +145,7 @@ class Settings(BaseSettings):
     web_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # Host names besides loopback
 
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"  # where /metrics listens (0.0.0.0 only inside a container, never published)
     log_format: Literal["human", "json"] = "human"
     log_level: str = "INFO"
 

@@ -19,7 +19,7 @@ __all__ = ["serve"]
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     if not settings.topics:
         raise ConfigError("BATCHFLEET_TOPICS is not set: name the topics to consume, comma-separated (or pass --topics)")
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     name = f"dispatcher@{socket.gethostname()}:{os.getpid()}"
     async with BatchStore.from_settings(settings, name="batchfleet-dispatcher") as store:
         await wait_for_redis(store, stop, settings.redis_location())

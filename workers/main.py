@@ -313,5 +313,5 @@ async def _serve(settings: Settings, stop: asyncio.Event, burst: bool) -> None:
 
 def serve(settings: Settings, *, burst: bool = False) -> None:
     load_processor(settings.processor)  # a bad BATCHFLEET_PROCESSOR fails before anything starts
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     run_until_signal(lambda stop: _serve(settings, stop, burst), grace_s=settings.worker_grace_s)

@@ -102,6 +102,9 @@ def make_client(
         "socket_timeout": socket_timeout_s,
         "socket_keepalive": True,
         "client_name": name,
+        # no CLIENT SETINFO on connect: the least-privilege ACL users (batchfleet/acl.py) may not send it
+        "lib_name": None,
+        "lib_version": None,
     }
     if cluster:
         return cast(aioredis.RedisCluster, _Cluster.from_url(url, **options))

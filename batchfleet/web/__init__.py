@@ -23,7 +23,7 @@ def serve(settings: Settings) -> None:
     log = logging.getLogger(__name__)
     mode = "actions enabled (token set)" if settings.web_token is not None else "read-only (BATCHFLEET_WEB_TOKEN not set)"
     log.info("console on http://%s:%d/ — %s", settings.web_host, settings.web_port, mode)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.web_host,

@@ -95,3 +95,33 @@ async def test_metrics_endpoints_count_what_the_test_produced(
     for samples in (d, w, a):  # no batch or station ids as label values
         for _, labels in samples:
             assert not any(":" in v and v.startswith(topic + ":") for _, v in labels)
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("bind", [None, "127.0.0.2"], ids=["default-loopback", "configured"])
+async def test_metrics_listen_on_the_configured_host_only(
+    broker: KafkaBroker, redis_server: RedisServer, tmp_path: Path, bind: str | None
+) -> None:
+    """BATCHFLEET_METRICS_HOST: 127.0.0.1 unless set (never every interface); set, only that address."""
+    settings = make_settings(redis_server.url, broker.bootstrap, [], f"file://{tmp_path / 'u.jsonl'}")
+    port = free_port()
+    env = settings_env(settings) | {"BATCHFLEET_METRICS_PORT": str(port)} | ({"BATCHFLEET_METRICS_HOST": bind} if bind else {})
+    proc = Proc("aggregator", env, tmp_path / "aggregator.log")
+    here, elsewhere = (bind or "127.0.0.1"), ("127.0.0.1" if bind else "127.0.0.2")
+    try:
+
+        async def listening() -> bool:
+            assert proc.alive(), proc.log_tail()
+            return _answers(here, port)
+
+        await wait_until(listening, 30, f"/metrics on {here}:{port}")
+        assert not _answers(elsewhere, port), f"/metrics also answers on {elsewhere}"
+    finally:
+        assert proc.stop() == 0, proc.log_tail()

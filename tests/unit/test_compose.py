@@ -31,6 +31,14 @@ PYPROJECT = ROOT / "pyproject.toml"
 
 ROLES = {"dispatcher": "dispatcher", "worker": "worker", "aggregator-a": "aggregator", "aggregator-b": "aggregator"}
 CONSOLE = "web"  # the one batchfleet service that is not scaled: it publishes a fixed port
+ACL_JOB = "redis-acl"  # the one-shot job that writes Redis's aclfile before Redis starts
+REDIS_USERS = {
+    "dispatcher": "dispatcher",
+    "worker": "worker",
+    "aggregator-a": "aggregator",
+    "aggregator-b": "aggregator",
+    "web": "reader",
+}
 PREFIX = str(Settings.model_config.get("env_prefix", ""))
 SETTING_NAMES = {f"{PREFIX}{name}".upper() for name in Settings.model_fields}
 
@@ -201,8 +209,13 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def fleet(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The services that run the batchfleet image."""
-    return {name: svc for name, svc in services.items() if _is_batchfleet(svc)}
+    """The long-running services that run the batchfleet image (not one-shot jobs)."""
+    return {name: svc for name, svc in services.items() if _is_batchfleet(svc) and not _one_shot(svc)}
+
+
+def _one_shot(service: dict[str, Any]) -> bool:
+    """A job that runs once to completion (others wait for it with service_completed_successfully)."""
+    return str(service.get("restart", "")) == "no"
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +278,8 @@ def test_role_healthchecks_run_batchfleet_health(fleet: dict[str, dict[str, Any]
 
 def test_every_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
     for name, svc in services.items():
+        if _one_shot(svc):
+            continue
         check = svc.get("healthcheck") or {}
         test = _argv(check.get("test"))
         assert test and test[0] != "NONE" and not check.get("disable"), f"{name}: no healthcheck"
@@ -276,6 +291,9 @@ def test_depends_on_waits_until_healthy(services: dict[str, dict[str, Any]]) -> 
         assert isinstance(deps, dict), f"{name}: depends_on must use the long form with a condition"
         for dep, spec in deps.items():
             assert dep in services, f"{name}: depends on unknown service {dep!r}"
+            if _one_shot(services[dep]):
+                assert (spec or {}).get("condition") == "service_completed_successfully", f"{name} -> {dep}: not completed"
+                continue
             assert (spec or {}).get("condition") == "service_healthy", f"{name} -> {dep}: not service_healthy"
             assert "healthcheck" in services[dep], f"{name} -> {dep}: {dep} has no healthcheck to wait for"
     kafka, redis = "kafka", "redis"
@@ -330,9 +348,16 @@ def test_batchfleet_variables_are_real_settings(compose: dict[str, Any], service
     assert not unknown, f"not fields of batchfleet.settings.Settings: {unknown}"
 
 
-def test_compose_works_without_an_env_file(compose: dict[str, Any], fleet: dict[str, dict[str, Any]]) -> None:
+def test_compose_needs_nothing_but_passwords_from_the_env_file(compose: dict[str, Any], fleet: dict[str, dict[str, Any]]) -> None:
+    """Every setting has a default; every password is required (`${NAME:?...}`): there are no default passwords."""
+    _, commented = _env_example()
     for m in _interpolations(compose):
-        assert m.group("op") in (":-", "-"), f"${{{m.group('name')}}} has no default"
+        name, op = m.group("name"), m.group("op")
+        if name.endswith("_PASSWORD") and name != "REDIS_ADMIN_PASSWORD":
+            assert op == ":?" and name in m.group("arg"), f"${{{name}}} must be required (:?), with a message naming it"
+            assert name in commented, f"{name}: .env.example must show it (commented out: no value to copy)"
+        else:
+            assert op in (":-", "-"), f"${{{name}}} has no default"
     for name, svc in fleet.items():
         for entry in svc.get("env_file") or []:
             assert isinstance(entry, dict) and entry.get("required") is False, f"{name}: env_file must be optional"
@@ -343,8 +368,8 @@ def test_env_example_documents_the_stack(compose: dict[str, Any], fleet: dict[st
     referenced = {m.group("name") for m in _interpolations(compose)}
     assert not referenced - set(active) - commented, f"not in .env.example: {sorted(referenced - set(active))}"
     for name, svc in fleet.items():
-        missing = sorted(set(_environment(svc)) - set(active))
-        assert not missing, f"{name} sets {missing}, which .env.example does not"
+        missing = sorted(set(_environment(svc)) - set(active) - commented)
+        assert not missing, f"{name} sets {missing}, which .env.example does not show"
     for m in _interpolations(compose):
         var, default = m.group("name"), m.group("arg")
         if var in active:
@@ -352,8 +377,8 @@ def test_env_example_documents_the_stack(compose: dict[str, Any], fleet: dict[st
 
 
 def test_env_example_points_roles_at_the_compose_services() -> None:
-    active, _ = _env_example()
-    assert active[f"{PREFIX}REDIS_URL"] == "redis://redis:6379/0"
+    active, commented = _env_example()
+    assert f"{PREFIX}REDIS_URL" in commented, "compose sets each role's Redis URL (its own user); .env.example only shows one"
     assert active[f"{PREFIX}KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert active[f"{PREFIX}TOPICS"] and active[f"{PREFIX}UPLOADER"]
 
@@ -523,3 +548,80 @@ def test_workers_get_a_processor_that_loads(fleet: dict[str, dict[str, Any]], st
         assert callable(load_processor(ref))
     finally:
         sys.path.remove(str(folder))
+
+
+# -- compose: secrets, users, binds ----------------------------------------------------------------
+def test_every_batchfleet_service_has_its_own_redis_user(
+    fleet: dict[str, dict[str, Any]], services: dict[str, dict[str, Any]]
+) -> None:
+    """Each role's URL names the ACL user of its role (batchfleet/acl.py) with its required password."""
+    from batchfleet.acl import ROLES as ACL_ROLES
+    from batchfleet.acl import password_variable
+
+    assert set(fleet) == set(REDIS_USERS), f"services without a Redis user: {sorted(set(fleet) - set(REDIS_USERS))}"
+    assert set(REDIS_USERS.values()) <= set(ACL_ROLES)
+    for name, svc in fleet.items():
+        url = _environment(svc)[f"{PREFIX}REDIS_URL"]
+        role = REDIS_USERS[name]
+        found = re.fullmatch(r"redis://\$\{BATCHFLEET_KEY_PREFIX:-bf\}-(\w+):\$\{(\w+):\?[^}]+\}@redis:6379/0", url)
+        assert found, f"{name}: BATCHFLEET_REDIS_URL {url!r} names no ACL user with a required password"
+        assert found.groups() == (role, password_variable(role)), f"{name}: uses {found.groups()}, expected {role}"
+    job = services[ACL_JOB]
+    job_env = _environment(job)
+    for role in ACL_ROLES:
+        assert ":?" in job_env[password_variable(role)], f"{ACL_JOB}: {password_variable(role)} is not required"
+    assert "env_file" not in job, f"{ACL_JOB} needs the passwords only, not all of .env"
+    script = " ".join(_argv(job.get("entrypoint")) + _argv(job.get("command")))
+    assert "batchfleet redis-acl" in script and "--output /acl/users.acl" in script
+    assert "redis-acl" in main.commands
+
+
+def test_redis_loads_the_generated_users_and_admits_no_one_else(
+    services: dict[str, dict[str, Any]], stages: list[list[tuple[str, str]]]
+) -> None:
+    redis = _server(services, "redis", "redis:7")
+    argv = [_resolve(a) for a in _argv(redis.get("command"))]
+    assert argv[argv.index("--aclfile") + 1] == "/acl/users.acl"
+    assert "redis-acl:/acl:ro" in redis["volumes"] and "redis-acl:/acl" in services[ACL_JOB]["volumes"]
+    assert redis["depends_on"][ACL_JOB]["condition"] == "service_completed_successfully"
+    assert not [a for a in argv if a in ("--requirepass", "--protected-mode")], "users come from the aclfile only"
+    assert "NOAUTH" in " ".join(_argv(redis["healthcheck"]["test"])), "the health check must accept NOAUTH (default user off)"
+    for published in redis.get("ports", []):
+        assert _resolve(published).startswith("127.0.0.1:"), f"redis published beyond loopback by default: {published}"
+    runs = " ".join(args for keyword, args in stages[-1] if keyword == "RUN")
+    assert re.search(r"install -d -o 10001 -g 10001 [^&]*/acl", runs), (
+        "the image's /acl is not the service user's: the job cannot write it"
+    )
+
+
+def test_grafana_has_no_default_password(services: dict[str, dict[str, Any]]) -> None:
+    value = _environment(services["grafana"])["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", value), value
+    active, commented = _env_example()
+    assert "GRAFANA_ADMIN_PASSWORD" in commented and "GRAFANA_ADMIN_PASSWORD" not in active
+
+
+def test_no_password_has_a_value_in_the_env_example() -> None:
+    active, _ = _env_example()
+    assert not [n for n in active if "PASSWORD" in n or (n.endswith("_TOKEN") and active[n])], "a password with a value to copy"
+
+
+def test_metrics_and_console_listen_where_configured(fleet: dict[str, dict[str, Any]]) -> None:
+    """Outside compose every listener defaults to loopback; inside, 0.0.0.0 is the container's own
+    interface, and only the console is published, on the host's loopback."""
+    assert Settings.model_fields["metrics_host"].default == "127.0.0.1"
+    assert Settings.model_fields["web_host"].default == "127.0.0.1"
+    for name, svc in fleet.items():
+        env = _environment(svc)
+        assert env[f"{PREFIX}METRICS_HOST"] == "0.0.0.0", f"{name}: metrics host not set for the container"
+        published = [_resolve(p) for p in svc.get("ports", [])]
+        metrics_port = _resolve(env[f"{PREFIX}METRICS_PORT"])
+        assert not [p for p in published if p.endswith(f":{metrics_port}")], f"{name}: metrics port published"
+        assert all(p.startswith("127.0.0.1:") for p in published), f"{name}: published beyond loopback: {published}"
+
+
+def test_the_local_kafka_is_marked_local_only() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "local use only" in text.lower()
+    for name in ("BATCHFLEET_KAFKA_SECURITY_PROTOCOL", "BATCHFLEET_KAFKA_SASL_MECHANISM"):
+        assert name in text, f"compose.yaml does not say how to reach a secured Kafka ({name})"
