@@ -22,13 +22,17 @@ def test_without_a_token_nothing_is_writable() -> None:
 
 
 def test_token_check() -> None:
-    guard = Guard(Settings(web_token="s3cret"))
-    assert guard.writable and guard.check_token("s3cret")
-    assert not guard.check_token("s3cre") and not guard.check_token("s3cret ") and not guard.check_token(None)
+    guard = Guard(Settings(web_token="s3cret-token-of-20-chars"))
+    assert guard.writable and guard.check_token("s3cret-token-of-20-chars")
+    assert (
+        not guard.check_token("s3cret-token-of-20-char")
+        and not guard.check_token("s3cret-token-of-20-chars ")
+        and not guard.check_token(None)
+    )
 
 
 def test_sessions_are_signed_expire_and_end_when_the_token_changes() -> None:
-    guard = Guard(Settings(web_token="s3cret"))
+    guard = Guard(Settings(web_token="s3cret-token-of-20-chars"))
     cookie = guard.new_session(now_s=1_000_000)
     nonce = guard.session(_request(cookie), now_s=1_000_010)
     assert nonce
@@ -37,11 +41,11 @@ def test_sessions_are_signed_expire_and_end_when_the_token_changes() -> None:
     assert guard.session(_request(f"{int(issued) + 100}.{rest}"), now_s=1_000_010) is None  # tampered issue time
     assert guard.session(_request(cookie[:-1] + ("0" if cookie[-1] != "0" else "1")), now_s=1_000_010) is None
     assert guard.session(_request("garbage"), now_s=1_000_010) is None and guard.session(_request(), now_s=1) is None
-    assert Guard(Settings(web_token="rotated")).session(_request(cookie), now_s=1_000_010) is None
+    assert Guard(Settings(web_token="rotated-token-of-20-chars")).session(_request(cookie), now_s=1_000_010) is None
 
 
 def test_csrf_token_is_bound_to_the_session() -> None:
-    guard = Guard(Settings(web_token="s3cret"))
+    guard = Guard(Settings(web_token="s3cret-token-of-20-chars"))
     a = guard.session(_request(guard.new_session(now_s=5)), now_s=6)
     b = guard.session(_request(guard.new_session(now_s=5)), now_s=6)
     assert a and b and a != b
