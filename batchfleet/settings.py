@@ -157,6 +157,7 @@ class Settings(BaseSettings):
     web_port: int = Field(default=8080, ge=1, le=65535)
     web_token: SecretStr | None = None
     web_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # Host names besides loopback
+    web_secure_cookies: bool = False  # mark the session cookie Secure even over http (behind a TLS-terminating proxy)
 
     metrics_port: int = Field(default=0, ge=0, le=65535)
     log_format: Literal["human", "json"] = "human"

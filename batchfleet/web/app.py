@@ -15,7 +15,7 @@ from batchfleet import ops
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.web import api, pages
-from batchfleet.web.security import Guard, SecurityHeaders
+from batchfleet.web.security import Gate, Guard, SecurityHeaders
 
 __all__ = ["create_app"]
 
@@ -53,6 +53,7 @@ def create_app(settings: Settings, *, store: BatchStore | None = None) -> FastAP
     app.state.guard = guard
     if store is not None:
         app.state.store = store
+    app.add_middleware(Gate, guard=guard)  # innermost of the three: after the Host check, with the headers
     app.add_middleware(SecurityHeaders)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=guard.allowed_hosts)
     app.mount("/static", StaticFiles(directory=Path(__file__).with_name("static")), name="static")
