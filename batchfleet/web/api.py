@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
 
 from batchfleet import ops
 from batchfleet.settings import Settings
@@ -123,20 +124,35 @@ async def overview_stream(
         raise HTTPException(503, "too many live streams open on this console", {"Retry-After": "10"})
 
     async def events() -> AsyncIterator[bytes]:
-        try:
-            while not await request.is_disconnected():
-                try:
-                    yield b"event: overview\ndata: " + orjson.dumps(await ops.overview_data(store)) + b"\n\n"
-                except Exception as exc:
-                    log.warning("overview stream: %s", exc)
-                    yield b"event: problem\ndata: " + orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}) + b"\n\n"
-                await asyncio.sleep(interval_s)
-        finally:
-            slots.give_back(client)
+        while not await request.is_disconnected():
+            try:
+                yield b"event: overview\ndata: " + orjson.dumps(await ops.overview_data(store)) + b"\n\n"
+            except Exception as exc:
+                log.warning("overview stream: %s", exc)
+                yield b"event: problem\ndata: " + orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}) + b"\n\n"
+            await asyncio.sleep(interval_s)
 
-    return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return _SlotStream(
+        events(),
+        release=lambda: slots.give_back(client),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+class _SlotStream(StreamingResponse):
+    """A stream that gives its slot back however it ends (finished, client gone, cancelled, or
+    never started because the client left first)."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 @router.get("/batches", summary="Batches, newest first, filtered and paginated", tags=["batches"])

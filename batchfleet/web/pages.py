@@ -54,6 +54,9 @@ def _base(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
+base_of = _base  # for the app's error handlers
+
+
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     guard = guard_of(request)
     nonce = guard.session(request)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -104,6 +105,20 @@ SETTINGS_ERRORS: list[tuple[str, dict[str, str]]] = [
 def test_settings_errors_name_the_problem_without_the_secrets(extra: dict[str, str], command: list[str]) -> None:
     out = cli(canary_env(1, **extra), *command, code=2)
     assert len(out.strip().splitlines()) == 1, out
+
+
+UPLOADER_ERRORS = [
+    f"ftp://user:{MARK}@127.0.0.1/x",
+    f"http://user:{MARK}#x@127.0.0.1/up",
+    f"https://user:{MARK}@127.0.0.1:port/up",
+    f"mod.{MARK}",
+]
+
+
+@pytest.mark.parametrize("uploader", UPLOADER_ERRORS)
+def test_uploader_errors_do_not_echo_the_target(uploader: str) -> None:
+    out = cli(canary_env(1, UPLOADER=uploader), "aggregator", code=2)
+    assert "BATCHFLEET_UPLOADER" in out and len(out.strip().splitlines()) == 1, out
 
 
 def test_an_unencoded_redis_password_is_named_as_such() -> None:
@@ -195,6 +210,32 @@ async def test_start_and_failure_log_lines(acl_redis: RedisServer, tmp_path: Pat
     out = cli(env, "inspect", "dead", code=0)
     assert "T-secret:0:0" in out and "POST http://127.0.0.1:" in out, out
     cli(env, "inspect", "dead", "--json", code=0)
+
+
+@pytest.mark.slow
+async def test_the_console_with_redis_unreachable(tmp_path: Path) -> None:
+    """Every page and API read answers 503 with one log line each: no 500, no traceback, no secret."""
+    env = canary_env(free_port()) | {"BATCHFLEET_WEB_PORT": str(free_port())}
+    proc = RoleProcess("web", env, tmp_path / "web.log")
+    url = f"http://127.0.0.1:{env['BATCHFLEET_WEB_PORT']}"
+    try:
+
+        async def up() -> bool:
+            return "Uvicorn running" in proc.log_tail(1_000_000)
+
+        await until_while_alive(up, 60, "the console listening", [proc])
+        async with httpx.AsyncClient(base_url=url, timeout=10) as web:
+            for path in ("/", "/batches", "/batches/T-secret:0:0", "/dead", "/quarantine", "/api/status", "/api/batches/T:0:0"):
+                reply = await web.get(path)
+                assert reply.status_code == 503 and "is unavailable" in reply.text, (path, reply.status_code)
+                clean(reply.text)
+            assert (await web.get("/healthz")).status_code == 503
+    finally:
+        proc.signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 20)
+    log = proc.log_tail(1_000_000)
+    clean(log)
+    assert "is unavailable: ConnectionError" in log
 
 
 async def test_the_console_shows_no_secret(acl_redis: RedisServer) -> None:
