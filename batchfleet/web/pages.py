@@ -213,10 +213,10 @@ async def login(request: Request) -> Response:
     if not Guard.same_origin(request, required=True):
         return _message(request, 403, "Refused", "cross-origin sign-in refused")
     form = await _form(request)  # the Gate let at most LOGIN_MAX_BODY_BYTES through, and not while throttled
-    if not guard.check_token(form.get("token")):
-        guard.failures.failed(client_of(request))
+    if not guard.check_token(form.get("token")):  # the Gate counted this attempt as a failure already
         await asyncio.sleep(0.5)  # slows down guessing
         return render(request, "login.html", 403, page="login", next=_local(form.get("next")), error="wrong token")
+    guard.failures.forgive(client_of(request))
     response = RedirectResponse(_base(request) + _local(form.get("next")), status_code=303)
     secure = guard.secure_cookies or request.url.scheme == "https"
     set_session_cookie(response, guard.new_session(), secure=secure, path=_base(request) or "/")

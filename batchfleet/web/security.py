@@ -119,6 +119,15 @@ class FailureThrottle:
         while len(self._clients) > self.max_clients:
             self._clients.popitem(last=False)
 
+    def forgive(self, client: str) -> None:
+        """Take back the latest attempt of ``client`` (a sign-in is counted when it starts, so that
+        parallel guesses cannot all pass before the first is counted; the right token is forgiven)."""
+        mine = self._clients.get(client)
+        if mine:
+            mine.pop()
+            if self._all:
+                self._all.pop()
+
 
 class StreamSlots:
     """Open live streams per client address and in total."""
@@ -290,6 +299,8 @@ class Gate:
             wait = guard.failures.retry_after_s(client)
             if wait is not None:
                 return _refusal(429, "too many wrong tokens: try again later", {"Retry-After": str(wait)})
+        if path == "/login":
+            guard.failures.failed(client)  # counted now, forgiven on success (parallel guesses are counted too)
         return self._api_refusal(request, client) if api else None
 
     def _api_refusal(self, request: Request, client: str) -> Response | None:

@@ -131,10 +131,12 @@ async def test_wrong_sign_ins_are_throttled(redis_server: RedisServer, store: Ba
     settings = _settings(redis_server)
     app = create_app(settings, store=store)
     async with client(settings, store, app=app, address="10.0.0.9") as web:
+        for _ in range(3):  # signing in with the right token is not held against the client
+            assert (await web.post("/login", data={"token": TOKEN}, headers=SAME)).status_code == 303
         replies = await asyncio.gather(
-            *(web.post("/login", data={"token": f"guess-{i}"}, headers=SAME) for i in range(FAILURES_PER_CLIENT))
-        )
-        assert [r.status_code for r in replies] == [403] * FAILURES_PER_CLIENT
+            *(web.post("/login", data={"token": f"guess-{i}"}, headers=SAME) for i in range(2 * FAILURES_PER_CLIENT))
+        )  # sent at once: counted as they arrive, so no more than the limit are checked
+        assert sorted(r.status_code for r in replies) == [403] * FAILURES_PER_CLIENT + [429] * FAILURES_PER_CLIENT
         started = time.monotonic()
         throttled = await web.post("/login", data={"token": TOKEN}, headers=SAME)
         assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) >= 1

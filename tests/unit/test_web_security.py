@@ -94,6 +94,12 @@ def test_failure_throttle_per_client_total_and_window() -> None:
     throttle.failed("g", now=62.0)
     wait = throttle.retry_after_s("d", now=62.5)
     assert wait is not None and 1 <= wait <= 60  # everyone waits once the total is reached
+    forgiving = FailureThrottle(per_client=2, total=100, window_s=60)
+    forgiving.failed("a", now=0.0)
+    forgiving.failed("a", now=0.0)
+    forgiving.forgive("a")  # the second attempt had the right token
+    assert forgiving.retry_after_s("a", now=1.0) is None
+    forgiving.forgive("nobody")  # nothing to take back: no error
     many = FailureThrottle(per_client=3, total=10**6, window_s=60, max_clients=10)
     for i in range(1000):
         many.failed(f"10.0.{i // 250}.{i % 250}", now=float(i) / 1000)
