@@ -109,7 +109,8 @@ class HttpUploader(Uploader):
         try:
             response = await self._client.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise UploadError(f"POST {self.describe()} failed: {type(exc).__name__}: {exc}") from exc
+            detail = "" if isinstance(exc, httpx.LocalProtocolError) else f": {exc}"  # that one's text can hold a header
+            raise UploadError(f"POST {self.describe()} failed: {type(exc).__name__}{detail}") from exc
         if response.status_code >= 300:
             raise UploadError(f"POST {self.describe()} answered HTTP {response.status_code}")
 

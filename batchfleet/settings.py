@@ -217,6 +217,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {MIN_WEB_TOKEN_CHARS} characters, not blank (e.g. openssl rand -base64 24)")
         return value
 
+    @field_validator("upload_auth_header")
+    @classmethod
+    def _header_value(cls, value: SecretStr | None) -> SecretStr | None:
+        text = value.get_secret_value() if value is not None else ""
+        if any(not 32 <= ord(c) < 127 and c != "\t" for c in text):  # the HTTP client would echo it in its error
+            raise ValueError("holds a control or non-ASCII character (a CR from a Windows line end?)")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url_shape(cls, value: SecretStr) -> SecretStr:

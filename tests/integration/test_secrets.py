@@ -97,6 +97,8 @@ SETTINGS_ERRORS: list[tuple[str, dict[str, str]]] = [
     ("a '[' in the redis password", {"REDIS_URL": f"redis://fleet:{MARK}[{MARK}@127.0.0.1:1/0"}),
     ("a port that is no number", {"REDIS_URL": f"redis://127.0.0.1:{MARK}/0"}),
     ("a bad redis scheme", {"REDIS_URL": f"http://fleet:{MARK}@127.0.0.1:1/0"}),
+    ("a CR in the upload auth header", {"UPLOAD_AUTH_HEADER": f"Bearer {MARK}\r"}),
+    ("a newline in the upload auth header", {"UPLOAD_AUTH_HEADER": f"Bearer {MARK}\nX-Other: 1"}),
 ]
 
 
@@ -163,6 +165,7 @@ def test_wrong_redis_password(acl_redis: RedisServer) -> None:
     for command in (["status"], ["inspect", "batches"], ["aggregator"], ["worker"], ["dispatcher"]):
         out = cli(env, *command, code=2)
         assert "refused the credentials" in out, out
+    cli(env, "health", "worker", code=1)
 
 
 def test_status_health_and_reads_with_every_secret_set(acl_redis: RedisServer) -> None:

@@ -216,6 +216,17 @@ def test_errors_never_echo_a_secret() -> None:
     assert Settings(redis_url="unix:///tmp/r.sock?db=1").redis_location() == "/tmp/r.sock"
 
 
+def test_an_upload_auth_header_must_be_a_valid_header_value() -> None:
+    """httpx refuses a CR, LF or NUL in a header and names the whole value in its error: refused at start."""
+    from batchfleet.errors import ConfigError
+
+    for bad in ("Bearer hunter2\r", "Bearer hunter2\nX: 1", "Bearer hunter2\x00", "Bearer hünter2"):
+        with pytest.raises(ConfigError, match=r"BATCHFLEET_UPLOAD_AUTH_HEADER: .*control or non-ASCII") as caught:
+            load_settings(upload_auth_header=bad)
+        assert "hunter2" not in str(caught.value) and "nter2" not in str(caught.value)
+    assert Settings(upload_auth_header="X-Api-Key: a\tb").upload_auth_header is not None
+
+
 def test_a_web_token_must_be_long_and_not_blank() -> None:
     from batchfleet.errors import ConfigError
 
