@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from urllib.parse import urlsplit
 
 import httpx
@@ -137,10 +136,9 @@ async def test_wrong_sign_ins_are_throttled(redis_server: RedisServer, store: Ba
             *(web.post("/login", data={"token": f"guess-{i}"}, headers=SAME) for i in range(2 * FAILURES_PER_CLIENT))
         )  # sent at once: counted as they arrive, so no more than the limit are checked
         assert sorted(r.status_code for r in replies) == [403] * FAILURES_PER_CLIENT + [429] * FAILURES_PER_CLIENT
-        started = time.monotonic()
         throttled = await web.post("/login", data={"token": TOKEN}, headers=SAME)
         assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) >= 1
-        assert time.monotonic() - started < 0.4  # refused at once, not after the wrong-token delay
+        assert throttled.json()["detail"].startswith("too many wrong tokens")  # the Gate's answer: the form was not read
 
 
 def _session_cookie(reply: httpx.Response) -> str:
