@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 from batchfleet.errors import ConfigError, UploadError
 from batchfleet.importing import load_callable
 from batchfleet.runtime import start_kafka
-from batchfleet.settings import Settings
+from batchfleet.settings import Settings, url_problem
 
 __all__ = ["CallableUploader", "FileUploader", "HttpUploader", "KafkaUploader", "Uploader", "make_uploader"]
 
@@ -109,7 +109,8 @@ class HttpUploader(Uploader):
         try:
             response = await self._client.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise UploadError(f"POST {self.describe()} failed: {type(exc).__name__}: {exc}") from exc
+            detail = "" if isinstance(exc, httpx.LocalProtocolError) else f": {exc}"  # that one's text can hold a header
+            raise UploadError(f"POST {self.describe()} failed: {type(exc).__name__}{detail}") from exc
         if response.status_code >= 300:
             raise UploadError(f"POST {self.describe()} answered HTTP {response.status_code}")
 
@@ -168,6 +169,9 @@ def make_uploader(settings: Settings) -> Uploader:
     ref = settings.uploader.strip()
     if not ref:
         raise ConfigError("BATCHFLEET_UPLOADER is not set (file:///..., http(s)://..., kafka://TOPIC or module:function)")
+    problem = url_problem(ref)
+    if problem:  # never echo it: the URL may hold a password
+        raise ConfigError(f"BATCHFLEET_UPLOADER: {problem}")
     scheme = urlsplit(ref).scheme
     if scheme == "file":
         return FileUploader(Path(unquote(urlsplit(ref).path)))
@@ -177,8 +181,8 @@ def make_uploader(settings: Settings) -> Uploader:
     if scheme == "kafka":
         topic = ref[len("kafka://") :].strip("/")
         if not topic:
-            raise ConfigError(f"BATCHFLEET_UPLOADER {ref!r} names no topic")
+            raise ConfigError("BATCHFLEET_UPLOADER names no topic (kafka://TOPIC)")
         return KafkaUploader(topic, settings.kafka_bootstrap_servers)
     if ":" in ref and "//" not in ref:
         return CallableUploader(ref, load_callable(ref))
-    raise ConfigError(f"BATCHFLEET_UPLOADER {ref!r}: unknown scheme {scheme!r}")
+    raise ConfigError(f"BATCHFLEET_UPLOADER: unknown scheme {scheme!r} (file://, http(s)://, kafka://TOPIC, module:function)")

@@ -142,10 +142,11 @@ def health(role: str, redis_url: str | None, name: str | None) -> None:
     import asyncio
 
     from batchfleet.ops import check_health
+    from batchfleet.views import printable
 
     settings = _settings("health", redis_url=redis_url)
     ok, message = asyncio.run(check_health(settings, role, name))
-    click.echo(message)
+    click.echo(printable(message))
     sys.exit(0 if ok else 1)
 
 
@@ -163,11 +164,12 @@ def replay(batch_ids: tuple[str, ...], replay_all: bool, redis_url: str | None) 
 def _replay(settings: Settings, batch_ids: list[str], replay_all: bool) -> None:
     """Replay and report, one line per batch; exit 1 when any named batch was not dead-lettered."""
     from batchfleet.ops import replay
+    from batchfleet.views import printable
 
     results = _operate(settings, lambda: replay(settings, batch_ids, replay_all))
     failed = False
     for bid, ok, state in results:
-        click.echo(f"{bid}: {'queued for upload' if ok else f'not dead-lettered (state: {state})'}")
+        click.echo(printable(f"{bid}: {'queued for upload' if ok else f'not dead-lettered (state: {state})'}"))
         failed = failed or not ok
     if not results:
         click.echo("no dead-lettered batches")

@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -22,9 +22,23 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from batchfleet.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "PriorityLevel", "Settings", "TopicConfig", "load_settings", "setting_variables"]
+__all__ = ["ENV_PREFIX", "PriorityLevel", "Settings", "TopicConfig", "load_settings", "setting_variables", "url_problem"]
 
 ENV_PREFIX = "BATCHFLEET_"
+MIN_WEB_TOKEN_CHARS = 20
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a URL that may carry a password, without echoing any of it (None: nothing)."""
+    try:
+        parts = urlsplit(url)
+        if "@" not in parts.netloc and "@" in url[len(parts.scheme) + 3 :]:
+            return "the password part looks unencoded ('#', '/', '?' must be percent-encoded)"
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        return "not a valid URL: the port is not a number, or the user or password part holds an unencoded ':', '[' or ']'"
+    return None
+
 
 Batching = Literal["poll", "message"]
 LatePolicy = Literal["drop", "record"]
@@ -143,6 +157,7 @@ class Settings(BaseSettings):
     web_port: int = Field(default=8080, ge=1, le=65535)
     web_token: SecretStr | None = None
     web_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # Host names besides loopback
+    web_secure_cookies: bool = False  # mark the session cookie Secure even over http (behind a TLS-terminating proxy)
 
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"  # where /metrics listens (0.0.0.0 only inside a container, never published)
@@ -196,6 +211,32 @@ class Settings(BaseSettings):
     def _empty_token_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("web_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < MIN_WEB_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_WEB_TOKEN_CHARS} characters, not blank (e.g. openssl rand -base64 24)")
+        return value
+
+    @field_validator("upload_auth_header")
+    @classmethod
+    def _header_value(cls, value: SecretStr | None) -> SecretStr | None:
+        text = value.get_secret_value() if value is not None else ""
+        if any(not 32 <= ord(c) < 127 and c != "\t" for c in text):  # the HTTP client would echo it in its error
+            raise ValueError("holds a control or non-ASCII character (a CR from a Windows line end?)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_shape(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        problem = url_problem(url)
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            problem = "must start with redis://, rediss:// or unix://"
+        if problem:
+            raise ValueError(problem)
+        return value
+
     def redis_location(self) -> str:
         """``host:port/db`` of the Redis URL, without credentials (for log lines and messages)."""
         parts = urlsplit(self.redis_url.get_secret_value())
@@ -226,7 +267,7 @@ class Settings(BaseSettings):
         for name, value in self.model_dump(mode="json", exclude={"topic_overrides"}).items():
             if value is None:
                 continue
-            if name in ("redis_url", "upload_auth_header", "web_token"):
+            if name in _SECRET_FIELDS:
                 secret = getattr(self, name)
                 value = secret.get_secret_value() if secret is not None else None
             elif name in ("topics", "web_allowed_hosts", "redis_sentinels"):
@@ -262,7 +303,8 @@ def _read_topic_tables(path: Path) -> dict[str, dict[str, Any]]:
 
 
 _INTERNAL_FIELDS = {"topic_overrides"}  # filled from the TOML file, not a setting of its own
-_SECRET_FIELDS = {"redis_url", "upload_auth_header"}
+# every SecretStr setting: never echoed in an error, passed on in clear by as_env() only
+_SECRET_FIELDS = {name for name, f in Settings.model_fields.items() if SecretStr in (f.annotation, *get_args(f.annotation))}
 
 
 def setting_variables() -> dict[str, str]:
@@ -294,7 +336,10 @@ def _explain(exc: ValidationError) -> str:
     for error in exc.errors():
         field, *inner = [str(part) for part in error["loc"]] or ["?"]
         where = _variable(field) + (f" ({'.'.join(inner)})" if inner else "")
-        value = "" if field in _SECRET_FIELDS or error["type"] == "missing" else f"={error.get('input')!r}"
+        # a model-level error's input is the whole settings input: never shown (it holds the secrets)
+        hidden = field in _SECRET_FIELDS or not error["loc"] or error["type"] == "missing"
+        value = "" if hidden else f"={error.get('input')!r}"
+        where = where if error["loc"] else "settings"
         parts.append(f"{where}{value}: {error['msg']}")
     return "; ".join(parts)
 

@@ -1,7 +1,12 @@
-"""Render operator data (from ``batchfleet.ops``) for a terminal: rich on a TTY, plain text otherwise."""
+"""Render operator data (from ``batchfleet.ops``) for a terminal: rich on a TTY, plain text otherwise.
+
+Station ids, error texts, topics and everything else read from Redis are user data: they are shown
+as text (``rich.text.Text``, never parsed as markup) with control characters replaced by ``\\xNN``
+(``printable``), so neither markup nor a terminal escape sequence in them takes effect."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -9,7 +14,20 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["render_batch", "render_batches", "render_dead", "render_quarantine", "render_status"]
+__all__ = ["printable", "render_batch", "render_batches", "render_dead", "render_quarantine", "render_status"]
+
+# C0 and C1 controls (but newline), DEL, and the bidirectional overrides and isolates
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: object) -> str:
+    """``value`` as text with control characters shown as ``\\xNN`` (``\\uNNNN`` above 0xff)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) <= 0xFF else f"\\u{ord(m[0]):04x}", str(value))
+
+
+def _cell(value: RenderableType) -> RenderableType:
+    """A table cell: strings are user data, shown as plain text (no markup)."""
+    return Text(printable(value)) if isinstance(value, str) else value
 
 
 def _table(title: str, columns: list[str], rows: list[list[RenderableType]]) -> Table:
@@ -17,15 +35,17 @@ def _table(title: str, columns: list[str], rows: list[list[RenderableType]]) -> 
     for col in columns:
         table.add_column(col)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(_cell(cell) for cell in row))
     return table
 
 
 def render_status(data: dict[str, Any]) -> RenderableType:
     c = data["counts"]
     head = Text(
-        f"open batches {c['open']} (uploading {c['leased']})   queue {c['queued']}   "
-        f"dead-letter {c['dead']}   quarantine {c['quarantined']}"
+        printable(
+            f"open batches {c['open']} (uploading {c['leased']})   queue {c['queued']}   "
+            f"dead-letter {c['dead']}   quarantine {c['quarantined']}"
+        )
     )
     for warning in data.get("warnings", []):
         head.append("\nwarning: " + warning, style="bold yellow")
@@ -60,8 +80,10 @@ def render_status(data: dict[str, Any]) -> RenderableType:
 def render_batch(data: dict[str, Any]) -> RenderableType:
     meta = data["meta"]
     head = Text(
-        f"{data['batch_id']}  state={meta.get('state')}  reason={meta.get('reason', '-')}  "
-        f"expected={meta.get('expected')}  late={meta.get('late', 0)}  ttl={data['ttl_s']}s"
+        printable(
+            f"{data['batch_id']}  state={meta.get('state')}  reason={meta.get('reason', '-')}  "
+            f"expected={meta.get('expected')}  late={meta.get('late', 0)}  ttl={data['ttl_s']}s"
+        )
     )
     rows = [
         [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -12,12 +12,13 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
 
 from batchfleet import ops
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
-from batchfleet.web.security import Guard
-from batchfleet.web.state import guard_of, store_of
+from batchfleet.web.security import Guard, client_of
+from batchfleet.web.state import guard_of, is_batch_id, store_of
 
 __all__ = ["router"]
 
@@ -31,6 +32,25 @@ MessageId = Annotated[str, Path(description="quarantined message id `TOPIC:PARTI
 
 
 StoreDep = Annotated[BatchStore, Depends(store_of)]
+
+
+def _known_form(value: str, what: str) -> str:
+    """A malformed id names nothing: 404 (not a 500 from deriving its keys)."""
+    if not is_batch_id(value):
+        raise HTTPException(404, f"{value!r} is not a {what} id (TOPIC:PARTITION:OFFSET)")
+    return value
+
+
+def batch_id_of(batch_id: BatchId) -> str:
+    return _known_form(batch_id, "batch")
+
+
+def message_id_of(message_id: MessageId) -> str:
+    return _known_form(message_id, "message")
+
+
+CheckedBatchId = Annotated[str, Depends(batch_id_of)]
+CheckedMessageId = Annotated[str, Depends(message_id_of)]
 
 
 async def require_token(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
@@ -94,7 +114,14 @@ async def overview_stream(
     request: Request, store: StoreDep, interval_s: Annotated[float, Query(ge=0.5, le=60)] = 2.0
 ) -> StreamingResponse:
     """An `event: overview` every `interval_s` seconds whose data is `/api/overview`; while Redis is
-    unreachable, an `event: problem` instead (the stream stays open)."""
+    unreachable, an `event: problem` instead (the stream stays open).  A client may hold 4 streams
+    at once (429 beyond), the console 64 in all (503 beyond)."""
+    slots, client = guard_of(request).streams, client_of(request)
+    refused = slots.take(client)
+    if refused == 429:
+        raise HTTPException(429, "too many live streams from this client", {"Retry-After": "10"})
+    if refused == 503:
+        raise HTTPException(503, "too many live streams open on this console", {"Retry-After": "10"})
 
     async def events() -> AsyncIterator[bytes]:
         while not await request.is_disconnected():
@@ -105,9 +132,27 @@ async def overview_stream(
                 yield b"event: problem\ndata: " + orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}) + b"\n\n"
             await asyncio.sleep(interval_s)
 
-    return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return _SlotStream(
+        events(),
+        release=lambda: slots.give_back(client),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+class _SlotStream(StreamingResponse):
+    """A stream that gives its slot back however it ends (finished, client gone, cancelled, or
+    never started because the client left first)."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 @router.get("/batches", summary="Batches, newest first, filtered and paginated", tags=["batches"])
@@ -129,7 +174,7 @@ async def batches(
 
 
 @router.get("/batches/{batch_id}", summary="One batch and every expected station", tags=["batches"])
-async def batch(store: StoreDep, batch_id: BatchId) -> JSON:
+async def batch(store: StoreDep, batch_id: CheckedBatchId) -> JSON:
     """The same data as `batchfleet inspect batch ID --json`: meta (state, reason, timestamps,
     `uploaded_by`, `claims`, `upload_failures`, `last_error`, ...), TTL, and per expected station its
     outcome, error, duration, attempt and worker (`missing` when it has not reported)."""
@@ -146,7 +191,7 @@ async def batch(store: StoreDep, batch_id: BatchId) -> JSON:
     response_class=Response,
     responses={200: {"content": {"application/json": {}}, "description": "exactly the bytes every upload attempt sends"}},
 )
-async def payload(store: StoreDep, batch_id: BatchId) -> Response:
+async def payload(store: StoreDep, batch_id: CheckedBatchId) -> Response:
     """Frozen at the first upload attempt; 404 before that (or after the batch expired)."""
     body = await store.payload(batch_id)
     if body is None:
@@ -180,7 +225,7 @@ async def quarantine(
 
 
 @router.get("/quarantine/{message_id}", summary="One quarantined message", tags=["quarantine"])
-async def quarantined(store: StoreDep, message_id: MessageId) -> JSON:
+async def quarantined(store: StoreDep, message_id: CheckedMessageId) -> JSON:
     """With the whole stored value (the first 64 KiB of the message); `truncated` when the message was longer."""
     entry = await ops.quarantine_entry(store, message_id)
     if entry is None:
@@ -195,7 +240,7 @@ async def quarantined(store: StoreDep, message_id: MessageId) -> JSON:
     tags=["dead letters"],
     dependencies=[Depends(require_token)],
 )
-async def replay(request: Request, batch_id: BatchId) -> ReplayResult:
+async def replay(request: Request, batch_id: CheckedBatchId) -> ReplayResult:
     """Gives the batch a fresh upload budget; it re-sends its frozen body with the same `Idempotency-Key`
     (as `batchfleet replay ID`).  A batch that is not dead-lettered is left alone (`replayed: false`)."""
     [(bid, ok, state)] = await ops.replay(_settings(request), [batch_id], False)
@@ -216,7 +261,7 @@ async def replay_all(request: Request) -> list[ReplayResult]:
     tags=["quarantine"],
     dependencies=[Depends(require_token)],
 )
-async def redispatch(request: Request, message_id: MessageId, body: RedispatchRequest) -> RedispatchResult:
+async def redispatch(request: Request, message_id: CheckedMessageId, body: RedispatchRequest) -> RedispatchResult:
     """Produces the message (or the corrected `value`) to its topic again; the dispatcher ingests it as
     a new message (as `batchfleet inspect quarantine --redispatch ID [--value-file F]`)."""
     value = body.value.encode() if body.value is not None else None

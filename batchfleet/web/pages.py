@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import orjson
 from fastapi import APIRouter, Request
@@ -16,8 +16,8 @@ from jinja2 import Undefined
 
 from batchfleet import ops
 from batchfleet.settings import Settings
-from batchfleet.web.security import CSRF_FIELD, SESSION_COOKIE, Guard, set_session_cookie
-from batchfleet.web.state import guard_of, store_of
+from batchfleet.web.security import CSRF_FIELD, SESSION_COOKIE, Guard, client_of, set_session_cookie
+from batchfleet.web.state import guard_of, is_batch_id, store_of
 
 __all__ = ["router", "templates"]
 
@@ -52,6 +52,9 @@ templates.env.globals["OUTCOMES"] = OUTCOMES
 
 def _base(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+base_of = _base  # for the app's error handlers
 
 
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -100,7 +103,7 @@ async def batches(request: Request) -> Response:
     topic = (args.get("topic") or "").strip() or None
     q = (args.get("q") or "").strip() or None
     store = store_of(request)
-    if q and not state and not topic and await store.batch_meta(q):
+    if q and not state and not topic and is_batch_id(q) and await store.batch_meta(q):
         return RedirectResponse(_batch_url(_base(request), q), status_code=303)
     if state is not None and state not in ops.BATCH_STATES:
         return _message(request, 422, "Bad filter", f"unknown state {state!r}")
@@ -115,7 +118,7 @@ async def batches(request: Request) -> Response:
 @router.get("/batches/{batch_id}", response_class=HTMLResponse)
 async def batch(request: Request, batch_id: str) -> HTMLResponse:
     store = store_of(request)
-    data = await ops.batch_detail(store, batch_id)
+    data = await ops.batch_detail(store, batch_id) if is_batch_id(batch_id) else None
     if data is None:
         return _message(request, 404, "No such batch", f"no batch {batch_id} (never created, or expired after its retention)")
     outcome = request.query_params.get("outcome") or ""
@@ -169,7 +172,7 @@ async def quarantine(request: Request) -> HTMLResponse:
 
 @router.get("/quarantine/{message_id}", response_class=HTMLResponse)
 async def quarantined(request: Request, message_id: str) -> HTMLResponse:
-    entry = await ops.quarantine_entry(store_of(request), message_id)
+    entry = await ops.quarantine_entry(store_of(request), message_id) if is_batch_id(message_id) else None
     if entry is None:
         return _message(request, 404, "Not in quarantine", f"no quarantined message {message_id}")
     return render(request, "quarantined.html", page="quarantine", entry=entry)
@@ -205,50 +208,59 @@ def _local(target: str | None) -> str:
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
     guard = guard_of(request)
-    form = await _form(request)
     if not guard.writable:
         return _message(request, 403, "Read-only console", "BATCHFLEET_WEB_TOKEN is not set: there is nothing to sign in to.")
     if not Guard.same_origin(request, required=True):
         return _message(request, 403, "Refused", "cross-origin sign-in refused")
-    if not guard.check_token(form.get("token")):
+    form = await _form(request)  # the Gate let at most LOGIN_MAX_BODY_BYTES through, and not while throttled
+    if not guard.check_token(form.get("token")):  # the Gate counted this attempt as a failure already
         await asyncio.sleep(0.5)  # slows down guessing
         return render(request, "login.html", 403, page="login", next=_local(form.get("next")), error="wrong token")
+    guard.failures.forgive(client_of(request))
     response = RedirectResponse(_base(request) + _local(form.get("next")), status_code=303)
-    set_session_cookie(response, guard.new_session(), secure=request.url.scheme == "https", path=_base(request) or "/")
+    secure = guard.secure_cookies or request.url.scheme == "https"
+    set_session_cookie(response, guard.new_session(), secure=secure, path=_base(request) or "/")
     return response
 
 
 @router.post("/logout", response_class=HTMLResponse)
 async def logout(request: Request) -> Response:
-    refused = await _refused(request, await _form(request))
+    refused, _ = await _action_form(request)
     if refused is not None:
         return refused
+    guard_of(request).revoke(guard_of(request).session(request))  # ends it server-side, not only in this browser
     response = RedirectResponse(_base(request) + "/", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path=_base(request) or "/")
     return response
 
 
-async def _refused(request: Request, form: dict[str, str]) -> HTMLResponse | None:
-    """Why this action may not run (None: it may): token configured, same origin, signed in, CSRF token."""
+async def _action_form(request: Request) -> tuple[HTMLResponse | None, dict[str, str]]:
+    """(why this action may not run, or None; its form).  Token configured, same origin and a live
+    session are checked before the body is read; then the form's CSRF token."""
     guard = guard_of(request)
-    login = [("sign in", f"{_base(request)}/login?next={quote(_local(form.get('back')))}")]
+    came_from = urlsplit(request.headers.get("referer") or "").path[len(_base(request)) :]
+    login = [("sign in", f"{_base(request)}/login?next={quote(_local(came_from))}")]
     if not guard.writable:
-        return _message(request, 403, "Refused", "read-only console: BATCHFLEET_WEB_TOKEN is not set")
+        return _message(request, 403, "Refused", "read-only console: BATCHFLEET_WEB_TOKEN is not set"), {}
     if not Guard.same_origin(request, required=True):
-        return _message(request, 403, "Refused", "cross-origin request refused")
+        return _message(request, 403, "Refused", "cross-origin request refused"), {}
     nonce = guard.session(request)
     if nonce is None:
-        return _message(request, 403, "Refused", "this action needs the console token: sign in first", login)
+        return _message(request, 403, "Refused", "this action needs the console token: sign in first", login), {}
+    form = await _form(request)
+    login = [("sign in", f"{_base(request)}/login?next={quote(_local(form.get('back')))}")]
     if not guard.check_csrf(nonce, form.get(CSRF_FIELD)):
-        return _message(request, 403, "Refused", "missing or wrong CSRF token: reload the page and try again", login)
-    return None
+        return _message(request, 403, "Refused", "missing or wrong CSRF token: reload the page and try again", login), form
+    return None, form
 
 
 @router.post("/dead/{batch_id}/replay", response_class=HTMLResponse)
 async def replay(request: Request, batch_id: str) -> HTMLResponse:
-    refused = await _refused(request, await _form(request))
+    refused, _ = await _action_form(request)
     if refused is not None:
         return refused
+    if not is_batch_id(batch_id):
+        return _message(request, 404, "No such batch", f"{batch_id!r} is not a batch id (TOPIC:PARTITION:OFFSET)")
     [(bid, ok, state)] = await ops.replay(_settings(request), [batch_id], False)
     links = [("batch", _batch_url(_base(request), bid)), ("dead letters", f"{_base(request)}/dead")]
     if ok:
@@ -258,7 +270,7 @@ async def replay(request: Request, batch_id: str) -> HTMLResponse:
 
 @router.post("/dead/replay-all", response_class=HTMLResponse)
 async def replay_all(request: Request) -> HTMLResponse:
-    refused = await _refused(request, await _form(request))
+    refused, _ = await _action_form(request)
     if refused is not None:
         return refused
     results = await ops.replay(_settings(request), [], True)
@@ -269,11 +281,10 @@ async def replay_all(request: Request) -> HTMLResponse:
 
 @router.post("/quarantine/{message_id}/redispatch", response_class=HTMLResponse)
 async def redispatch(request: Request, message_id: str) -> HTMLResponse:
-    form = await _form(request)
-    refused = await _refused(request, form)
+    refused, form = await _action_form(request)
     if refused is not None:
         return refused
-    entry = await store_of(request).quarantined_entry(message_id)
+    entry = await store_of(request).quarantined_entry(message_id) if is_batch_id(message_id) else None
     if entry is None:
         return _message(request, 404, "Not in quarantine", f"no quarantined message {message_id}")
     value = form.get("value", "").replace("\r\n", "\n").encode()

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from batchfleet.keys import parse_batch_id
 from batchfleet.store import BatchStore
 from batchfleet.web.security import Guard
 
-__all__ = ["guard_of", "store_of"]
+__all__ = ["guard_of", "is_batch_id", "store_of"]
+
+
+def is_batch_id(value: str) -> bool:
+    """``TOPIC:PARTITION:OFFSET`` (a batch or quarantined message id); anything else names nothing."""
+    try:
+        parse_batch_id(value)
+    except ValueError:
+        return False
+    return True
 
 
 def store_of(request: Request) -> BatchStore:

@@ -184,7 +184,7 @@ async def _watch(store: BatchStore, stop: asyncio.Event, duration_s: float, plai
 async def _demo(workdir: Path, redis: RedisServer, broker: KafkaBroker, args: dict[str, Any]) -> None:
     await create_topics(broker.bootstrap, [POLL_TOPIC], partitions=3)
     await create_topics(broker.bootstrap, [REALTIME_TOPIC], partitions=1)
-    web_port, web_token = free_port(), secrets.token_urlsafe(12)
+    web_port, web_token = free_port(), secrets.token_urlsafe(24)
     env = role_env(
         extra={
             "BATCHFLEET_WEB_PORT": str(web_port),

@@ -17,7 +17,7 @@ from tests.integration import uploadsink
 from tests.integration.fleet import fleet, make_settings, message, produce, wait_until
 from tests.integration.webdata import client, make_dead, record, seed, served, spec
 
-TOKEN = "api-test-token"
+TOKEN = "api-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

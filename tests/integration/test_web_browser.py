@@ -32,7 +32,7 @@ from tests.integration.fleet import TEST_SHARDS, Proc, make_settings, message, s
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
-TOKEN = "browser-test-token-4f1c"
+TOKEN = "browser-test-token-4f1c-0123"
 
 
 @dataclass

@@ -15,7 +15,7 @@ from batchfleet_dev.localstack import RedisServer
 from tests.integration.fleet import make_settings
 from tests.integration.webdata import ORIGIN, client, make_dead, record, spec
 
-TOKEN = "pages-test-token"
+TOKEN = "pages-test-token-0123456789"
 XSS = "<script>window.__xss=1</script>"
 
 
@@ -123,7 +123,7 @@ async def test_actions_need_a_signed_in_session_a_csrf_token_and_the_same_origin
         all_of_them = await api.post("/dead/replay-all", data={"csrf": csrf}, headers=same)
         assert all_of_them.status_code == 200 and "no dead-lettered batches" in all_of_them.text
         # a session cookie from another token (or a forged one) is no session
-        other = _settings(redis_server, token="another-token")
+        other = _settings(redis_server, token="another-token-0123456789")
         async with client(other, store) as api2:
             api2.cookies = api.cookies
             assert (await api2.post(replay, data={"csrf": csrf}, headers=same)).status_code == 403

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from batchfleet.models import BatchSpec, Outcome, PartitionRange
 from batchfleet.settings import Settings
@@ -60,20 +61,24 @@ async def record(store: BatchStore, batch_id: str, station: str, status: str, er
 
 
 @asynccontextmanager
-async def client(settings: Settings, store: BatchStore) -> AsyncIterator[httpx.AsyncClient]:
-    """The console app on an in-memory ASGI transport (same event loop as the test)."""
-    app = create_app(settings, store=store)
-    transport = httpx.ASGITransport(app=app)
+async def client(
+    settings: Settings, store: BatchStore, *, app: FastAPI | None = None, address: str = "127.0.0.1"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The console app (``app``, else a new one) on an in-memory ASGI transport (same event loop as
+    the test), as a client at ``address``."""
+    app = app or create_app(settings, store=store)
+    transport = httpx.ASGITransport(app=app, client=(address, 50_000))
     async with httpx.AsyncClient(transport=transport, base_url=ORIGIN, follow_redirects=False) as c:
         yield c
 
 
 @asynccontextmanager
-async def served(settings: Settings, store: BatchStore) -> AsyncIterator[str]:
-    """The console app on a real uvicorn server on a free loopback port (for streaming responses,
-    which the in-memory transport buffers whole); its base URL."""
+async def served(settings: Settings, store: BatchStore, *, app: FastAPI | None = None) -> AsyncIterator[str]:
+    """The console app (``app``, else a new one) on a real uvicorn server on a free loopback port
+    (for streaming responses, which the in-memory transport buffers whole); its base URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings, store=store), host="127.0.0.1", port=port, log_config=None, lifespan="off")
+    app = app or create_app(settings, store=store)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -189,6 +189,54 @@ def test_secret_redis_url_is_masked() -> None:
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
 
 
+def test_errors_never_echo_a_secret() -> None:
+    """A model-level error (its pydantic input is every setting) and field errors of secret settings
+    name the variable and the problem only; every SecretStr setting is treated as secret."""
+    from batchfleet.errors import ConfigError
+    from batchfleet.settings import _SECRET_FIELDS
+
+    assert {"redis_url", "upload_auth_header", "web_token"} <= _SECRET_FIELDS
+    secrets = {
+        "redis_url": "redis://:hunter2-pw@h:1/0",
+        "web_token": "hunter2-token-hunter2-token",
+        "upload_auth_header": "hunter2",
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_settings(redis_sentinels="h:1", **secrets)
+    assert "hunter2" not in str(caught.value) and str(caught.value).startswith("settings: ")
+    for bad in ("redis://:hunter2#x@h:6379/0", "redis://:hunter2/x@h:1/0", "redis://:hunter2?x@h/0", "redis://h:hunter2/0"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(**(secrets | {"redis_url": bad}))
+        assert "hunter2" not in str(caught.value) and "BATCHFLEET_REDIS_URL" in str(caught.value)
+    with pytest.raises(ConfigError, match="looks unencoded"):
+        load_settings(redis_url="redis://:pa#ss@h:6379/0")
+    with pytest.raises(ConfigError, match="redis://, rediss:// or unix://"):
+        load_settings(redis_url="http://h:1/0")
+    assert Settings(redis_url="redis://:p%23ss@h:6379/0").redis_location() == "h:6379/0"  # encoded: fine
+    assert Settings(redis_url="unix:///tmp/r.sock?db=1").redis_location() == "/tmp/r.sock"
+
+
+def test_an_upload_auth_header_must_be_a_valid_header_value() -> None:
+    """httpx refuses a CR, LF or NUL in a header and names the whole value in its error: refused at start."""
+    from batchfleet.errors import ConfigError
+
+    for bad in ("Bearer hunter2\r", "Bearer hunter2\nX: 1", "Bearer hunter2\x00", "Bearer hünter2"):
+        with pytest.raises(ConfigError, match=r"BATCHFLEET_UPLOAD_AUTH_HEADER: .*control or non-ASCII") as caught:
+            load_settings(upload_auth_header=bad)
+        assert "hunter2" not in str(caught.value) and "nter2" not in str(caught.value)
+    assert Settings(upload_auth_header="X-Api-Key: a\tb").upload_auth_header is not None
+
+
+def test_a_web_token_must_be_long_and_not_blank() -> None:
+    from batchfleet.errors import ConfigError
+
+    for bad in ("x" * 19, " " * 40, "  short-but-padded  "):
+        with pytest.raises(ConfigError, match=r"BATCHFLEET_WEB_TOKEN: .*at least 20 characters") as caught:
+            load_settings(web_token=bad)
+        assert bad not in str(caught.value)
+    assert Settings(web_token="x" * 20).web_token is not None and Settings(web_token="").web_token is None
+
+
 def test_as_env_round_trips_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from batchfleet.settings import PriorityLevel
 
@@ -199,13 +247,15 @@ def test_as_env_round_trips_through_the_environment(monkeypatch: pytest.MonkeyPa
         metrics_port=9400,
         priorities={"high": PriorityLevel(timeout_s=2.0, boost_s=5.0)},
         upload_auth_header="Bearer t",
+        web_token="a-console-token-of-24ch",
     )
     for name, value in s.as_env().items():
         monkeypatch.setenv(name, value)
     again = load_settings()
-    assert again.model_dump(exclude={"redis_url", "upload_auth_header"}) == s.model_dump(
-        exclude={"redis_url", "upload_auth_header"}
+    assert again.model_dump(exclude={"redis_url", "upload_auth_header", "web_token"}) == s.model_dump(
+        exclude={"redis_url", "upload_auth_header", "web_token"}
     )
+    assert again.web_token is not None and again.web_token.get_secret_value() == "a-console-token-of-24ch"
     assert again.redis_url.get_secret_value() == "redis://u:pw@h:1/0"
     assert again.upload_auth_header is not None and again.upload_auth_header.get_secret_value() == "Bearer t"
 
