@@ -96,11 +96,12 @@ ROLES: dict[str, AclRole] = {
         ),
         AclRole(
             "aggregator",
-            # due_batches, next_due_ms, wait_ready (BLPOP), prune_batch_index, WAIT (+ INFO/ROLE: replicas);
+            # due_batches, next_due_ms, wait_ready (BLPOP), prune_batch_index, WAIT (+ INFO/ROLE: replicas;
+            # CLUSTER NODES: on a cluster, the batch primary's replicas a failover could promote);
             # claim_batch.lua, freeze_payload.lua, ack_upload.lua, fail_upload.lua: ZSCORE HGET HSET HLEN
             # HEXISTS INCR HINCRBY ZADD ZREM GET SET HGETALL EXPIRE LPUSH LTRIM
-            (*SCRIPTS, *HEARTBEAT, *LAYOUT, "wait", "info", "role", "zrangebyscore", "zrange", "blpop", "exists", "zscore",
-             "hget", "hset", "hlen", "hexists", "incr", "hincrby", "get", "expire", "lpush", "ltrim"),
+            (*SCRIPTS, *HEARTBEAT, *LAYOUT, "wait", "info", "role", "cluster|nodes", "zrangebyscore", "zrange", "blpop", "exists",
+             "zscore", "hget", "hset", "hlen", "hexists", "incr", "hincrby", "get", "expire", "lpush", "ltrim"),
             rw=("meta", "inputs", "outcomes", "late", "payload", "due", "leases", "ready", "dead", "recent", "batches",
                 "fence", "stats", "rates", "layout", "procs"),
             heartbeat=True,

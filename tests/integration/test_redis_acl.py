@@ -337,7 +337,7 @@ async def test_what_the_run_above_does_not_reach_is_granted(acl_redis: AclRedis)
     permissions without a replica or a cluster)."""
     needs = {
         "dispatcher": [["WAIT", "1", "500"]],
-        "aggregator": [["WAIT", "1", "500"], ["INFO", "replication"], ["ROLE"]],
+        "aggregator": [["WAIT", "1", "500"], ["INFO", "replication"], ["ROLE"], ["CLUSTER", "NODES"]],
         "worker": [["INFO", "server"], ["DBSIZE"]],
     }
     cluster = [
