@@ -87,6 +87,8 @@ def _operate(settings: Settings, action: Callable[[], Coroutine[Any, Any, T]]) -
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors: reported below, once
     try:
         return asyncio.run(action())
+    except ConfigError as exc:  # e.g. Kafka refused the credentials or the TLS handshake
+        raise ConfigProblem(str(exc)) from exc
     except KAFKA_UNAVAILABLE as exc:
         raise click.ClickException(f"cannot reach kafka at {settings.kafka_bootstrap_servers}: {describe(exc)}") from exc
     except REDIS_UNAVAILABLE as exc:
