@@ -30,6 +30,7 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
 
 from batchfleet.errors import ConfigError
 from batchfleet.retry import describe, retry
@@ -95,13 +96,13 @@ def kafka_config_error(exc: BaseException, where: str) -> ConfigError | None:
     """The configuration error a failed Kafka connection reveals (refused credentials, a failed TLS
     handshake), or None when Kafka is merely unavailable."""
     chain = _chain(exc)
+    tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)  # before ValueError: a verify error is one
+    if tls is not None:
+        return ConfigError(f"{_TLS}: TLS with kafka at {where} failed: {describe(tls)}")
     if any(isinstance(e, _SASL_REFUSED) for e in chain) or isinstance(exc, KeyError | ValueError):
         # KeyError/ValueError come from aiokafka's SCRAM client: a server's error reply ("e=...") has no
         # signature ("v=") to check, or the signature is wrong
         return ConfigError(f"{_CREDENTIALS}: kafka at {where} refused the credentials: {describe(exc)}")
-    tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
-    if tls is not None:
-        return ConfigError(f"{_TLS}: TLS with kafka at {where} failed: {describe(tls)}")
     return None
 
 
@@ -120,8 +121,9 @@ async def _resolves(host: str, port: int) -> bool:
     return True
 
 
-async def _connect_once(settings: Settings, options: dict[str, Any]) -> None:
-    """Connect (TLS, SASL) to the first bootstrap broker that answers, then hang up."""
+async def _connect_once(settings: Settings, options: dict[str, Any]) -> set[str]:
+    """Connect (TLS, SASL) to the first bootstrap broker that answers, read the names of the
+    cluster's topics (a request that creates none), then hang up."""
     servers = [_address(s) for s in settings.kafka_bootstrap_servers.split(",") if s.strip()]
     reasons = []
     for host, port in servers:
@@ -137,20 +139,27 @@ async def _connect_once(settings: Settings, options: dict[str, Any]) -> None:
                 raise misconfigured from exc
             reasons.append(f"{host}:{port}: {describe(exc)}")
             continue
-        with contextlib.suppress(Exception):
-            conn.close()
-        return
+        try:
+            metadata = await conn.send(MetadataRequest(None, allow_auto_topic_creation=False))
+        except Exception as exc:
+            reasons.append(f"{host}:{port}: {describe(exc)}")
+            continue
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+        return {str(topic[1]) for topic in metadata.topics}  # (error_code, name, ...) in every version
     raise KafkaConnectionError("; ".join(reasons))
 
 
-async def check_kafka(settings: Settings) -> None:
+async def check_kafka(settings: Settings) -> set[str]:
     """One attempt of :func:`wait_for_kafka` (for a CLI command): KafkaConnectionError when no
     bootstrap broker answers, ConfigError when one refuses our credentials or TLS."""
-    await _connect_once(settings, client_options(settings))
+    return await _connect_once(settings, client_options(settings))
 
 
-async def wait_for_kafka(settings: Settings, stop: asyncio.Event | None, what: str) -> None:
-    """Return once a bootstrap broker accepts a connection with our TLS and SASL settings; refused
-    credentials or a failed TLS handshake raise ConfigError; ``stop`` raises StopRequested."""
+async def wait_for_kafka(settings: Settings, stop: asyncio.Event | None, what: str) -> set[str]:
+    """The cluster's topic names, once a bootstrap broker accepts a connection with our TLS and SASL
+    settings; refused credentials or a failed TLS handshake raise ConfigError; ``stop`` raises
+    StopRequested."""
     options = client_options(settings)
-    await retry(lambda: _connect_once(settings, options), what=what, service="kafka", stop=stop)
+    return await retry(lambda: _connect_once(settings, options), what=what, service="kafka", stop=stop)

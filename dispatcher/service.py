@@ -223,7 +223,8 @@ class Dispatcher:
         self.stop = stop
         await self._redis_retry(self.store.check_layout)  # LayoutError: another shard count is stored
         where = self.settings.kafka_bootstrap_servers
-        await wait_for_kafka(self.settings, stop, f"{self.name}: waiting for kafka at {where}")  # ConfigError: refused
+        listed = await wait_for_kafka(self.settings, stop, f"{self.name}: waiting for kafka at {where}")  # ConfigError: refused
+        self._name_missing_topics(listed)  # before subscribing: a broker that creates topics on request would hide them
         consumer = await start_kafka(self._subscribed_consumer, what=f"{self.name}: waiting for kafka at {where}", stop=stop)
         beating = asyncio.Event()
         beat = asyncio.create_task(heartbeat(self.store, process_member("dispatcher"), self._info, beating))
@@ -290,7 +291,11 @@ class Dispatcher:
         except KafkaError as exc:
             log.debug("could not list the topics: %s", describe(exc))
             return
-        missing = set(self.settings.topics) - set(listed)
+        self._name_missing_topics(set(listed))
+
+    def _name_missing_topics(self, listed: set[str]) -> None:
+        self._topics_seen = time.monotonic()
+        missing = set(self.settings.topics) - listed
         for topic in sorted(missing):
             log.warning(
                 "%s: topic %s does not exist (yet); consuming it once it is created", self.name, topic, extra={"topic": topic}

@@ -133,6 +133,8 @@ def test_refusals_are_configuration_and_outages_are_not() -> None:
     except KafkaConnectionError as exc:
         untrusted = kafka_config_error(exc, "k:9093")
     assert untrusted is not None and "TLS with kafka at k:9093 failed" in str(untrusted)
+    direct = kafka_config_error(ssl.SSLCertVerificationError(1, "certificate verify failed"), "k:9093")  # also a ValueError
+    assert direct is not None and "TLS with kafka" in str(direct)
     assert kafka_config_error(KafkaConnectionError("Connection refused"), "k:9093") is None
     assert kafka_config_error(TimeoutError(), "k:9093") is None
 
