@@ -57,7 +57,8 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
     cafile = _readable("BATCHFLEET_KAFKA_SSL_CAFILE", settings.kafka_ssl_cafile)
     certfile = _readable("BATCHFLEET_KAFKA_SSL_CERTFILE", settings.kafka_ssl_certfile)
     keyfile = _readable("BATCHFLEET_KAFKA_SSL_KEYFILE", settings.kafka_ssl_keyfile)
-    password = settings.kafka_ssl_key_password.get_secret_value() if settings.kafka_ssl_key_password else None
+    # never None: OpenSSL would ask for an encrypted key's password on the terminal and wait
+    password = settings.kafka_ssl_key_password.get_secret_value() if settings.kafka_ssl_key_password else ""
     try:
         context: ssl.SSLContext = create_ssl_context(cafile=cafile, certfile=certfile, keyfile=keyfile, password=password)
     except (ssl.SSLError, OSError, ValueError) as exc:

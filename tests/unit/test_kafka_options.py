@@ -144,3 +144,20 @@ def test_a_bad_combination_exits_2_in_one_line() -> None:
     done = subprocess.run([sys.executable, "-m", "batchfleet", "dispatcher"], env=env, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "needs BATCHFLEET_KAFKA_SASL_MECHANISM" in done.stderr
+
+
+def test_an_encrypted_key_loads_with_its_password_only(tmp_path: Path) -> None:
+    cert, key = _make_cert(tmp_path)
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:key-pw", "-out", str(encrypted)],
+        check=True,
+        capture_output=True,
+    )
+    given = {"kafka_security_protocol": "SSL", "kafka_ssl_certfile": cert, "kafka_ssl_keyfile": encrypted}
+    assert isinstance(client_options(Settings(**given, kafka_ssl_key_password="key-pw"))["ssl_context"], ssl.SSLContext)
+    with pytest.raises(ConfigError, match="KEY_PASSWORD is wrong") as info:
+        client_options(Settings(**given, kafka_ssl_key_password="not-key-pw"))
+    assert "not-key-pw" not in str(info.value)
+    with pytest.raises(ConfigError, match="KEY_PASSWORD is wrong"):  # no password: an error, not a prompt
+        client_options(Settings(**given))
