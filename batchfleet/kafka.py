@@ -38,6 +38,7 @@ from batchfleet.settings import Settings, kafka_security_problem
 
 __all__ = ["check_kafka", "client_options", "kafka_config_error", "ssl_context", "wait_for_kafka"]
 
+_PROBE_TIMEOUT_MS = 10_000  # connect, TLS handshake, SASL login and the metadata request, each
 _SASL_REFUSED = (SaslAuthenticationFailed, AuthenticationFailedError, IllegalSaslStateError, UnsupportedSaslMechanismError)
 _CREDENTIALS = "BATCHFLEET_KAFKA_SASL_USERNAME, BATCHFLEET_KAFKA_SASL_PASSWORD, BATCHFLEET_KAFKA_SASL_MECHANISM"
 _TLS = "BATCHFLEET_KAFKA_SSL_CAFILE (and BATCHFLEET_KAFKA_SSL_CERTFILE/KEYFILE for mutual TLS)"
@@ -93,14 +94,14 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def kafka_config_error(exc: BaseException, where: str) -> ConfigError | None:
+def kafka_config_error(exc: BaseException, where: str, *, sasl: bool = True) -> ConfigError | None:
     """The configuration error a failed Kafka connection reveals (refused credentials, a failed TLS
-    handshake), or None when Kafka is merely unavailable."""
+    handshake), or None when Kafka is merely unavailable.  ``sasl``: the connection logged in."""
     chain = _chain(exc)
     tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)  # before ValueError: a verify error is one
     if tls is not None:
         return ConfigError(f"{_TLS}: TLS with kafka at {where} failed: {describe(tls)}")
-    if any(isinstance(e, _SASL_REFUSED) for e in chain) or isinstance(exc, KeyError | ValueError):
+    if any(isinstance(e, _SASL_REFUSED) for e in chain) or (sasl and isinstance(exc, KeyError | ValueError)):
         # KeyError/ValueError come from aiokafka's SCRAM client: a server's error reply ("e=...") has no
         # signature ("v=") to check, or the signature is wrong
         return ConfigError(f"{_CREDENTIALS}: kafka at {where} refused the credentials: {describe(exc)}")
@@ -122,6 +123,14 @@ async def _resolves(host: str, port: int) -> bool:
     return True
 
 
+def _hint(exc: BaseException, options: dict[str, Any]) -> str:
+    """An outage's description; a TLS connection that timed out may be TLS against a plain listener
+    (a Kafka broker waits for the rest of what it takes for a request), so say so."""
+    if isinstance(exc, TimeoutError) and "ssl_context" in options:
+        return f"{describe(exc)} (no TLS handshake within {_PROBE_TIMEOUT_MS // 1000} s: is it a TLS listener?)"
+    return describe(exc)
+
+
 async def _connect_once(settings: Settings, options: dict[str, Any]) -> set[str]:
     """Connect (TLS, SASL) to the first bootstrap broker that answers, read the names of the
     cluster's topics (a request that creates none), then hang up."""
@@ -133,12 +142,12 @@ async def _connect_once(settings: Settings, options: dict[str, Any]) -> set[str]
             continue
         kwargs = {k: v for k, v in options.items() if k != "bootstrap_servers"}
         try:
-            conn = await create_conn(host, port, client_id="batchfleet-check", request_timeout_ms=10_000, **kwargs)
+            conn = await create_conn(host, port, client_id="batchfleet-check", request_timeout_ms=_PROBE_TIMEOUT_MS, **kwargs)
         except Exception as exc:
-            misconfigured = kafka_config_error(exc, f"{host}:{port}")
+            misconfigured = kafka_config_error(exc, f"{host}:{port}", sasl=str(options["security_protocol"]).startswith("SASL_"))
             if misconfigured is not None:
                 raise misconfigured from exc
-            reasons.append(f"{host}:{port}: {describe(exc)}")
+            reasons.append(f"{host}:{port}: {_hint(exc, options)}")
             continue
         try:
             metadata = await conn.send(MetadataRequest(None, allow_auto_topic_creation=False))

@@ -349,3 +349,26 @@ async def test_a_topic_that_does_not_exist_is_named(
     started = [i for i, line in enumerate(lines) if " as group " in line]  # "NAME consuming TOPICS as group G"
     assert warned and warned[0] < started[0], lines
     assert not any(f"topic {topic_name} does not exist" in line for line in lines), lines
+
+
+@pytest.mark.slow
+async def test_tls_against_a_plaintext_listener_is_waited_for_with_a_hint(
+    broker: KafkaBroker, pki: Pki, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """BATCHFLEET_KAFKA_SECURITY_PROTOCOL=SSL against a port that speaks plain Kafka: the broker waits
+    for the rest of a request that never comes, so the handshake times out like a slow network would;
+    the wait says what it may be."""
+    security = {"kafka_security_protocol": "SSL", "kafka_ssl_cafile": pki.ca}
+    settings = make_settings(redis_server.url, broker.bootstrap, ["T-any"], "file:///dev/null", **security)
+    log = tmp_path / "d.log"
+    proc = RoleProcess("dispatcher", settings_env(settings), log)
+    try:
+
+        async def hinted() -> bool:
+            return "is it a TLS listener?" in log.read_text(errors="replace")
+
+        await wait_until(hinted, 40, "the hint that the listener may not speak TLS")
+        assert proc.alive(), log.read_text()
+    finally:
+        code = proc.stop()
+    assert code == 0, log.read_text()

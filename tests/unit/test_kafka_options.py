@@ -128,6 +128,7 @@ def test_refusals_are_configuration_and_outages_are_not() -> None:
     refused = kafka_config_error(SaslAuthenticationFailed("Authentication failed"), "k:9093")
     assert refused is not None and "refused the credentials" in str(refused)
     assert kafka_config_error(KeyError("v"), "k:9093") is not None  # a SCRAM error reply ("e=...")
+    assert kafka_config_error(KeyError("v"), "k:9093", sasl=False) is None  # without SASL, not a refusal
     try:
         raise KafkaConnectionError("cannot connect") from ssl.SSLCertVerificationError(1, "certificate verify failed")
     except KafkaConnectionError as exc:
