@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 
 from batchfleet.errors import ConfigError, UploadError
 from batchfleet.importing import load_callable
+from batchfleet.kafka import client_options, wait_for_kafka
 from batchfleet.runtime import start_kafka
 from batchfleet.settings import Settings, url_problem
 
@@ -122,17 +123,17 @@ class HttpUploader(Uploader):
 
 
 class KafkaUploader(Uploader):
-    def __init__(self, topic: str, bootstrap_servers: str) -> None:
+    def __init__(self, topic: str, settings: Settings) -> None:
         self.topic = topic
-        self.bootstrap_servers = bootstrap_servers
+        self.settings = settings
+        self.bootstrap_servers = settings.kafka_bootstrap_servers
+        self._options = client_options(settings)  # ConfigError: a bad combination or a missing file
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
-        self._producer = await start_kafka(
-            lambda: AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all"),
-            what=f"uploader {self.describe()}: waiting for kafka at {self.bootstrap_servers}",
-            stop=stop,
-        )
+        what = f"uploader {self.describe()}: waiting for kafka at {self.bootstrap_servers}"
+        await wait_for_kafka(self.settings, stop, what)  # ConfigError: credentials or TLS refused
+        self._producer = await start_kafka(lambda: AIOKafkaProducer(**self._options, acks="all"), what=what, stop=stop)
 
     async def close(self) -> None:
         if self._producer is not None:
@@ -182,7 +183,7 @@ def make_uploader(settings: Settings) -> Uploader:
         topic = ref[len("kafka://") :].strip("/")
         if not topic:
             raise ConfigError("BATCHFLEET_UPLOADER names no topic (kafka://TOPIC)")
-        return KafkaUploader(topic, settings.kafka_bootstrap_servers)
+        return KafkaUploader(topic, settings)
     if ":" in ref and "//" not in ref:
         return CallableUploader(ref, load_callable(ref))
     raise ConfigError(f"BATCHFLEET_UPLOADER: unknown scheme {scheme!r} (file://, http(s)://, kafka://TOPIC, module:function)")

@@ -10,7 +10,7 @@ Exit codes, the same for every command:
      batch that is not dead-lettered, an unhealthy process (``health``)
 - 2  usage or configuration error: a bad flag, setting or config file, an unknown ``BATCHFLEET_*``
      variable, a processor or uploader that cannot be loaded, credentials or a TLS certificate that
-     Redis refuses
+     Redis or Kafka refuses
 - 128+N  a second signal N (e.g. 130 for Ctrl-C twice): exited at once, without draining
 
 Every error is one line on stderr, without a traceback.
@@ -77,7 +77,7 @@ def _run(role: str, flags: dict[str, Any], serve: Callable[[Settings], None]) ->
 
 def _operate(settings: Settings, action: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run an operator action.  Redis or Kafka out of reach: one line, exit 1; credentials or a
-    certificate that Redis refuses: one line, exit 2."""
+    certificate that Redis or Kafka refuses: one line, exit 2."""
     import asyncio
     import logging
 
@@ -87,6 +87,8 @@ def _operate(settings: Settings, action: Callable[[], Coroutine[Any, Any, T]]) -
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors: reported below, once
     try:
         return asyncio.run(action())
+    except ConfigError as exc:  # e.g. Kafka refused the credentials or the TLS handshake
+        raise ConfigProblem(str(exc)) from exc
     except KAFKA_UNAVAILABLE as exc:
         raise click.ClickException(f"cannot reach kafka at {settings.kafka_bootstrap_servers}: {describe(exc)}") from exc
     except REDIS_UNAVAILABLE as exc:

@@ -204,6 +204,8 @@ async def redispatch(settings: Settings, message_id: str, value: bytes | None) -
     ingests it as a new message (new offset).  Returns the new Kafka coordinates."""
     from aiokafka import AIOKafkaProducer
 
+    from batchfleet.kafka import check_kafka, client_options
+
     async with open_store(settings) as store:
         entry = await store.quarantined_entry(message_id)
         if entry is None:
@@ -212,7 +214,8 @@ async def redispatch(settings: Settings, message_id: str, value: bytes | None) -
         if value is None and int(entry.get("size", b"0")) > len(body):
             raise ValueError(f"{message_id} was truncated in quarantine ({int(entry['size'])} bytes); pass --value-file")
         topic = entry["topic"].decode()
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+        await check_kafka(settings)  # refused credentials or TLS: ConfigError, unreachable: KafkaConnectionError
+        producer = AIOKafkaProducer(**client_options(settings), acks="all")
         try:
             await producer.start()
             sent = await producer.send_and_wait(topic, body)

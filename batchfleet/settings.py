@@ -22,7 +22,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from batchfleet.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "PriorityLevel", "Settings", "TopicConfig", "load_settings", "setting_variables", "url_problem"]
+__all__ = [
+    "ENV_PREFIX",
+    "PriorityLevel",
+    "Settings",
+    "TopicConfig",
+    "kafka_security_problem",
+    "load_settings",
+    "setting_variables",
+    "url_problem",
+]
 
 ENV_PREFIX = "BATCHFLEET_"
 MIN_WEB_TOKEN_CHARS = 20
@@ -42,6 +51,8 @@ def url_problem(url: str) -> str | None:
 
 Batching = Literal["poll", "message"]
 LatePolicy = Literal["drop", "record"]
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class PriorityLevel(BaseModel):
@@ -117,6 +128,15 @@ class Settings(BaseSettings):
     kafka_request_timeout_ms: int = Field(default=15_000, ge=11_000)  # > the 10 s a JoinGroup may wait
     max_message_bytes: int = Field(default=1_048_576, ge=64)
     max_open_batches: int = Field(default=1000, ge=1)
+    # Kafka security, named after aiokafka's parameters (README "Kafka security", docs/deploy.md)
+    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None  # CA bundle of the brokers' certificates (default: the system's)
+    kafka_ssl_certfile: Path | None = None  # client certificate (mutual TLS), with kafka_ssl_keyfile
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None  # when kafka_ssl_keyfile is encrypted
 
     processor: str = ""  # required by the worker: module:function
     station_timeout_s: float | None = Field(default=None, gt=0)
@@ -359,6 +379,29 @@ def _settings(given: dict[str, Any]) -> Settings:
 _JSON_EXAMPLE = {"priorities": '{"high": {"timeout_s": 3, "boost_s": 60}}'}
 
 
+def kafka_security_problem(s: Settings) -> str | None:
+    """What is wrong with the combination of Kafka security settings (one line), or None.  Whether the
+    files exist is checked where the clients are built (only the roles that talk to Kafka need them)."""
+    sasl = s.kafka_security_protocol.startswith("SASL_")
+    tls = s.kafka_security_protocol in ("SSL", "SASL_SSL")
+    protocol = f"BATCHFLEET_KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol}"
+    sasl_given = [f for f in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password") if getattr(s, f) is not None]
+    tls_fields = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password")
+    tls_given = [f for f in tls_fields if getattr(s, f)]
+    if not sasl and sasl_given:
+        return f"{_variable(sasl_given[0])} is set, but {protocol} does not use SASL (SASL_SSL or SASL_PLAINTEXT does)"
+    if not tls and tls_given:
+        return f"{_variable(tls_given[0])} is set, but {protocol} does not use TLS (SSL or SASL_SSL does)"
+    missing = [f for f in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password") if sasl and not getattr(s, f)]
+    if missing:
+        return f"{protocol} needs {', '.join(map(_variable, missing))}"
+    if bool(s.kafka_ssl_certfile) != bool(s.kafka_ssl_keyfile):
+        return "BATCHFLEET_KAFKA_SSL_CERTFILE and BATCHFLEET_KAFKA_SSL_KEYFILE go together (mutual TLS): set both or neither"
+    if s.kafka_ssl_key_password and not s.kafka_ssl_keyfile:
+        return "BATCHFLEET_KAFKA_SSL_KEY_PASSWORD is set without BATCHFLEET_KAFKA_SSL_KEYFILE"
+    return None
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment, CLI overrides (``None`` means "not given") and the TOML file.
 
@@ -367,6 +410,9 @@ def load_settings(**overrides: Any) -> Settings:
     _refuse_unknown_variables(os.environ)
     given = {k: v for k, v in overrides.items() if v is not None}
     settings = _settings(given)
+    kafka_problem = kafka_security_problem(settings)
+    if kafka_problem:
+        raise ConfigError(kafka_problem)
     if settings.config is not None:
         settings = settings.model_copy(update={"topic_overrides": _read_topic_tables(settings.config)})
         for name in settings.topic_overrides:

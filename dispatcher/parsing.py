@@ -1,10 +1,12 @@
 """Turn one Kafka message value into (station id, record) pairs, or say precisely why not.
 
 The whole message is quarantined when any part of it is bad (missing or empty station list, an
-entry that is not an object, a missing/non-string/over-long station id): nothing is half-dispatched,
-and the operator re-dispatches the fixed message as one unit.  Pathological JSON is rejected rather
-than silently changed: NaN/Infinity, numbers that overflow a float, integers beyond 64 bits (which
-float-based parsers round), unpaired UTF-16 surrogate escapes, and nesting deeper than ``MAX_DEPTH``.
+entry that is not an object, a missing/over-long station id or one that is neither a string nor an
+integer): nothing is half-dispatched, and the operator re-dispatches the fixed message as one unit.
+An integer station id is its decimal string (``1`` is station ``"1"``); floats and booleans are
+refused.  Pathological JSON is rejected rather than silently changed: NaN/Infinity, numbers that
+overflow a float, integers beyond 64 bits (which float-based parsers round), unpaired UTF-16
+surrogate escapes, and nesting deeper than ``MAX_DEPTH``.
 """
 
 from __future__ import annotations
@@ -114,8 +116,10 @@ def _station_id(entry: object, index: int, cfg: TopicConfig) -> str:
     if not isinstance(entry, dict):
         raise BadMessage(f"{field}[{index}] is not an object")
     sid = entry.get(cfg.station_id_field)
+    if isinstance(sid, int) and not isinstance(sid, bool):
+        sid = str(sid)  # {"stationId": 1} is station "1"; floats and booleans stay refused
     if not isinstance(sid, str) or not sid.strip():
-        raise BadMessage(f"{field}[{index}] has no string {cfg.station_id_field!r}")
+        raise BadMessage(f"{field}[{index}] has no string or integer {cfg.station_id_field!r}")
     if len(sid) > MAX_STATION_ID_LENGTH:
         raise BadMessage(f"{field}[{index}].{cfg.station_id_field} is longer than {MAX_STATION_ID_LENGTH} characters")
     return sid

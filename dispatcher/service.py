@@ -34,6 +34,7 @@ from batchfleet import metrics
 from batchfleet.dispatcher.batching import Unit, group_sizes, plan_dispatch
 from batchfleet.errors import FencedOffsetError, StaleOffsetError, StopRequested
 from batchfleet.heartbeat import heartbeat, process_member
+from batchfleet.kafka import client_options, wait_for_kafka
 from batchfleet.keys import offset_field
 from batchfleet.models import BatchSpec, JobShape, QuarantineEntry
 from batchfleet.retry import REDIS_UNAVAILABLE, describe, retry
@@ -49,6 +50,7 @@ _QUARANTINE_RETENTION_S = 7 * 86_400
 _QUARANTINE_MAX = 100_000
 _FLEET_EVERY_S = 5.0  # how often the live workers are counted (group sizes, job shape)
 _VERIFY_EVERY_S = 2.0  # how often the stored offsets are compared with what we believe (quiet partitions too)
+_TOPICS_EVERY_S = 10.0  # how often a configured topic the cluster does not list is looked for again
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -89,12 +91,15 @@ class Dispatcher:
         self._verified_at = time.monotonic()
         self.workers_seen = 0  # live worker processes (heartbeats), at the last look
         self.job_shape: JobShape = "group"  # "station" while a worker that knows no groups is alive
+        self.kafka_options = client_options(settings)  # ConfigError: a bad combination or a missing file
+        self.missing_topics: set[str] = set()  # configured topics the cluster did not list at the last look
+        self._topics_seen = -_TOPICS_EVERY_S
 
     # -- Kafka plumbing ----------------------------------------------------------------------
     def _consumer(self) -> AIOKafkaConsumer:
         s = self.settings
         return AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+            **self.kafka_options,
             group_id=s.kafka_group_id,
             client_id=self.name,
             enable_auto_commit=False,
@@ -218,6 +223,8 @@ class Dispatcher:
         self.stop = stop
         await self._redis_retry(self.store.check_layout)  # LayoutError: another shard count is stored
         where = self.settings.kafka_bootstrap_servers
+        listed = await wait_for_kafka(self.settings, stop, f"{self.name}: waiting for kafka at {where}")  # ConfigError: refused
+        self._name_missing_topics(listed)  # before subscribing: a broker that creates topics on request would hide them
         consumer = await start_kafka(self._subscribed_consumer, what=f"{self.name}: waiting for kafka at {where}", stop=stop)
         beating = asyncio.Event()
         beat = asyncio.create_task(heartbeat(self.store, process_member("dispatcher"), self._info, beating))
@@ -271,6 +278,31 @@ class Dispatcher:
         if messages:
             await self.dispatch(messages)
         await self._measure_lag(consumer)
+        await self._look_at_topics(consumer)
+
+    async def _look_at_topics(self, consumer: AIOKafkaConsumer) -> None:
+        """A configured topic the cluster does not list is consumed silently as nothing: every
+        ``_TOPICS_EVERY_S`` say so (a misspelt name, or a topic not created yet), until it appears."""
+        if time.monotonic() - self._topics_seen < _TOPICS_EVERY_S:
+            return
+        self._topics_seen = time.monotonic()
+        try:
+            listed = await consumer.topics()
+        except KafkaError as exc:
+            log.debug("could not list the topics: %s", describe(exc))
+            return
+        self._name_missing_topics(set(listed))
+
+    def _name_missing_topics(self, listed: set[str]) -> None:
+        self._topics_seen = time.monotonic()
+        missing = set(self.settings.topics) - listed
+        for topic in sorted(missing):
+            log.warning(
+                "%s: topic %s does not exist (yet); consuming it once it is created", self.name, topic, extra={"topic": topic}
+            )
+        for topic in sorted(self.missing_topics - missing):
+            log.info("%s: topic %s exists now", self.name, topic, extra={"topic": topic})
+        self.missing_topics = missing
 
     async def look_at_workers(self, *, now: bool = False) -> None:
         """Every few seconds: how many workers are live (a batch is split into at least that many jobs)

