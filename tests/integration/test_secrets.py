@@ -43,7 +43,7 @@ def url_fields() -> list[str]:
 
 def test_the_discovery_finds_the_known_secrets() -> None:
     """The discovery is not empty by accident: today's secret settings are among what it finds."""
-    assert {"redis_url", "upload_auth_header", "web_token"} <= set(secret_fields())
+    assert {"redis_url", "upload_auth_header", "web_token", "kafka_sasl_password", "kafka_ssl_key_password"} <= set(secret_fields())
     assert {"redis_url", "uploader"} <= set(url_fields())
 
 
@@ -58,7 +58,32 @@ def canary_env(redis_port: int, *, password: str = PASSWORD, **extra: str) -> di
     env = role_env(None, {f"BATCHFLEET_{k.upper()}": v for k, v in values.items()})
     env |= {"BATCHFLEET_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "BATCHFLEET_TOPICS": "T-secret"}
     env |= {"BATCHFLEET_PROCESSOR": "tests.integration.processors:async_process", "BATCHFLEET_WORKER_GRACE_S": "1"}
+    if "kafka_sasl_password" in values or "kafka_ssl_key_password" in values:  # the settings those secrets go with
+        cert, key = _client_key_pair(values.get("kafka_ssl_key_password", ""))
+        env |= {"BATCHFLEET_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "BATCHFLEET_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}
+        env |= {"BATCHFLEET_KAFKA_SASL_USERNAME": "fleet", "BATCHFLEET_KAFKA_SSL_CERTFILE": str(cert)}
+        env |= {"BATCHFLEET_KAFKA_SSL_KEYFILE": str(key)}
     return env | {f"BATCHFLEET_{k}": v for k, v in extra.items()}
+
+
+_KEY_PAIRS: dict[str, tuple[Path, Path]] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _client_key_pairs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A client certificate and its key, encrypted with the canary key password, so the Kafka TLS
+    settings the canary's secrets belong to load for real (openssl, as the secured-Kafka tests use it)."""
+    for password in ("", f"kafka_ssl_key_password-{MARK}-{'x' * 20}"):
+        directory = tmp_path_factory.mktemp("kafka-client")
+        cert, key = directory / "client.pem", directory / "client.key"
+        encrypt = ["-passout", f"pass:{password}"] if password else ["-nodes"]
+        request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", *encrypt, "-days", "2", "-subj", "/CN=fleet"]
+        subprocess.run([*request, "-keyout", key, "-out", cert], check=True, capture_output=True)
+        _KEY_PAIRS[password] = (cert, key)
+
+
+def _client_key_pair(key_password: str) -> tuple[Path, Path]:
+    return _KEY_PAIRS[key_password]
 
 
 def clean(text: str) -> None:
