@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 import orjson
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
 from batchfleet import ops
+from batchfleet.errors import ConfigError
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.web.security import Guard, client_of
@@ -271,6 +273,10 @@ async def redispatch(request: Request, message_id: CheckedMessageId, body: Redis
         raise HTTPException(404, str(exc)) from exc
     except ValueError as exc:
         raise HTTPException(409, str(exc)) from exc
+    except ConfigError as exc:  # Kafka refused our credentials or TLS: the console's settings, not the message
+        raise HTTPException(502, f"kafka refused the console: {exc}") from exc
+    except KafkaError as exc:
+        raise HTTPException(503, f"cannot reach kafka: {type(exc).__name__}") from exc
     return RedispatchResult(message_id=message_id, redispatched_as=where)
 
 

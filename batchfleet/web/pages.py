@@ -9,12 +9,14 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import orjson
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Undefined
 
 from batchfleet import ops
+from batchfleet.errors import ConfigError
 from batchfleet.settings import Settings
 from batchfleet.web.security import CSRF_FIELD, SESSION_COOKIE, Guard, client_of, set_session_cookie
 from batchfleet.web.state import guard_of, is_batch_id, store_of
@@ -294,6 +296,10 @@ async def redispatch(request: Request, message_id: str) -> HTMLResponse:
         where = await ops.redispatch(_settings(request), message_id, None if value == stored else value)
     except (LookupError, ValueError) as exc:
         return _message(request, 409, "Not re-dispatched", str(exc), back)
+    except ConfigError as exc:  # Kafka refused our credentials or TLS
+        return _message(request, 502, "Not re-dispatched", f"kafka refused the console: {exc}", back)
+    except KafkaError as exc:
+        return _message(request, 503, "Not re-dispatched", f"cannot reach kafka: {type(exc).__name__}", back)
     return _message(request, 200, "Re-dispatched", f"{message_id}: re-dispatched as {where}", back)
 
 

@@ -274,3 +274,16 @@ async def test_rate_ring_counts_each_upload_once_and_reuses_old_slots(store: Bat
     assert (
         await store.redis.hlen(store.keys.rates(store.keys.shard_of_batch("R:0:0"))) == 360 * 3 + 3
     )  # bounded: the reused position got its other outcomes
+
+
+async def test_a_redispatch_with_kafka_away_answers_503_not_500(redis_server: RedisServer, store: BatchStore) -> None:
+    from batchfleet.models import QuarantineEntry
+    from batchfleet_dev.localstack import free_port
+
+    entry = QuarantineEntry("T-away", 0, 4, "invalid JSON", b"{", 1, False)
+    assert await store.quarantine(entry, retention_s=600, max_entries=10)
+    settings = _settings(redis_server, web_token=TOKEN, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")  # no one there
+    async with client(settings, store) as api:
+        reply = await api.post("/api/quarantine/T-away:0:4/redispatch", json={}, headers=AUTH)
+    assert reply.status_code == 503 and reply.json()["detail"].startswith("cannot reach kafka"), reply.text
+    assert (await store.quarantined_entry("T-away:0:4") or {}).get("redispatched") is None  # nothing marked
