@@ -33,7 +33,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
 from batchfleet.errors import ConfigError
-from batchfleet.retry import describe, retry
+from batchfleet.retry import describe, exception_chain, retry
 from batchfleet.settings import Settings, kafka_security_problem
 
 __all__ = ["check_kafka", "client_options", "kafka_config_error", "ssl_context", "wait_for_kafka"]
@@ -85,19 +85,10 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
-
-
 def kafka_config_error(exc: BaseException, where: str, *, sasl: bool = True) -> ConfigError | None:
     """The configuration error a failed Kafka connection reveals (refused credentials, a failed TLS
     handshake), or None when Kafka is merely unavailable.  ``sasl``: the connection logged in."""
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)  # before ValueError: a verify error is one
     if tls is not None:
         return ConfigError(f"{_TLS}: TLS with kafka at {where} failed: {describe(tls)}")

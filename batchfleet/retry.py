@@ -45,6 +45,7 @@ __all__ = [
     "REDIS_UNAVAILABLE",
     "Backoff",
     "describe",
+    "exception_chain",
     "log_retry",
     "redis_problem",
     "retry",
@@ -91,7 +92,8 @@ REDIS_BACKOFF = Backoff(0.1, 5.0)
 KAFKA_BACKOFF = Backoff(0.5, 10.0)
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes (``__cause__`` or ``__context__``), outermost first."""
     seen: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in seen:
@@ -103,7 +105,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def redis_problem(exc: BaseException) -> RedisProblem:
     """What a Redis failure is: refused credentials/permissions, a TLS handshake that failed
     (certificate not trusted, TLS against a plain port), or plain unavailability."""
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     if any(isinstance(e, AuthenticationError | NoPermissionError) for e in chain):
         return "credentials"
     if any(isinstance(e, ssl.SSLError) for e in chain) or "CERTIFICATE_VERIFY_FAILED" in str(exc):

@@ -121,6 +121,17 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float, wha
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+async def sentinels_know_a_replica(sentinel_ports: list[int], master: str = "bf") -> bool:
+    """Every Sentinel has discovered a replica of ``master`` (needed before it can fail over)."""
+    import redis.asyncio as aioredis
+
+    for port in sentinel_ports:
+        async with aioredis.Redis(port=port) as client:
+            if not await client.execute_command("SENTINEL", "REPLICAS", master):
+                return False
+    return True
+
+
 class InProcessFleet:
     """Dispatchers, workers and aggregators as tasks of the test's event loop."""
 

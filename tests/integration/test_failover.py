@@ -30,6 +30,7 @@ from tests.integration.fleet import (
     message,
     produce,
     read_uploads,
+    sentinels_know_a_replica,
     wait_until,
 )
 from tests.integration.webdata import spec
@@ -307,15 +308,8 @@ async def test_sentinel_failover_every_role_follows_and_every_batch_is_uploaded_
     p_client = aioredis.Redis(port=primary.port)
     r_client = aioredis.Redis(port=replica.port)
     try:
-
-        async def replica_known() -> bool:  # every Sentinel has found the replica (needed to fail over)
-            for s in sentinels:
-                async with aioredis.Redis(port=s.port) as client:
-                    if not await client.execute_command("SENTINEL", "REPLICAS", "bf"):
-                        return False
-            return True
-
-        await wait_until(replica_known, 30, "the Sentinels to discover the replica")
+        ports = [s.port for s in sentinels]
+        await wait_until(lambda: sentinels_know_a_replica(ports), 30, "the Sentinels to discover the replica")
         async with fleet(settings):
             await produce(broker.bootstrap, topic, [message([f"A{i}"]) for i in range(5)], partition=0)
             await wait_until(lambda: batches_uploaded(store, 5), 30, "uploads before the failover")

@@ -32,6 +32,7 @@ from tests.integration.fleet import (
     message,
     produce,
     read_uploads,
+    sentinels_know_a_replica,
     wait_until,
 )
 from tests.integration.webdata import spec
@@ -150,14 +151,8 @@ async def test_a_primary_lost_for_good_halts_no_upload_and_shows_the_reduced_pro
     try:
         await wait_until(lambda: _replica_connected(p_client), 30, "the replica to connect")
 
-        async def replica_known() -> bool:
-            for s in sentinels:
-                async with aioredis.Redis(port=s.port) as client:
-                    if not await client.execute_command("SENTINEL", "REPLICAS", "bf"):
-                        return False
-            return True
-
-        await wait_until(replica_known, 30, "the Sentinels to discover the replica")
+        ports = [s.port for s in sentinels]
+        await wait_until(lambda: sentinels_know_a_replica(ports), 30, "the Sentinels to discover the replica")
         async with fleet(settings, aggregators=2):
             await produce(broker.bootstrap, topic, [message([f"A{i}", f"W-{i}"]) for i in range(BATCHES)], partition=0)
             await wait_until(lambda: batches_uploaded(store, BATCHES), 30, "uploads before the loss (one replica each)")
