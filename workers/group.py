@@ -1,5 +1,14 @@
 """Run stations of one batch concurrently and record each one as soon as it is done.
 
+A model with ``process_group`` (workers/model.py) gets a job's stations in one call, within the station
+budget (a group call is one call: it gets what one station gets, so ``BATCHFLEET_STATIONS_PER_JOB``
+should be sized so a group call fits it).  Its outcomes are classified as one-station calls' are and
+recorded in one call.  A group call that raises (or returns no mapping) says nothing about which
+station is at fault: its stations are then run one by one (``process``, else ``process_group`` with
+one station each), so the culprit fails alone.  A group call past its budget fails all its stations
+with a timeout (running them again one by one could take the group's budget once per station); a
+station missing from the returned mapping fails with "no outcome returned".
+
 Every station gets its own asyncio task (a sync processor its own thread, see workers/processor.py),
 its own time budget and its own outcome; a station that hangs, raises or returns garbage changes only
 its own outcome.  Recording does not wait for the group: whatever finished by the time the group looks
@@ -20,7 +29,7 @@ from typing import Any
 
 from batchfleet import metrics
 from batchfleet.models import Outcome, RecordedOutcomes
-from batchfleet.workers.processor import run_processor
+from batchfleet.workers.processor import GroupCallError, run_group_call, run_processor
 from batchfleet.workers.station import WorkerState, record
 
 __all__ = ["run_stations"]
@@ -52,37 +61,96 @@ async def run_stations(
     budget_s: float,
     attempt: int,
 ) -> Counter[str]:
-    """Run the stations concurrently, record each outcome (at most once, first wins) as soon as it is
-    done; returns how each record went (recorded, duplicate, late, unknown).  Cancelled (the job's
-    timeout, a shutdown), it cancels the stations still running: they stay without an outcome."""
-    tasks: dict[asyncio.Task[Outcome], str] = {}
-    for station_id, records in stations.items():
-        coro = run_processor(
-            state.processor,
-            station_id,
-            records,
-            budget_s=budget_s,
-            max_result_bytes=state.settings.max_result_bytes,
-            worker=state.name,
-            attempt=attempt,
-        )
-        tasks[asyncio.create_task(coro)] = station_id
-    state.running.update(f"{batch_id}/{station_id}" for station_id in stations)
+    """Run the stations, record each outcome (at most once, first wins) as soon as it is done; returns
+    how each record went (recorded, duplicate, late, unknown).  A model with ``process_group`` gets
+    them in one call; otherwise (or when that call raises) each station is a call of its own, all
+    started at once and each holding a slot of ``state.slots`` while it runs.  Cancelled (the job's
+    timeout, a shutdown), it cancels the calls still running: their stations stay without an outcome."""
     tally: Counter[str] = Counter()
+    state.running.update(f"{batch_id}/{station_id}" for station_id in stations)
+    try:
+        group = state.processor.group
+        if group is not None:
+            try:
+                finished = await _group_call(state, group, stations, budget_s=budget_s, attempt=attempt)
+            except GroupCallError as exc:
+                log.warning(
+                    "batch %s: the group call of %d station(s) failed (%s); running them one by one",
+                    batch_id,
+                    len(stations),
+                    exc,
+                    extra={"batch_id": batch_id, "topic": topic},
+                )
+            else:
+                await _record(state, batch_id, topic, finished, tally)
+                return tally
+        await _one_by_one(state, batch_id, topic, stations, budget_s=budget_s, attempt=attempt, tally=tally)
+    finally:
+        state.running.difference_update(f"{batch_id}/{station_id}" for station_id in stations)
+    return tally
+
+
+async def _group_call(
+    state: WorkerState, group: Any, stations: Mapping[str, list[dict[str, Any]]], *, budget_s: float, attempt: int
+) -> list[tuple[str, Outcome]]:
+    ticket = state.slots.reserve(1)
+    try:
+        async with state.slots.hold(ticket):
+            outcomes = await run_group_call(
+                group,
+                stations,
+                budget_s=budget_s,
+                max_result_bytes=state.settings.max_result_bytes,
+                worker=state.name,
+                attempt=attempt,
+            )
+    finally:
+        state.slots.done(ticket)
+    return list(outcomes.items())
+
+
+async def _one_by_one(
+    state: WorkerState,
+    batch_id: str,
+    topic: str,
+    stations: Mapping[str, list[dict[str, Any]]],
+    *,
+    budget_s: float,
+    attempt: int,
+    tally: Counter[str],
+) -> None:
+    fn = state.processor.station_fn()
+    ticket = state.slots.reserve(len(stations))
+
+    async def one(station_id: str, records: list[dict[str, Any]]) -> Outcome:
+        async with state.slots.hold(ticket):  # the budget and the duration start with the slot
+            return await run_processor(
+                fn,
+                station_id,
+                records,
+                budget_s=budget_s,
+                max_result_bytes=state.settings.max_result_bytes,
+                worker=state.name,
+                attempt=attempt,
+            )
+
+    tasks = {asyncio.create_task(one(station_id, records)): station_id for station_id, records in stations.items()}
     pending: set[asyncio.Task[Outcome]] = set(tasks)
     try:
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            finished = [(tasks[task], task.result()) for task in done]
-            rec = await record(state, batch_id, finished)
-            _account(state, batch_id, topic, finished, rec, tally)
-            state.running.difference_update(f"{batch_id}/{station_id}" for station_id, _ in finished)
-            state.done += len(finished)
+            await _record(state, batch_id, topic, [(tasks[task], task.result()) for task in done], tally)
     finally:
         for task in pending:
             task.cancel()
-        state.running.difference_update(f"{batch_id}/{station_id}" for station_id in stations)
-    return tally
+        state.slots.done(ticket)
+
+
+async def _record(state: WorkerState, batch_id: str, topic: str, finished: list[tuple[str, Outcome]], tally: Counter[str]) -> None:
+    rec = await record(state, batch_id, finished)
+    _account(state, batch_id, topic, finished, rec, tally)
+    state.running.difference_update(f"{batch_id}/{station_id}" for station_id, _ in finished)
+    state.done += len(finished)
 
 
 def _account(

@@ -69,6 +69,7 @@ async def run_group(ctx: WorkerContext, stations: dict[str, list[dict[str, Any]]
     job_try = int(ctx.get("job_try") or 1)
     if job_try > 1:
         return await _split(state, ctx, batch_id, stations, budget_ms, deadline_ms, tried=job_try - 1)
+    state.slots.arrived(ctx["job_id"])  # its calls are reserved in run_stations, in this same step
     tally = await run_stations(state, batch_id, topic_of_batch(batch_id), stations, budget_s=_budget_s(state, budget_ms), attempt=1)
     return ", ".join(f"{n} {status}" for status, n in sorted(tally.items()))
 
@@ -119,6 +120,7 @@ async def run_station(ctx: WorkerContext, records: list[dict[str, Any]], budget_
     attempt = int(ctx.get("job_try") or 1)
     if attempt > MAX_ATTEMPTS:
         return await _give_up(state, batch_id, station_id, attempt, topic)
+    state.slots.arrived(ctx["job_id"])
     tally = await run_stations(state, batch_id, topic, {station_id: records}, budget_s=_budget_s(state, budget_ms), attempt=attempt)
     return ", ".join(tally)
 
