@@ -21,15 +21,18 @@ back by slower stations of its group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import inspect
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from batchfleet import metrics
 from batchfleet.models import Outcome, RecordedOutcomes
 from batchfleet.workers.processor import GroupCallError, run_group_call, run_processor
+from batchfleet.workers.slots import Ticket
 from batchfleet.workers.station import WorkerState, record
 
 __all__ = ["run_stations"]
@@ -94,19 +97,39 @@ async def _group_call(
     state: WorkerState, group: Any, stations: Mapping[str, list[dict[str, Any]]], *, budget_s: float, attempt: int
 ) -> list[tuple[str, Outcome]]:
     ticket = state.slots.reserve(1)
+    options: dict[str, Any] = {"budget_s": budget_s, "max_result_bytes": state.settings.max_result_bytes}
+    options |= {"worker": state.name, "attempt": attempt}
     try:
-        async with state.slots.hold(ticket):
-            outcomes = await run_group_call(
-                group,
-                stations,
-                budget_s=budget_s,
-                max_result_bytes=state.settings.max_result_bytes,
-                worker=state.name,
-                attempt=attempt,
-            )
+        if _on_runners(state, group):
+            async with _runner_slot(state, ticket) as on_start:
+                outcomes = await run_group_call(group, stations, runners=state.runners, on_start=on_start, **options)
+        else:
+            async with state.slots.hold(ticket):
+                outcomes = await run_group_call(group, stations, **options)
     finally:
         state.slots.done(ticket)
     return list(outcomes.items())
+
+
+def _on_runners(state: WorkerState, fn: Any) -> bool:
+    return state.runners is not None and not inspect.iscoroutinefunction(fn)
+
+
+@contextlib.asynccontextmanager
+async def _runner_slot(state: WorkerState, ticket: Ticket) -> AsyncIterator[Callable[[], None]]:
+    """A call queued for the runner threads: it counts as running from when a runner takes it."""
+    begun = False
+
+    def on_start() -> None:
+        nonlocal begun
+        begun = True
+        state.slots.begin(ticket)
+
+    try:
+        yield on_start
+    finally:
+        if begun:
+            state.slots.end()
 
 
 async def _one_by_one(
@@ -122,17 +145,16 @@ async def _one_by_one(
     fn = state.processor.station_fn()
     ticket = state.slots.reserve(len(stations))
 
+    options: dict[str, Any] = {"budget_s": budget_s, "max_result_bytes": state.settings.max_result_bytes}
+    options |= {"worker": state.name, "attempt": attempt}
+    runners = _on_runners(state, fn)
+
     async def one(station_id: str, records: list[dict[str, Any]]) -> Outcome:
+        if runners:  # queued for the runner threads at once: each starts as soon as one is free
+            async with _runner_slot(state, ticket) as on_start:
+                return await run_processor(fn, station_id, records, runners=state.runners, on_start=on_start, **options)
         async with state.slots.hold(ticket):  # the budget and the duration start with the slot
-            return await run_processor(
-                fn,
-                station_id,
-                records,
-                budget_s=budget_s,
-                max_result_bytes=state.settings.max_result_bytes,
-                worker=state.name,
-                attempt=attempt,
-            )
+            return await run_processor(fn, station_id, records, **options)
 
     tasks = {asyncio.create_task(one(station_id, records)): station_id for station_id, records in stations.items()}
     pending: set[asyncio.Task[Outcome]] = set(tasks)

@@ -29,6 +29,7 @@ from batchfleet.errors import ProcessorLoadError
 from batchfleet.importing import check_call, load_callable
 from batchfleet.models import Outcome
 from batchfleet.workers.model import LoadedProcessor, model_processor
+from batchfleet.workers.runners import Runners
 
 __all__ = [
     "GroupCallError",
@@ -38,7 +39,9 @@ __all__ = [
     "call_processor",
     "classify",
     "error_text",
+    "invoke",
     "load_processor",
+    "make_runners",
     "run_group_call",
     "run_processor",
 ]
@@ -183,23 +186,92 @@ async def run_processor(
     max_result_bytes: int,
     worker: str = "",
     attempt: int = 1,
+    runners: Runners | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> Outcome:
-    """Run one station and classify what happened.  Never raises for the processor's faults."""
-    started = time.perf_counter()
+    """Run one station and classify what happened.  Never raises for the processor's faults.
+    ``runners``: a sync ``fn`` runs on one of them (``on_start`` is called when it starts)."""
+    kind, value, took_s = await invoke(fn, (station_id, records), budget_s=budget_s, runners=runners, on_start=on_start)
     status: str
     result: dict[str, Any] | None = None
     error: str | None = None
-    try:
-        async with asyncio.timeout(budget_s):  # no extra task per station, unlike wait_for
-            value = await call_processor(fn, station_id, records)
-    except TimeoutError:
+    if kind == "timeout":
         status, result, error = "failed", None, f"timeout: no result within the {budget_s:g}s station budget"
-    except Exception as exc:
-        status, result, error = "failed", None, error_text(exc)
+    elif kind == "error":
+        status, result, error = "failed", None, error_text(value)
     else:
         status, result, error = classify(value, max_result_bytes)
-    duration_ms = (time.perf_counter() - started) * 1000
-    return Outcome(status=status, result=result, error=error, duration_ms=duration_ms, worker=worker, attempt=attempt)  # type: ignore[arg-type]
+    return Outcome(status=status, result=result, error=error, duration_ms=took_s * 1000, worker=worker, attempt=attempt)  # type: ignore[arg-type]
+
+
+async def invoke(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    *,
+    budget_s: float,
+    runners: Runners | None = None,
+    on_start: Callable[[], None] | None = None,
+) -> tuple[str, Any, float]:
+    """Call ``fn(*args)`` within ``budget_s``: ("ok", value, seconds), ("error", exception, seconds) or
+    ("timeout", None, seconds).  A sync ``fn`` runs on ``runners`` when given, else on a thread of its own."""
+    if runners is not None and not inspect.iscoroutinefunction(fn):
+        return await _on_runner(runners, fn, args, budget_s, on_start)
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(budget_s):  # no extra task per station, unlike wait_for
+            value = await call_processor(fn, *args)
+    except TimeoutError:
+        return "timeout", None, time.perf_counter() - started
+    except Exception as exc:
+        return "error", exc, time.perf_counter() - started
+    return "ok", value, time.perf_counter() - started
+
+
+async def _on_runner(
+    runners: Runners, fn: Callable[..., Any], args: tuple[Any, ...], budget_s: float, on_start: Callable[[], None] | None
+) -> tuple[str, Any, float]:
+    call = runners.submit(fn, *args)
+    try:
+        started = await asyncio.shield(call.started)
+    except asyncio.CancelledError:
+        if not call.cancel():  # a runner took it just now
+            _abandon(runners, call)
+        raise
+    if on_start is not None:
+        on_start()
+    try:
+        async with asyncio.timeout(max(budget_s - (time.perf_counter() - started), 0)):
+            ok, value, ended = await asyncio.shield(call.result)
+    except TimeoutError:
+        if _abandon(runners, call):
+            return "timeout", None, time.perf_counter() - started
+        ok, value, ended = await call.result  # it returned just now
+    except asyncio.CancelledError:
+        _abandon(runners, call)
+        raise
+    if ok and inspect.isawaitable(value):
+        value = await value
+    return ("ok" if ok else "error"), value, ended - started
+
+
+def _abandon(runners: Runners, call: Any) -> bool:
+    global _abandoned
+    if not runners.abandon(call):
+        return False
+    with _abandoned_lock:
+        _abandoned += 1
+    return True
+
+
+def _abandoned_ended() -> None:
+    global _abandoned
+    with _abandoned_lock:
+        _abandoned -= 1
+
+
+def make_runners(size: int) -> Runners:
+    """``size`` runner threads for sync calls (BATCHFLEET_WORKER_CONCURRENCY)."""
+    return Runners(size, on_abandoned_end=_abandoned_ended)
 
 
 class GroupCallError(Exception):
@@ -215,23 +287,22 @@ async def run_group_call(
     max_result_bytes: int,
     worker: str = "",
     attempt: int = 1,
+    runners: Runners | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Outcome]:
     """Run ``process_group`` over the stations within ``budget_s`` and classify each station's outcome
     (as one-station calls are).  Past the budget, every station of the call fails with a timeout; a
     call that raises (or returns no mapping) raises GroupCallError.  Each station's recorded duration
     is the call's."""
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(budget_s):
-            value = await call_processor(group, dict(stations))
-    except TimeoutError:
+    kind, value, took_s = await invoke(group, (dict(stations),), budget_s=budget_s, runners=runners, on_start=on_start)
+    if kind == "timeout":
         late = f"timeout: the group call of {len(stations)} station(s) gave no result within its {budget_s:g}s budget"
-        return _all_failed(stations, late, started, worker, attempt)
-    except Exception as exc:
-        raise GroupCallError(error_text(exc)) from exc
+        failed = Outcome(status="failed", error=late, duration_ms=took_s * 1000, worker=worker, attempt=attempt)
+        return dict.fromkeys(stations, failed)
+    if kind == "error":
+        raise GroupCallError(error_text(value)) from value
     if not isinstance(value, Mapping):
         raise GroupCallError(f"process_group returned {type(value).__name__}, expected a mapping of station -> outcome")
-    duration_ms = (time.perf_counter() - started) * 1000
     outcomes: dict[str, Outcome] = {}
     for station_id in stations:
         status, result, error = _group_member(value, station_id, max_result_bytes)
@@ -239,7 +310,7 @@ async def run_group_call(
             status=status,  # type: ignore[arg-type]
             result=result,
             error=error,
-            duration_ms=duration_ms,
+            duration_ms=took_s * 1000,
             worker=worker,
             attempt=attempt,
         )
@@ -254,8 +325,3 @@ def _group_member(
     if isinstance(value[station_id], BaseException):
         return "failed", None, error_text(value[station_id])
     return classify(value[station_id], max_result_bytes)
-
-
-def _all_failed(stations: Mapping[str, Any], error: str, started: float, worker: str, attempt: int) -> dict[str, Outcome]:
-    duration_ms = (time.perf_counter() - started) * 1000
-    return {sid: Outcome(status="failed", error=error, duration_ms=duration_ms, worker=worker, attempt=attempt) for sid in stations}

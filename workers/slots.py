@@ -60,17 +60,27 @@ class Slots:
         try:
             if self._sem is not None:
                 await self._sem.acquire()
-        finally:
+        except BaseException:
             ticket.left -= 1
             self.queued -= 1
-        self.running += 1
+            raise
+        self.begin(ticket)
         try:
             yield
         finally:
-            self.running -= 1
+            self.end()
             if self._sem is not None:
                 self._sem.release()
-            self.changed.set()
+
+    def begin(self, ticket: Ticket) -> None:
+        """A call of ``ticket`` started (on a runner thread, which is its slot; or holding the semaphore)."""
+        ticket.left -= 1
+        self.queued -= 1
+        self.running += 1
+
+    def end(self) -> None:
+        self.running -= 1
+        self.changed.set()
 
 
 class Ticket:

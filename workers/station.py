@@ -22,7 +22,8 @@ from batchfleet.models import Outcome, RecordedOutcomes
 from batchfleet.retry import Backoff, retry
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
-from batchfleet.workers.processor import LoadedProcessor, load_processor
+from batchfleet.workers.processor import LoadedProcessor, load_processor, make_runners
+from batchfleet.workers.runners import Runners
 from batchfleet.workers.slots import Slots
 
 __all__ = [
@@ -57,6 +58,7 @@ class WorkerState:
     name: str
     slots: Slots = field(default_factory=Slots)
     own_processor: bool = False  # set up by open_state: torn down by close_state
+    runners: Runners | None = None  # with a concurrency limit: the threads of sync calls (workers/runners.py)
     running: set[str] = field(default_factory=set)
     done: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -110,6 +112,8 @@ async def open_state(settings: Settings, processor: LoadedProcessor | None = Non
     try:
         await store.check_layout()
         state = WorkerState(settings, store, processor, worker_name(), Slots(settings.worker_concurrency), own)
+        if settings.worker_concurrency:
+            state.runners = make_runners(settings.worker_concurrency)
     except BaseException:
         await store.aclose()
         if own:
@@ -127,6 +131,8 @@ async def close_state(state: WorkerState) -> None:
         if task is not None:
             await task
     await state.store.aclose()
+    if state.runners is not None:
+        state.runners.close()
     if state.own_processor:
         await state.processor.teardown()
 

@@ -31,6 +31,8 @@ from tests.integration.fleet import REPO, TEST_SHARDS, make_settings, wait_until
 
 KEYS = Keys("bf", TEST_SHARDS)
 MODEL = "tests.integration.processors:GroupModel"
+# no limit: a thread per call; a limit of 1: calls run on the runner thread (workers/runners.py)
+CONCURRENCY = pytest.mark.parametrize("concurrency", [0, 1], ids=["threads", "runners"])
 
 
 def _settings(redis_server: RedisServer, **overrides: Any) -> Settings:
@@ -62,13 +64,14 @@ def model() -> Iterator[type[processors.GroupModel]]:
     processors.release.clear()
 
 
+@CONCURRENCY
 async def test_a_group_call_gets_every_station_of_a_job_and_gives_one_outcome_each(
-    redis_server: RedisServer, store: BatchStore, model: type[processors.GroupModel]
+    redis_server: RedisServer, store: BatchStore, model: type[processors.GroupModel], concurrency: int
 ) -> None:
     stations = ["S-1", "NONE-1", "ERR-1", "MISSING-1", "LIST-1", "S-2"]
     await store.create_batch(_spec("t:0:0", stations, groups=[6]))
     await store.create_batch(_spec("t:0:1", ["S-3", "S-4"]))
-    await run_worker(_settings(redis_server, processor=MODEL), burst=True)
+    await run_worker(_settings(redis_server, processor=MODEL, worker_concurrency=concurrency), burst=True)
     o = await store.batch_outcomes("t:0:0")
     assert {s: o[s].status for s in stations} == {
         "S-1": "ok",
@@ -89,12 +92,13 @@ async def test_a_group_call_gets_every_station_of_a_job_and_gives_one_outcome_ea
     assert stats.get("duplicate_results", 0) == 0
 
 
+@CONCURRENCY
 async def test_a_group_call_that_raises_runs_its_stations_one_by_one(
-    redis_server: RedisServer, store: BatchStore, model: type[processors.GroupModel]
+    redis_server: RedisServer, store: BatchStore, model: type[processors.GroupModel], concurrency: int
 ) -> None:
     stations = ["S-1", "RAISEGROUP-1", "S-2"]
     await store.create_batch(_spec("t:0:0", stations))
-    await run_worker(_settings(redis_server, processor=MODEL), burst=True)
+    await run_worker(_settings(redis_server, processor=MODEL, worker_concurrency=concurrency), burst=True)
     o = await store.batch_outcomes("t:0:0")
     assert {s: o[s].status for s in stations} == {"S-1": "ok", "RAISEGROUP-1": "failed", "S-2": "ok"}
     assert o["RAISEGROUP-1"].error == "RuntimeError: bad input at RAISEGROUP-1", "only the culprit fails"
@@ -102,12 +106,13 @@ async def test_a_group_call_that_raises_runs_its_stations_one_by_one(
     assert (await store.stats()).get("duplicate_results", 0) == 0
 
 
+@CONCURRENCY
 async def test_a_group_call_past_its_budget_fails_its_stations_with_a_timeout(
-    redis_server: RedisServer, store: BatchStore, model: type[processors.GroupModel]
+    redis_server: RedisServer, store: BatchStore, model: type[processors.GroupModel], concurrency: int
 ) -> None:
     await store.create_batch(_spec("t:0:0", ["S-1", "HANGGROUP-1"]))
     await store.create_batch(_spec("t:0:1", ["S-2"]))
-    await run_worker(_settings(redis_server, processor=MODEL, station_timeout_s=1.0), burst=True)
+    await run_worker(_settings(redis_server, processor=MODEL, station_timeout_s=1.0, worker_concurrency=concurrency), burst=True)
     hung = await store.batch_outcomes("t:0:0")
     assert {s: (o.status, o.error) for s, o in hung.items()} == {
         s: ("failed", "timeout: the group call of 2 station(s) gave no result within its 1s budget") for s in ("S-1", "HANGGROUP-1")

@@ -4,6 +4,7 @@ and the slots that decide what a worker may claim."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -114,3 +115,52 @@ async def test_slots_count_running_waiting_and_claimed_calls() -> None:
     unused = slots.reserve(2)
     slots.done(unused)  # calls cancelled before they started give their reservation back
     assert slots.room() == 2 and Slots(0).room() > 1000
+
+
+async def test_runners_abandon_an_overrunning_call_and_keep_their_number() -> None:
+    from batchfleet.workers.processor import abandoned_threads, invoke, make_runners
+
+    runners = make_runners(1)
+    gate = threading.Event()
+    before = abandoned_threads()
+    try:
+        hung = await invoke(gate.wait, (30,), budget_s=0.2, runners=runners)
+        assert hung[0] == "timeout" and 0.2 <= hung[2] < 5
+        assert abandoned_threads() == before + 1
+        ok = await invoke(lambda x: x * 2, (21,), budget_s=5, runners=runners)  # a fresh runner took the place
+        assert ok[:2] == ("ok", 42)
+        err = await invoke(_raises, (), budget_s=5, runners=runners)
+        assert err[0] == "error" and isinstance(err[1], KeyError)
+    finally:
+        gate.set()
+        runners.close()
+    for _ in range(100):  # the abandoned thread ends once its call returns
+        if abandoned_threads() == before:
+            break
+        await asyncio.sleep(0.05)
+    assert abandoned_threads() == before
+
+
+def _raises() -> None:
+    raise KeyError("k")
+
+
+async def test_a_call_cancelled_before_a_runner_took_it_never_runs() -> None:
+    from batchfleet.workers.processor import invoke, make_runners
+
+    runners = make_runners(1)
+    gate, ran = threading.Event(), []
+    try:
+        first = asyncio.create_task(invoke(gate.wait, (30,), budget_s=30, runners=runners))
+        second = asyncio.create_task(invoke(ran.append, (1,), budget_s=30, runners=runners))
+        await asyncio.sleep(0.1)
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second  # cancelled while the runner is busy with the first
+        gate.set()
+        assert (await first)[0] == "ok"
+        assert (await invoke(ran.append, (2,), budget_s=5, runners=runners))[0] == "ok"
+        assert ran == [2]
+    finally:
+        gate.set()
+        runners.close()
