@@ -38,6 +38,9 @@ from batchfleet.workers.station import WorkerState, record
 __all__ = ["run_stations"]
 
 log = logging.getLogger(__name__)
+# With a concurrency limit a job's stations finish one by one: an outcome waits up to this long for
+# the next ones of its job to share one record call (a record call costs the worker ~0.2-0.3 ms of CPU).
+RECORD_LINGER_S = 0.02
 
 
 @functools.cache
@@ -158,10 +161,20 @@ async def _one_by_one(
 
     tasks = {asyncio.create_task(one(station_id, records)): station_id for station_id, records in stations.items()}
     pending: set[asyncio.Task[Outcome]] = set(tasks)
+    linger_s = RECORD_LINGER_S if state.slots.size else 0.0
+    buffer: list[tuple[str, Outcome]] = []
+    since = 0.0
+    loop = asyncio.get_running_loop()
     try:
         while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            await _record(state, batch_id, topic, [(tasks[task], task.result()) for task in done], tally)
+            timeout = max(since + linger_s - loop.time(), 0) if buffer else None
+            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if done and not buffer:
+                since = loop.time()
+            buffer += [(tasks[task], task.result()) for task in done]
+            if buffer and (not pending or loop.time() >= since + linger_s):
+                finished, buffer = buffer, []
+                await _record(state, batch_id, topic, finished, tally)
     finally:
         for task in pending:
             task.cancel()

@@ -2,8 +2,9 @@
 
 A call is one station (``process``) or one group (``process_group``).  A call holds a slot while it
 runs; its budget and recorded duration start when it gets one.  The worker claims jobs only while it
-has room: slots neither running, nor wanted by calls already waiting, nor promised to jobs claimed but
-not started yet -- so it takes only what it can start now, and a burst spreads over idle workers.
+has room: slots not wanted by calls already waiting nor promised to jobs claimed but not started yet
+-- so it takes only what it can start now (or the moment its running call returns), and a burst
+spreads over idle workers.
 ``size`` 0 means no limit: every claimed station starts at once (sync ones on threads of their own).
 """
 
@@ -28,10 +29,13 @@ class Slots:
         self._sem = asyncio.Semaphore(size) if size else None
 
     def room(self) -> int:
-        """How many more calls could start now (a large number without a limit)."""
+        """Jobs to claim now (a large number without a limit): one per slot that no queued call and no
+        claimed job is waiting for.  A running call does not count, so a slot's next job is claimed
+        while its last call runs and starts the moment that call returns: at most one job per slot
+        waits behind a running call, and the runners never idle between jobs."""
         if not self.size:
             return _NO_LIMIT
-        return max(0, self.size - self.running - self.queued - len(self.expected))
+        return max(0, self.size - self.queued - len(self.expected))
 
     def expect(self, job_id: str) -> None:
         self.expected.add(job_id)
@@ -77,6 +81,7 @@ class Slots:
         ticket.left -= 1
         self.queued -= 1
         self.running += 1
+        self.changed.set()
 
     def end(self) -> None:
         self.running -= 1

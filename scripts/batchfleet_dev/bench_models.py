@@ -7,8 +7,9 @@ batches of ``--per-batch`` stations, one per Kafka message):
   ``BATCHFLEET_WORKER_CONCURRENCY=1``, ``STATIONS_PER_JOB=20``: stations/s with one worker process, with
   one ``batchfleet worker --processes CORES`` and with two single-process workers (as on two hosts), each
   against the machine limit (cores / CPU seconds a station, the model's own thread CPU time measured in
-  the same run); the share of the busiest of the two workers; the recorded station durations against
-  the processor's own time (what waiting inside a worker would add).
+  the same run; each rate is stations / (last upload - first message)); the share of the busier
+  worker; the recorded station durations against the processor's own time (what waiting inside a
+  worker would add).
 - **The Celery peer**: the same function as chord members (one chord per batch), a prefork worker with
   CORES children (``celery_peer.py``, ``.venv-celery`` created on first use).
 - **A numpy model** (``NumpyGroupModel`` / ``NumpyStationModel``: the same network) through group calls
@@ -24,7 +25,6 @@ The machine may be shared: the load average is printed with the figures.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import signal
 import statistics
@@ -51,7 +51,6 @@ from batchfleet_dev.bench import (
     percentile,
     produce,
     station_messages,
-    sustained_rate,
     tree_cpu_seconds,
 )
 from batchfleet_dev.localstack import KafkaBroker
@@ -90,6 +89,8 @@ class FleetResult:
     worker_cpu_s: float = 0.0
     wall_s: float = 0.0
     processes: int = 1
+    busy: dict[str, dict[str, float]] = field(default_factory=dict)  # per worker process: its stations' timeline
+    machine_busy_s: float = 0.0  # CPU seconds the whole machine spent during the run (/proc/stat)
 
 
 def calibrate_loops(target_ms: float = CPU_TARGET_MS) -> int:
@@ -149,22 +150,29 @@ async def fleet_run(
         await run.wait_uploads(per_batch, 120)
         warm = len(await asyncio.to_thread(_uploads, run))
         cpu0 = sum(tree_cpu_seconds(p.pid) for p in procs)
+        machine0 = machine_busy_s()
         started = time.time()
         await produce(ctx.broker.bootstrap, run.topic, station_messages(stations, per_batch))
         lines = await run.wait_uploads(stations + per_batch, 120 + stations / 50)
         worker_cpu = sum(tree_cpu_seconds(p.pid) for p in procs) - cpu0
+        machine = machine_busy_s() - machine0
         measured = sorted(lines[warm:], key=lambda line: float(line["t"]))
         samples, done = [(started, 0.0)], 0.0
         for line in measured:
             done += int(line["n"])
             samples.append((float(line["t"]), done))
         wall = samples[-1][0] - started
-        rate = sustained_rate(samples, stations)
-        if not math.isfinite(rate):  # too few batches for a slope
-            rate = stations / wall
+        rate = stations / wall  # from the first message to the last upload (Celery's chords end together)
         result = FleetResult(name, stations, rate, 0.0, worker_cpu_s=worker_cpu, wall_s=wall, processes=processes)
+        result.machine_busy_s = machine
         await _outcomes(run, [str(line["b"]) for line in measured], result)
     return result
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process of the machine has used since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _uploads(run: Run) -> list[dict[str, Any]]:
@@ -178,6 +186,7 @@ async def _outcomes(run: Run, batch_ids: list[str], result: FleetResult) -> None
     by_worker: Counter[str] = Counter()
     gaps: list[float] = []
     own: list[float] = []
+    spans: dict[str, list[tuple[float, float]]] = {}
     async with BatchStore.from_url(run.url, name="bench") as store:
         for batch_id in batch_ids:
             for outcome in (await store.batch_outcomes(batch_id)).values():
@@ -186,10 +195,21 @@ async def _outcomes(run: Run, batch_ids: list[str], result: FleetResult) -> None
                 if "wall_ms" in r:
                     gaps.append(outcome.duration_ms - float(r["wall_ms"]))
                     own.append(float(r["own_ms"]))
+                    spans.setdefault(outcome.worker, []).append((float(r["t"]) - float(r["wall_ms"]) / 1000, float(r["t"])))
     result.by_worker = dict(by_worker)
+    result.busy = {worker: _busy(iv) for worker, iv in spans.items()}
     result.own_cpu_ms = statistics.fmean(own) if own else float("nan")
     if gaps:
         result.gap_ms = {"p50": percentile(gaps, 50), "p99": percentile(gaps, 99), "max": max(gaps)}
+
+
+def _busy(spans: list[tuple[float, float]]) -> dict[str, float]:
+    """How a worker process spent the time from its first station's start to its last one's end: running
+    stations, and the gaps between them (its runner idle, or waiting for the GIL)."""
+    spans.sort()
+    first, last = spans[0][0], max(end for _, end in spans)
+    running = sum(end - start for start, end in spans)
+    return {"span_s": last - first, "running_s": running, "first": first, "last": last}
 
 
 # -- the Celery peer -------------------------------------------------------------------------------
@@ -207,9 +227,8 @@ async def celery_cpu_run(ctx: BenchContext, stations: int, size: int, loops: int
         await _celery_produce(run, python, env, 1, CORES * 2, "warm-up")
         started = time.time()
         lines = await _celery_produce(run, python, env, chords, size, "chords")
-    done = sorted(float(line["done"]) for line in lines if "done" in line)
-    samples = [(started, 0.0), *((t, float((i + 1) * size)) for i, t in enumerate(done))]
-    return sustained_rate(samples, chords * size)
+    done = max(float(line["done"]) for line in lines if "done" in line)
+    return chords * size / (done - started)  # chords run interleaved and end together: no slope to take
 
 
 async def _celery_produce(run: Run, python: Path, env: dict[str, str], chords: int, size: int, name: str) -> list[dict[str, Any]]:
@@ -390,6 +409,10 @@ def build_report(res: ModelsResults, elapsed_s: float) -> Report:
         report.add(f"cpu_{key}_worker_cpu", f"  {key}: worker CPU a station (model + fleet)", per_station_ms, "ms")
         got = 100 * r.worker_cpu_s / (r.wall_s * r.processes)
         report.add(f"cpu_{key}_cpu_got", f"  {key}: CPU its worker processes got, of their wall time", got, "%")
+        model = 100 * r.own_cpu_ms * r.stations / 1000 / r.worker_cpu_s
+        report.add(f"cpu_{key}_model_share", f"  {key}: the model's share of the workers' CPU", model, "%")
+        others = 100 * (r.machine_busy_s - r.worker_cpu_s) / (r.wall_s * CORES)
+        report.add(f"cpu_{key}_others", f"  {key}: machine CPU used by everything else (fleet roles, other users)", others, "%")
     gap = max(r.gap_ms.get("p99", float("nan")) for r in res.cpu.values())
     report.add("duration_gap_p50", "recorded duration - processor's own time, p50", procs.gap_ms.get("p50", float("nan")), "ms")
     report.add("duration_gap_p99", "recorded duration - processor's own time, p99 (worst run)", gap, "ms", "<= 5 ms", gap <= 5)

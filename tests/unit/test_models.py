@@ -107,7 +107,7 @@ async def test_slots_count_running_waiting_and_claimed_calls() -> None:
 
     tasks = [asyncio.create_task(call()) for _ in range(3)]
     await entered.wait()
-    assert (slots.running, slots.queued) == (2, 1)
+    assert (slots.running, slots.queued, slots.room()) == (2, 1, 1), "a running call does not hold back the next job"
     gate.set()
     await asyncio.gather(*tasks)
     slots.done(ticket)
