@@ -118,6 +118,7 @@ def dispatcher(**flags: Any) -> None:
 @main.command()
 @common_options
 @click.option("--burst", is_flag=True, help="exit when the queue is empty")
+@click.option("--processes", "worker_processes", help="N or auto (the host's cores) [BATCHFLEET_WORKER_PROCESSES]")
 def worker(burst: bool, **flags: Any) -> None:
     """Run station jobs (an arq worker; also `arq batchfleet.workers.WorkerSettings`)."""
     from batchfleet.workers.main import serve

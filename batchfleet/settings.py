@@ -145,6 +145,8 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(default=50, ge=1)
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
     worker_grace_s: int = Field(default=10, ge=0)
+    worker_processes: int | Literal["auto"] = 1  # worker processes of one `batchfleet worker` ("auto": the host's cores)
+    worker_concurrency: int = Field(default=0, ge=0)  # processor calls a worker process runs at once (0: no limit)
 
     uploader: str = ""
     upload_auth_header: SecretStr | None = None
@@ -256,6 +258,17 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem)
         return value
+
+    @field_validator("worker_processes")
+    @classmethod
+    def _positive_processes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("expected a number of processes >= 1, or auto")
+        return value
+
+    def worker_process_count(self) -> int:
+        """Worker processes of one ``batchfleet worker``: BATCHFLEET_WORKER_PROCESSES, auto = the host's cores."""
+        return (os.cpu_count() or 1) if self.worker_processes == "auto" else int(self.worker_processes)
 
     def redis_location(self) -> str:
         """``host:port/db`` of the Redis URL, without credentials (for log lines and messages)."""

@@ -18,6 +18,11 @@ Two changes to arq 0.28's Worker, nothing else (running, retries, timeouts, shut
   ``finish_wait_s``, then cancels them) before the worker process closes the arq client.  Closing it
   under a running finish made that finish reconnect and leave a connection open after the close.
 
+- **Claim what can start.**  With ``BATCHFLEET_WORKER_CONCURRENCY`` set, a poll claims only as many
+  jobs as the process has room for (``workers/slots.py``: free slots, less the calls waiting for one
+  and the jobs claimed but not started), so a burst spreads over idle workers instead of queueing
+  inside one.  Between polls the worker rests ``poll_delay`` but wakes as soon as a slot frees.
+
 The overrides use arq 0.28's worker state (``job_counter``, ``sem``, ``tasks``), hence the pin in
 pyproject.toml; tests/integration/test_worker_jobs.py runs it beside a plain arq worker on one queue.
 """
@@ -35,6 +40,7 @@ from arq.utils import to_ms
 from arq.worker import Worker
 
 from batchfleet.keys import Keys
+from batchfleet.workers.slots import Slots
 from batchfleet.workers.station import WorkerContext
 
 __all__ = ["CLAIM_CHUNK", "StationWorker"]
@@ -63,6 +69,7 @@ class StationWorker(Worker):
         self._until_empty = False
         self.finishing: set[asyncio.Task[Any]] = set()
         self.finish_wait_s = FINISH_WAIT_S
+        self.rest_s, self.poll_delay_s = self.poll_delay_s, 0  # arq's poll() does not sleep: _rest does
 
     async def main(self) -> None:
         if not self.burst:
@@ -74,15 +81,45 @@ class StationWorker(Worker):
             await super().main()
         await asyncio.gather(*self.tasks.values())
 
+    def _slots(self) -> Slots | None:
+        state = cast(WorkerContext, self.ctx).get("batchfleet")
+        return state.slots if state is not None else None
+
+    def _room(self) -> int:
+        """Jobs this worker may claim now: free job slots (less the jobs of a retired arq worker of this
+        process still running), and room for processor calls to start."""
+        slots = self._slots()
+        return min(self.max_jobs - self.job_counter - self.carried(), slots.room() if slots is not None else 0)
+
+    async def _rest(self, began: float) -> None:
+        """Wait out the poll delay (counted from ``began``); with a concurrency limit, wake early when
+        a slot frees."""
+        slots = self._slots()
+        left = self.rest_s - (time.monotonic() - began)
+        if slots is None or not slots.size:
+            await asyncio.sleep(max(left, 0))
+            return
+        if left > 0 and not slots.changed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slots.changed.wait(), left)
+
     async def _poll_iteration(self) -> None:
-        if self.allow_pick_jobs and self._free_slots() > 0:
+        began = time.monotonic()
+        slots = self._slots()
+        if slots is not None:
+            slots.changed.clear()  # what changes from here on wakes _rest
+        await self._poll_once()
+        await self._rest(began)
+
+    async def _poll_once(self) -> None:
+        if self.allow_pick_jobs and self._room() > 0:
             now_ms = int(time.time() * 1000)
             async with self.pool.pipeline(transaction=False) as pipe:
                 for shard in self.served:
                     pipe.zrangebyscore(self.keys.queue(shard), "-inf", now_ms, start=0, num=self.queue_read_limit)
                 queued = await pipe.execute()
             for shard, job_ids in zip(self.served, queued, strict=True):
-                if job_ids and self._free_slots() > 0:
+                if job_ids and self._room() > 0:
                     await self._claim(shard, [j.decode() for j in job_ids])
         for job_id, task in list(self.tasks.items()):
             if task.done():
@@ -105,8 +142,8 @@ class StationWorker(Worker):
         in_progress_ms = int(self.in_progress_timeout_s * 1000)
         # this worker's own running jobs are still queued (they leave the queue when they finish)
         candidates = [job_id for job_id in job_ids if job_id not in self.tasks]
-        while candidates and self._free_slots() > 0:
-            want = min(self._free_slots(), CLAIM_CHUNK)
+        while candidates and self._room() > 0:
+            want = min(self._room(), CLAIM_CHUNK)
             window = candidates[: want * CLAIM_WINDOW]
             claimed = await state.store.claim_jobs(
                 shard, window, now_ms=int(time.time() * 1000), in_progress_ms=in_progress_ms, want=want
@@ -114,16 +151,20 @@ class StationWorker(Worker):
             for job_id, score in claimed:
                 await self.sem.acquire()  # never waits: the free slots were counted above
                 self.job_counter += 1
+                state.slots.expect(job_id)
                 task = asyncio.create_task(self.run_job(job_id, score))
-                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                task.add_done_callback(lambda _, j=job_id: self._job_done(j))  # type: ignore[misc]
                 self.tasks[job_id] = task
             if len(claimed) < want:  # the rest of the window is running elsewhere (or not due)
                 candidates = candidates[len(window) :]
             else:
                 candidates = candidates[candidates.index(claimed[-1][0]) + 1 :]
 
-    def _free_slots(self) -> int:
-        return self.max_jobs - self.job_counter - self.carried()
+    def _job_done(self, job_id: str) -> None:
+        self._release_sem_dec_counter_on_complete()
+        slots = self._slots()
+        if slots is not None:
+            slots.arrived(job_id)
 
     def _queue_of(self, job_id: str) -> str:
         return self.keys.queue(self.keys.shard_of_job(job_id))

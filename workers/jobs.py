@@ -69,6 +69,7 @@ async def run_group(ctx: WorkerContext, stations: dict[str, list[dict[str, Any]]
     job_try = int(ctx.get("job_try") or 1)
     if job_try > 1:
         return await _split(state, ctx, (batch_id, incarnation), stations, budget_ms, deadline_ms, tried=job_try - 1)
+    state.slots.arrived(ctx["job_id"])  # its calls are reserved in run_stations, in this same step
     budget_s = _budget_s(state, budget_ms)
     tally = await run_stations(
         state, batch_id, topic_of_batch(batch_id), stations, budget_s=budget_s, attempt=1, incarnation=incarnation
@@ -126,6 +127,7 @@ async def run_station(ctx: WorkerContext, records: list[dict[str, Any]], budget_
     attempt = int(ctx.get("job_try") or 1)
     if attempt > MAX_ATTEMPTS:
         return await _give_up(state, (batch_id, incarnation), station_id, attempt, topic)
+    state.slots.arrived(ctx["job_id"])
     budget_s = _budget_s(state, budget_ms)
     tally = await run_stations(
         state, batch_id, topic, {station_id: records}, budget_s=budget_s, attempt=attempt, incarnation=incarnation

@@ -40,7 +40,7 @@ from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
 from batchfleet.workers.fastclaim import StationWorker
 from batchfleet.workers.nodes import close_pool, open_pools
-from batchfleet.workers.processor import load_processor
+from batchfleet.workers.processor import LoadedProcessor, load_processor
 from batchfleet.workers.settings import worker_settings
 from batchfleet.workers.station import WorkerContext, WorkerState, close_state, open_state
 
@@ -215,13 +215,15 @@ async def run_worker(
     stop: asyncio.Event | None = None,
     started: list[Worker] | None = None,
     own_process: bool = False,
+    processor: LoadedProcessor | None = None,
 ) -> None:
     """Run arq workers until ``stop`` is set (or, with ``burst``, every queue is empty), replacing the
     set that a Redis outage (or a cluster failover) ends.  ``own_process``: the workers are this
-    process's service, so its start-up heap (the processor loaded) is frozen out of the GC's way."""
+    process's service, so its start-up heap (the processor loaded) is frozen out of the GC's way.
+    ``processor``: set up already (else open_state loads and sets it up, and tears it down at the end)."""
     stop = stop or asyncio.Event()
     try:
-        state = await retry(lambda: open_state(settings), what="worker: starting", stop=stop)
+        state = await retry(lambda: open_state(settings, processor), what="worker: starting", stop=stop)
     except StopRequested:
         return
     if own_process:
@@ -305,13 +307,23 @@ async def _station_workers(
         raise
 
 
-async def _serve(settings: Settings, stop: asyncio.Event, burst: bool) -> None:
-    async with BatchStore.from_settings(settings, name="batchfleet-worker") as store:
-        await wait_for_redis(store, stop, settings.redis_location())
-    await run_worker(settings, burst=burst, stop=stop, own_process=True)
+async def _serve(settings: Settings, stop: asyncio.Event, burst: bool, processor: LoadedProcessor) -> None:
+    await processor.setup()  # before the heartbeat: health is not ready until the model is set up
+    try:
+        async with BatchStore.from_settings(settings, name="batchfleet-worker") as store:
+            await wait_for_redis(store, stop, settings.redis_location())
+        await run_worker(settings, burst=burst, stop=stop, own_process=True, processor=processor)
+    finally:
+        await processor.teardown()
 
 
 def serve(settings: Settings, *, burst: bool = False) -> None:
-    load_processor(settings.processor)  # a bad BATCHFLEET_PROCESSOR fails before anything starts
+    processes = settings.worker_process_count()
+    if processes > 1:  # BATCHFLEET_WORKER_PROCESSES / --processes: a supervisor of worker processes
+        from batchfleet.workers.supervisor import supervise
+
+        supervise(settings, processes, burst=burst)
+        return
+    processor = load_processor(settings.processor)  # a bad BATCHFLEET_PROCESSOR fails before anything starts
     serve_metrics(settings.metrics_port, settings.metrics_host)
-    run_until_signal(lambda stop: _serve(settings, stop, burst), grace_s=settings.worker_grace_s)
+    run_until_signal(lambda stop: _serve(settings, stop, burst, processor), grace_s=settings.worker_grace_s)

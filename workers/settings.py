@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from batchfleet.store import GROUP_JOB, STATION_JOB
 from batchfleet.workers.jobs import run_group, run_station
 from batchfleet.workers.station import MAX_ATTEMPTS, WorkerContext, shutdown, startup_with
 
-__all__ = ["bound_reads", "build_worker_settings_class", "json_dumps", "json_loads", "worker_settings"]
+__all__ = ["bound_reads", "build_worker_settings_class", "job_budget_factor", "json_dumps", "json_loads", "worker_settings"]
 
 
 JOB_TIMEOUT_EXTRA_S = 5  # room to record the outcome after the budget ran out
@@ -53,6 +54,16 @@ async def bound_reads(pool: Any, timeout_s: float) -> None:
     pool.connection_pool.reset()
 
 
+def job_budget_factor(settings: Settings) -> int:
+    """Station budgets one job may need end to end.  Without a concurrency limit a job's stations all
+    start at once (one budget); with ``BATCHFLEET_WORKER_CONCURRENCY`` = C they take turns, each budget
+    counted from its own start, so a job of STATIONS_PER_JOB stations may run ceil(STATIONS_PER_JOB / C)
+    budgets one after the other.  (A dead worker's job is run again after arq's job timeout + 10 s.)"""
+    if not settings.worker_concurrency:
+        return 1
+    return math.ceil(settings.stations_per_job / settings.worker_concurrency)
+
+
 def worker_settings(settings: Settings, *, own_process: bool = False) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` (also the attributes of WorkerSettings).
     ``own_process``: the worker is the process's service (not a task in someone else's event loop), so
@@ -60,7 +71,7 @@ def worker_settings(settings: Settings, *, own_process: bool = False) -> dict[st
     # arq's own per-job timeout is a backstop above the station budget, which the job enforces.
     # arq re-runs the job of a worker that died after job timeout + 10 s (its in-progress key TTL):
     # with the default 5 s budget, 20 s after the crashed attempt started (arq's default: 310 s).
-    budget = settings.longest_station_budget_s()
+    budget = settings.longest_station_budget_s() * job_budget_factor(settings)
 
     async def on_startup(ctx: WorkerContext) -> None:
         await bound_reads(ctx["redis"], settings.redis_socket_timeout_s)

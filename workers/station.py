@@ -22,7 +22,9 @@ from batchfleet.models import Outcome, RecordedOutcomes
 from batchfleet.retry import Backoff, retry
 from batchfleet.settings import Settings
 from batchfleet.store import BatchStore
-from batchfleet.workers.processor import load_processor
+from batchfleet.workers.processor import LoadedProcessor, load_processor, make_runners
+from batchfleet.workers.runners import Runners
+from batchfleet.workers.slots import Slots
 
 __all__ = [
     "JOB_SHAPES",
@@ -52,8 +54,11 @@ T = TypeVar("T")
 class WorkerState:
     settings: Settings
     store: BatchStore
-    processor: Callable[..., Any]
+    processor: LoadedProcessor
     name: str
+    slots: Slots = field(default_factory=Slots)
+    own_processor: bool = False  # set up by open_state: torn down by close_state
+    runners: Runners | None = None  # with a concurrency limit: the threads of sync calls (workers/runners.py)
     running: set[str] = field(default_factory=set)
     done: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -95,14 +100,24 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def open_state(settings: Settings) -> WorkerState:
-    """What every station job of this process shares: the store, the processor, the heartbeat."""
+async def open_state(settings: Settings, processor: LoadedProcessor | None = None) -> WorkerState:
+    """What every station job of this process shares: the store, the processor, the heartbeat.
+    ``processor``: one set up already (``batchfleet worker`` sets it up before Redis is reached);
+    without it the processor is loaded and set up here, before the heartbeat (health) starts."""
+    own = processor is None
+    if processor is None:
+        processor = load_processor(settings.processor)
+        await processor.setup()
     store = BatchStore.from_settings(settings, name="batchfleet-worker")
     try:
         await store.check_layout()
-        state = WorkerState(settings, store, load_processor(settings.processor), worker_name())
+        state = WorkerState(settings, store, processor, worker_name(), Slots(settings.worker_concurrency), own)
+        if settings.worker_concurrency:
+            state.runners = make_runners(settings.worker_concurrency)
     except BaseException:
         await store.aclose()
+        if own:
+            await processor.teardown()
         raise
     state.beat = asyncio.create_task(heartbeat(store, process_member("worker"), state.info, state.stop))
     state.clock = asyncio.create_task(_track_clock(state))
@@ -116,6 +131,10 @@ async def close_state(state: WorkerState) -> None:
         if task is not None:
             await task
     await state.store.aclose()
+    if state.runners is not None:
+        state.runners.close()
+    if state.own_processor:
+        await state.processor.teardown()
 
 
 async def startup_with(ctx: WorkerContext, settings: Settings) -> None:

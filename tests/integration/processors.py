@@ -67,3 +67,76 @@ def sync_process(station_id: str, records: list[dict[str, Any]]) -> Any:
     if kind == "LIST":
         return [1, 2]
     return _result(station_id, records)
+
+
+def burn(seconds: float) -> None:
+    """CPU-bound work (holds the GIL) for about ``seconds`` of CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def cpu_process(station_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A CPU-bound station of ~20 ms: says which worker process ran it, and when."""
+    started = time.time()
+    burn(0.02)
+    return {"stationId": station_id, "pid": os.getpid(), "start": started, "end": time.time()}
+
+
+class GroupModel:
+    """A model processor: set up once (counted), group calls (each station's outcome by its prefix),
+    ``process`` for the one-by-one fallback.  A group holding RAISEGROUP-* raises as a whole (only that
+    station raises on its own); one holding HANGGROUP-* never returns within its budget."""
+
+    setups = 0
+    calls: list[list[str]] = []  # the stations of each process_group call, in order
+    singles: list[str] = []  # the stations of each process call
+
+    def setup(self) -> None:
+        type(self).setups += 1
+
+    def process(self, station_id: str, records: list[dict[str, Any]]) -> Any:
+        type(self).singles.append(station_id)
+        if station_id.startswith("RAISEGROUP"):
+            raise RuntimeError(f"bad input at {station_id}")
+        return {"stationId": station_id, "n": len(records), "setups": type(self).setups, "pid": os.getpid()}
+
+    def process_group(self, stations: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        type(self).calls.append(sorted(stations))
+        if any(s.startswith("HANGGROUP") for s in stations):
+            release.wait(3600)
+        if any(s.startswith("RAISEGROUP") for s in stations):
+            raise RuntimeError("the group call failed")
+        out: dict[str, Any] = {}
+        for station_id, records in stations.items():
+            kind = station_id.split("-", 1)[0]
+            if kind == "MISSING":
+                continue
+            out[station_id] = {
+                "NONE": None,
+                "ERR": ValueError(f"no model input for {station_id}"),
+                "LIST": [1, 2],
+            }.get(kind, {"stationId": station_id, "n": len(records), "group": len(stations), "setups": type(self).setups})
+        return out
+
+
+class SlowSetupModel:
+    """Set-up takes until the file named by TEST_SETUP_GATE exists (health waits for it)."""
+
+    def setup(self) -> None:
+        gate = os.environ.get("TEST_SETUP_GATE", "")
+        if gate:
+            open(f"{gate}.started", "w").close()
+        while gate and not os.path.exists(gate):
+            time.sleep(0.05)
+
+    def process(self, station_id: str, records: list[dict[str, Any]]) -> Any:
+        return {"stationId": station_id, "pid": os.getpid()}
+
+
+class FailingSetupModel:
+    def setup(self) -> None:
+        raise OSError("weights.bin: no such file\n(while loading the model)")
+
+    def process(self, station_id: str, records: list[dict[str, Any]]) -> Any:
+        return None
