@@ -22,9 +22,9 @@ safe, so batchfleet does not.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import pickle
 import select
 import signal
 import subprocess
@@ -37,7 +37,7 @@ from types import FrameType
 from batchfleet.errors import BatchfleetError, ConfigError
 from batchfleet.retry import Backoff
 from batchfleet.runtime import GRACE_MARGIN_S
-from batchfleet.settings import Settings
+from batchfleet.settings import Settings, load_settings
 
 __all__ = ["child_main", "supervise"]
 
@@ -80,7 +80,7 @@ class Supervisor:
         os.close(write_fd)
         if process.stdin is not None:
             with contextlib.suppress(BrokenPipeError):
-                process.stdin.write(pickle.dumps(settings))
+                process.stdin.write(json.dumps(settings.as_env()).encode())
                 process.stdin.close()
         child.process, child.error_fd, child.started, child.restart_at = process, read_fd, time.monotonic(), None
         log.info("worker process %d started (pid %d)", child.index, process.pid)
@@ -225,13 +225,18 @@ def _watch_parent(parent: int) -> None:
 
 def child_main() -> None:
     """A worker process of the supervisor: ``python -c ... INDEX ERROR_FD PARENT_PID BURST``, settings
-    pickled on stdin (never logged: they hold the secrets).  A configuration error (a failed set-up)
+    as ``BATCHFLEET_*`` variables in JSON on stdin (never logged: they hold the secrets).  A configuration error (a failed set-up)
     goes to the supervisor's pipe as one line, exit code 2."""
     from batchfleet.logs import configure_logging
     from batchfleet.workers.main import serve
 
     _, _index, error_fd, parent, burst = sys.argv
-    settings: Settings = pickle.loads(sys.stdin.buffer.read())  # from our own supervisor, over a pipe
+    os.environ.update(json.loads(sys.stdin.buffer.read()))  # the supervisor's settings, CLI flags included
+    try:
+        settings = load_settings()
+    except ConfigError as exc:  # e.g. the BATCHFLEET_CONFIG file went away since the supervisor read it
+        os.write(int(error_fd), str(exc).encode())
+        sys.exit(2)
     configure_logging(settings.log_format, settings.log_level, "worker")
     _watch_parent(int(parent))
     code = 0
