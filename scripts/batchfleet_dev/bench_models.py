@@ -248,6 +248,33 @@ async def _celery_produce(run: Run, python: Path, env: dict[str, str], chords: i
 
 
 # -- the numpy model alone ---------------------------------------------------------------------------
+_ALONE = (
+    "import sys, time, json; from batchfleet_dev.bench_model_fns import cpu_work; loops, n = int(sys.argv[1]), int(sys.argv[2]);"
+    " t, c = time.time(), time.thread_time(); [cpu_work(loops) for _ in range(n)];"
+    " print(json.dumps([t, time.time(), (time.thread_time() - c) * 1000 / n]))"
+)
+
+
+def model_alone_on_every_core(loops: int, stations: int) -> tuple[float, float]:
+    """The CPU-bound model alone, no fleet, in CORES processes at once: (stations/s, CPU ms a station).
+    What the hardware gives when every core is busy: on a VM whose cores share the host's resources a
+    station costs more CPU with every core busy than alone, so cores / (CPU a station alone) is a limit
+    even the model by itself does not reach."""
+    import subprocess
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(Path(fns.__file__).parents[1]), os.environ.get("PYTHONPATH")) if p),
+    }
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _ALONE, str(loops), str(stations)], stdout=subprocess.PIPE, env=env)
+        for _ in range(CORES)
+    ]
+    got = [orjson.loads(proc.communicate(timeout=600)[0]) for proc in procs]
+    wall = max(end for _, end, _ in got) - min(start for start, _, _ in got)
+    return CORES * stations / wall, statistics.fmean(ms for _, _, ms in got)
+
+
 def numpy_alone(stations: int = 2_000, group: int = 100) -> tuple[float, float]:
     """µs a station: ``process`` per station, and ``process_group`` once per ``group`` stations."""
     one, many = fns.NumpyStationModel(), fns.NumpyGroupModel()
@@ -337,6 +364,7 @@ def _fork_preload_main(ready: str) -> None:
 @dataclass
 class ModelsResults:
     loops: int = 0
+    alone_all_cores: tuple[float, float] = (0.0, 0.0)  # the model alone in CORES processes: stations/s, CPU ms a station
     cpu: dict[str, FleetResult] = field(default_factory=dict)
     celery_per_s: float | None = None
     numpy: dict[str, FleetResult] = field(default_factory=dict)
@@ -347,6 +375,7 @@ class ModelsResults:
 async def collect(ctx: BenchContext, cfg: ModelsConfig) -> ModelsResults:
     res = ModelsResults(loops=calibrate_loops())
     ctx.progress(f"CPU-bound model: {res.loops} loops ~ {CPU_TARGET_MS} ms")
+    res.alone_all_cores = await asyncio.to_thread(model_alone_on_every_core, res.loops, 200 if cfg.cpu_stations < 4_000 else 600)
     env = {"BFBENCH_CPU_LOOPS": str(res.loops), "BFBENCH_PER_BATCH": str(cfg.per_batch)}
     n = cfg.cpu_stations
     shapes: list[tuple[str, list[list[str]]]] = [
@@ -392,14 +421,20 @@ def build_report(res: ModelsResults, elapsed_s: float) -> Report:
     limit = CORES / (cpu_ms / 1000)
     report.add("cpu_station_ms", "CPU-bound model: CPU a station (its own thread time, this run)", cpu_ms, "ms")
     report.add("machine_limit", f"machine limit: {CORES} cores / CPU a station", limit, "stations/s")
+    alone_per_s, alone_ms = res.alone_all_cores
+    report.add("cpu_alone_all_cores", f"the model alone, no fleet, {CORES} processes at once", alone_per_s, "stations/s")
+    report.add("cpu_alone_all_cores_ms", "  its CPU a station with every core busy", alone_ms, "ms")
+    report.add("cpu_alone_all_cores_eff", "  of the machine limit", 100 * alone_per_s / limit, "%")
     report.add("cpu_one_process", "1 worker process", one.per_s, "stations/s")
     report.add("cpu_one_process_eff", "  of one core's limit", 100 * one.per_s / (limit / CORES), "%")
     report.add("cpu_processes", f"1 worker --processes {CORES}", procs.per_s, "stations/s")
     eff = 100 * procs.per_s / limit
     report.add("cpu_processes_eff", "  of the machine limit", eff, "%", ">= 90 %", eff >= 90)
+    report.add("cpu_processes_of_alone", f"  of the model alone on {CORES} processes", 100 * procs.per_s / alone_per_s, "%")
     report.add("cpu_two_workers", "2 single-process workers", two.per_s, "stations/s")
     eff2 = 100 * two.per_s / limit
     report.add("cpu_two_workers_eff", "  of the machine limit", eff2, "%", ">= 85 %", eff2 >= 85)
+    report.add("cpu_two_workers_of_alone", f"  of the model alone on {CORES} processes", 100 * two.per_s / alone_per_s, "%")
     share = 100 * max(two.by_worker.values()) / max(sum(two.by_worker.values()), 1) if two.by_worker else float("nan")
     report.add("cpu_two_workers_share", "  stations run by the busier worker", share, "%", "<= 60 %", share <= 60)
     pshare = 100 * max(procs.by_worker.values()) / max(sum(procs.by_worker.values()), 1) if procs.by_worker else float("nan")

@@ -20,6 +20,8 @@ async def test_models_bench_reports_every_figure(broker: KafkaBroker, tmp_path: 
     keys = {f.key for f in report.figures}
     expected = {
         "machine_limit",
+        "cpu_alone_all_cores",
+        "cpu_processes_of_alone",
         "cpu_one_process",
         "cpu_processes_eff",
         "cpu_two_workers_eff",
