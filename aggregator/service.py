@@ -48,7 +48,7 @@ class Aggregator:
         self._ready = asyncio.Event()
         self._layout_checked = False  # set by a shard's watcher when one of its batches completed
         wait = settings.upload_wait()
-        self.protection = UploadProtection(store, wait[0]) if wait is not None else None
+        self.protection = UploadProtection(store, wait[0] if wait is not None else 0)  # used only with an upload WAIT
 
     # -- the loop ----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -76,7 +76,7 @@ class Aggregator:
             "inflight": sorted(self._inflight)[:10],
             "uploaded": self.uploaded,
             "target": self.uploader.describe(),
-            **(self.protection.info() if self.protection is not None else {}),
+            **self.protection.info(),
         }
 
     async def _drain(self) -> None:
@@ -240,18 +240,18 @@ class Aggregator:
         if wait is None:
             body = claim.payload or await self.store.freeze_payload(claim, built)
         else:
-            body = await self._frozen_on_replicas(claim, built, *wait)
+            body = await self._frozen_on_replicas(claim, built, wait[1])
         if body is None:
             log.warning(
                 "batch %s: lease taken over before the upload started; leaving it to the new owner", claim.batch_id, extra=extra
             )
         return body or None  # b"": held back until enough replicas hold it
 
-    async def _frozen_on_replicas(self, claim: Claim, built: bytes, configured: int, timeout_ms: int) -> bytes | None:
-        """freeze + WAIT until the replicas that must hold the body do (``configured``, or fewer when
+    async def _frozen_on_replicas(self, claim: Claim, built: bytes, timeout_ms: int) -> bytes | None:
+        """freeze + WAIT until the replicas that must hold the body do (the configured count, or fewer when
         fewer could be promoted: aggregator/protection.py), for up to half the lease; then give up this
         attempt (b"" -- the lease runs out and the batch is claimed again)."""
-        protection = self.protection or UploadProtection(self.store, configured)
+        protection = self.protection
         give_up_at = time.monotonic() + self.settings.lease_s / 2
         tries = 0
         while True:
